@@ -1,0 +1,3 @@
+"""cachetap: a passive HTTP cache accelerator for LANs."""
+
+__version__ = "0.1.0"

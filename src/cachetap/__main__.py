@@ -1,0 +1,3 @@
+from cachetap.cli.main import main
+
+main()

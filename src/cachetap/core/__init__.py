@@ -1,0 +1,1 @@
+"""Pure logic, stdlib only, no I/O: values in, decisions out."""

@@ -1,0 +1,207 @@
+"""One typed settings object: TOML file, then CACHETAP_* environment, then explicit overrides.
+
+Settings are loaded once at a process boundary (CLI command, Celery app) and passed in from there;
+no module reads them from a global.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_EXTENSIONS = [
+    # video and audio
+    "mp4", "m4v", "mkv", "webm", "avi", "mov", "flv", "ts", "m4s", "mp3", "flac", "m4a",
+    # disk images
+    "iso", "img", "dmg", "qcow2", "vmdk", "vdi", "vhd", "vhdx", "wim",
+    # archives
+    "zip", "7z", "rar", "tar", "gz", "tgz", "bz2", "xz", "zst", "cab",
+    # installers and packages
+    "exe", "msi", "msu", "msp", "pkg", "deb", "rpm", "apk", "appx", "appxbundle", "msix", "esd",
+    "psf", "bin", "pak", "vpk",
+]
+DEFAULT_CONTENT_TYPES = [
+    "video/", "audio/", "application/octet-stream", "application/x-iso9660-image",
+    "application/zip", "application/x-7z-compressed", "application/x-rar-compressed",
+    "application/x-tar", "application/gzip", "application/x-xz", "application/zstd",
+    "application/x-msdownload", "application/x-msi", "application/vnd.debian.binary-package",
+    "application/x-rpm", "application/vnd.android.package-archive", "application/vnd.ms-cab-compressed",
+]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cachetap"
+
+
+class ConfigError(Exception):
+    """Bad configuration: the message names the key and the reason, one per line."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CACHETAP_", extra="forbid", validate_default=True)
+
+    # --- where things live -------------------------------------------------------------------
+    cache_dir: Path = Field(default_factory=default_cache_dir,
+                            description="Directory for the blob store, the embedded broker and catalog. Nothing is written outside it.")
+    broker_url: str = Field("", description="Celery broker URL (redis://, amqp://). Empty: the embedded filesystem broker under cache_dir/broker.")
+    result_backend: str = Field("", description="Celery result backend URL. Empty: SQLite under cache_dir (db+sqlite).")
+    database_url: str = Field("", description="Catalog database URL (SQLAlchemy): postgresql+psycopg://, mysql+pymysql://. Empty: SQLite under cache_dir.")
+    broker_polling_interval: float = Field(0.05, gt=0, le=10, description="Seconds between polls of the embedded filesystem broker.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every cachetap process.")
+
+    # --- capture ----------------------------------------------------------------------------
+    interface: str | None = Field(None, description="Interface to sniff (mirror port or gateway). Unset: no live capture.")
+    inject_interface: str | None = Field(None, description="Interface to inject redirects on. Unset: the capture interface.")
+    mode: Literal["observe", "redirect"] = Field("observe", description="observe: count and cache, never inject. redirect: also answer ready keys with a 302.")
+    http_ports: list[int] = Field([80, 8080], description="TCP destination ports carrying plain HTTP requests.")
+    batch_size: int = Field(256, ge=1, le=100_000, description="Sightings per analyze task at most.")
+    batch_interval: float = Field(0.25, gt=0, le=60, description="Seconds a sighting may wait before its batch is sent.")
+    batch_buffer: int = Field(100_000, ge=1000, description="Sightings held while the broker is unreachable; older ones are dropped and counted.")
+    reassembly_flows: int = Field(10_000, ge=16, description="Flows with a split request head held for reassembly at most.")
+
+    # --- which requests matter -----------------------------------------------------------------
+    extensions: list[str] = Field(DEFAULT_EXTENSIONS, description="File extensions (no dot) of objects worth caching. Empty: any extension.")
+    content_types: list[str] = Field(DEFAULT_CONTENT_TYPES, description="Content types (prefixes) worth caching, checked on the HEAD probe. Empty: any type.")
+    host_allow: list[str] = Field([], description="Host globs to consider (empty: all hosts).")
+    host_deny: list[str] = Field([], description="Host globs never considered; wins over host_allow.")
+    client_subnets: list[IPNetwork] = Field([], description="Client networks in scope (empty: every client).")
+    min_size: int = Field(1 << 20, ge=0, description="Smallest object in bytes worth caching.")
+    max_size: int = Field(64 << 30, gt=0, description="Largest object in bytes to cache.")
+
+    # --- keys and admission --------------------------------------------------------------------
+    strip_query_params: dict[str, list[str]] = Field({}, description="Host glob -> query parameters dropped from the cache key (signed-URL tokens), like Squid's Store-ID.")
+    admission_threshold: int = Field(1, ge=0, description="Cache an object once it was requested more than this many times within admission_window (the seed's cache_threshold); 0 fetches on first sight.")
+    admission_window: int = Field(86_400, gt=0, description="Seconds over which requests are counted for admission.")
+    probe_timeout: float = Field(10.0, gt=0, le=300, description="Seconds for the HEAD probe of a candidate object.")
+    claim_timeout: int = Field(600, gt=0, description="Seconds after which a probe or download claim whose worker vanished may be taken again.")
+    trusted_networks: list[IPNetwork] = Field([], description="Destination networks trusted for any host (your CDN caches); other requests count only when their destination is among the host's DNS addresses.")
+    resolve_overrides: dict[str, list[str]] = Field({}, description="host -> addresses used instead of DNS, for the poisoning check and for fetching.")
+
+    @field_validator("http_ports")
+    @classmethod
+    def _ports_valid(cls, ports: list[int]) -> list[int]:
+        bad = [p for p in ports if not 0 < p < 65536]
+        if bad or not ports:
+            raise ValueError(f"ports must be 1-65535 and at least one is needed, got {ports}")
+        return ports
+
+    @field_validator("extensions")
+    @classmethod
+    def _normalise_extensions(cls, exts: list[str]) -> list[str]:
+        return sorted({e.lower().lstrip(".") for e in exts if e.strip(". ")})
+
+    @field_validator("resolve_overrides")
+    @classmethod
+    def _addresses_valid(cls, overrides: dict[str, list[str]]) -> dict[str, list[str]]:
+        for host, addrs in overrides.items():
+            for a in addrs:
+                ipaddress.ip_address(a)  # raises ValueError naming the address
+        return {h.lower().rstrip("."): a for h, a in overrides.items()}
+
+    @model_validator(mode="after")
+    def _sizes_ordered(self) -> Settings:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) is larger than max_size ({self.max_size})")
+        return self
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (init values carry the TOML file's contents).
+        return (env_settings, init_settings)
+
+    # --- derived values -----------------------------------------------------------------------
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def effective_result_backend(self) -> str:
+        return self.result_backend or f"db+sqlite:///{self.cache_dir / 'celery-results.sqlite'}"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.cache_dir / 'catalog.sqlite'}"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.cache_dir / "broker"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker_url
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings for display, with passwords in URLs masked."""
+        data = self.model_dump(mode="json")
+        data["broker_url"] = mask_url(self.effective_broker_url)
+        data["result_backend"] = mask_url(self.effective_result_backend)
+        data["database_url"] = mask_url(self.effective_database_url)
+        return data
+
+
+def mask_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def config_path_from_env() -> Path | None:
+    value = os.environ.get("CACHETAP_CONFIG")
+    return Path(value) if value else None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from a TOML file (optional), the environment and explicit overrides.
+
+    Raises ConfigError naming each bad key and why.
+    """
+    config_file = config_file or config_path_from_env()
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                file_values = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {config_file}: not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: not valid TOML: {exc}") from None
+        # A [cachetap] table is accepted as well as top-level keys.
+        file_values = file_values.get("cachetap", file_values)
+    env_keys = {k for k in os.environ if k.startswith("CACHETAP_") and k != "CACHETAP_CONFIG"}
+    unknown_env = sorted(k for k in env_keys if k[len("CACHETAP_"):].lower() not in Settings.model_fields)
+    if unknown_env:
+        raise ConfigError("\n".join(f"{k}: unknown setting" for k in unknown_env))
+    try:
+        settings = Settings(**file_values)
+        if overrides:
+            settings = Settings.model_validate({**settings.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config_file)) from None
+    return settings
+
+
+def _describe(exc: ValidationError, config_file: Path | None) -> str:
+    where = f" (from {config_file} or CACHETAP_* environment)" if config_file else ""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "settings"
+        lines.append(f"{key}: {err['msg']}{where}")
+    return "\n".join(lines)
