@@ -1,0 +1,124 @@
+"""Content-addressed blob store: complete, verified files named by their sha256.
+
+Layout under `root` (settings.cache_dir):
+
+    blobs/ab/cd/<sha256>   published objects, never modified after publish
+    tmp/<key>.part         downloads in progress (same filesystem, so publish is an atomic rename)
+
+A path is only ever derived from a validated sha256 or a validated cache key, never from a URL,
+so nothing can be written outside `root` whatever arrives on the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+class BadDigest(ValueError):
+    """A sha256 or key that is not exactly the expected lower-case hex string."""
+
+
+def check_sha256(sha256: str) -> str:
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise BadDigest(f"not a sha256 (64 lower-case hex chars): {sha256!r:.80}")
+    return sha256
+
+
+def check_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise BadDigest(f"not a cache key (32 lower-case hex chars): {key!r:.80}")
+    return key
+
+
+def sha256_file(path: Path, chunk: int = CHUNK) -> str:
+    """sha256 of a file, read in chunks so memory does not grow with the file."""
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as fh:
+        buf = bytearray(chunk)
+        view = memoryview(buf)
+        while n := fh.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.blob_dir = self.root / "blobs"
+        self.temp_dir = self.root / "tmp"
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+
+    def new_temp_name(self, key: str) -> Path:
+        """The temp path for a download of `key`; stable per key so a killed download can resume."""
+        return self.temp_dir / f"{check_key(key)}.part"
+
+    def path(self, sha256: str) -> Path:
+        sha256 = check_sha256(sha256)
+        return self.blob_dir / sha256[:2] / sha256[2:4] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def publish(self, temp: Path, sha256: str) -> Path:
+        """Move a complete, verified temp file to its content address (durably, atomically).
+
+        Idempotent: if the blob exists already the temp file is dropped and the existing path returned.
+        """
+        final = self.path(sha256)
+        temp = Path(temp)
+        if temp.resolve().parent != self.temp_dir.resolve():
+            raise ValueError(f"publish only takes files from {self.temp_dir}, got {temp}")
+        if final.is_file():
+            temp.unlink(missing_ok=True)
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "rb") as fh:
+            os.fsync(fh.fileno())  # the data must be on disk before the name is
+        os.chmod(temp, 0o644)
+        os.replace(temp, final)
+        _fsync_dir(final.parent)
+        return final
+
+    def remove(self, sha256: str) -> bool:
+        final = self.path(sha256)
+        try:
+            final.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(final.parent)
+        return True
+
+    def iter_blobs(self) -> Iterator[tuple[str, int]]:
+        """(sha256, size) of every published blob; stray files with other names are skipped."""
+        for first in sorted(self.blob_dir.iterdir()):
+            if not first.is_dir():
+                continue
+            for second in sorted(first.iterdir()):
+                if not second.is_dir():
+                    continue
+                for f in sorted(second.iterdir()):
+                    name = f.name
+                    if (_SHA256.fullmatch(name) and name[:2] == first.name and name[2:4] == second.name
+                            and f.is_file()):
+                        yield name, f.stat().st_size
+
+    def iter_temp(self) -> Iterator[Path]:
+        """Temp files (and aria2 control files) for the reconcile pass to age out."""
+        yield from sorted(self.temp_dir.iterdir())

@@ -1,0 +1,69 @@
+import hashlib
+import os
+
+import pytest
+
+from cachetap.store.blobs import BadDigest, BlobStore, sha256_file
+
+
+def _write_temp(store: BlobStore, key: str, data: bytes):
+    temp = store.new_temp_name(key)
+    temp.write_bytes(data)
+    return temp
+
+
+def test_publish_places_blob_by_content_and_is_idempotent(tmp_path):
+    store = BlobStore(tmp_path)
+    data = os.urandom(3 << 20)
+    sha = hashlib.sha256(data).hexdigest()
+    temp = _write_temp(store, "a" * 32, data)
+    assert sha256_file(temp) == sha
+    final = store.publish(temp, sha)
+    assert final == tmp_path / "blobs" / sha[:2] / sha[2:4] / sha
+    assert final.read_bytes() == data and not temp.exists()
+    again = store.publish(_write_temp(store, "b" * 32, data), sha)
+    assert again == final and list(store.iter_temp()) == []
+    assert list(store.iter_blobs()) == [(sha, len(data))]
+    assert store.remove(sha) and not final.exists() and not store.remove(sha)
+
+
+def test_sha256_file_of_empty_and_chunk_boundaries(tmp_path):
+    for size in (0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1):
+        data = os.urandom(size)
+        p = tmp_path / f"f{size}"
+        p.write_bytes(data)
+        assert sha256_file(p) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("bad", ["", "A" * 64, "g" * 64, "a" * 63, "a" * 65, "../" + "a" * 61,
+                                 "a" * 32 + "/" + "a" * 31, None, 123, "a" * 63 + "\n"])
+def test_bad_sha256_never_becomes_a_path(tmp_path, bad):
+    store = BlobStore(tmp_path)
+    with pytest.raises(BadDigest):
+        store.path(bad)
+    with pytest.raises(BadDigest):
+        store.remove(bad)
+
+
+@pytest.mark.parametrize("bad", ["", "A" * 32, "a" * 31, "a" * 64, "../../etc/passwd", "a" * 31 + "/", None])
+def test_bad_key_never_becomes_a_temp_name(tmp_path, bad):
+    with pytest.raises(BadDigest):
+        BlobStore(tmp_path).new_temp_name(bad)
+
+
+def test_publish_refuses_files_outside_temp_dir(tmp_path):
+    store = BlobStore(tmp_path / "cache")
+    outside = tmp_path / "elsewhere"
+    outside.write_bytes(b"x")
+    with pytest.raises(ValueError):
+        store.publish(outside, hashlib.sha256(b"x").hexdigest())
+    assert outside.exists() and list(store.iter_blobs()) == []
+
+
+def test_iter_blobs_skips_strays(tmp_path):
+    store = BlobStore(tmp_path)
+    sha = hashlib.sha256(b"y").hexdigest()
+    store.publish(_write_temp(store, "c" * 32, b"y"), sha)
+    (store.blob_dir / "stray.txt").write_text("x")
+    (store.blob_dir / sha[:2] / sha[2:4] / ("0" * 64)).write_text("misplaced")
+    assert list(store.iter_blobs()) == [(sha, 1)]
