@@ -1,0 +1,80 @@
+"""`cachetap ls` and `cachetap db ...`: look at and maintain the catalog."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from cachetap.cli.main import Context, cli, pass_ctx
+
+
+def open_catalog(settings):
+    from cachetap.store.catalog import Catalog
+    from cachetap.store.db import make_engine, upgrade
+
+    engine = make_engine(settings.effective_database_url)
+    upgrade(engine)
+    return Catalog(engine)
+
+
+@cli.command("ls")
+@click.option("--state", help="Only entries in this state (counting, probing, queued, downloading, ready, rejected, failed).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_ctx
+def ls(ctx: Context, state: str | None, limit: int, as_json: bool) -> None:
+    """List catalog entries with hits and state, most recently requested first."""
+    catalog = open_catalog(ctx.settings())
+    rows = catalog.entries(limit=limit, state=state)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(_row_dict(row), default=str))
+        return
+    now = time.time()
+    click.echo(f"{'KEY':32}  {'STATE':11} {'HITS':>6} {'SIZE':>10} {'LAST HIT':>9}  URL")
+    for row in rows:
+        ago = _ago(now - row.last_hit) if row.last_hit else "-"
+        click.echo(f"{row.key:32}  {row.state:11} {row.hits:>6} {_size(row.size):>10} {ago:>9}  {row.url}")
+    counts = catalog.counts_by_state()
+    click.echo("total: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"))
+
+
+@cli.group()
+def db() -> None:
+    """Catalog database maintenance."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(ctx: Context) -> None:
+    """Create or migrate the catalog schema to the newest revision."""
+    from cachetap.store.db import current_revision, make_engine, upgrade
+    from cachetap.settings import mask_url
+
+    url = ctx.settings().effective_database_url
+    upgrade(make_engine(url))
+    click.echo(f"{mask_url(url)}: at revision {current_revision(url)}")
+
+
+def _row_dict(row) -> dict:
+    from dataclasses import asdict, is_dataclass
+    return asdict(row) if is_dataclass(row) else dict(row)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{max(seconds, 0):.0f}s ago"

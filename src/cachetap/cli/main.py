@@ -1,0 +1,77 @@
+"""The `cachetap` command: one group, one sub-module per area."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+import tomli_w
+
+from cachetap import __version__
+from cachetap.settings import ConfigError, Settings, load_settings
+
+
+class Context:
+    """What every sub-command gets: the config file (if any), settings loaded on first use."""
+
+    def __init__(self, config_file: Path | None) -> None:
+        self.config_file = config_file
+        self._settings: Settings | None = None
+
+    def settings(self, **overrides) -> Settings:
+        if self._settings is None or overrides:
+            try:
+                self._settings = load_settings(self.config_file, **overrides)
+            except ConfigError as exc:
+                raise click.ClickException(f"invalid configuration:\n{exc}") from None
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="CACHETAP_CONFIG", help="TOML settings file (also CACHETAP_CONFIG).")
+@click.version_option(__version__, prog_name="cachetap")
+@click.pass_context
+def cli(click_ctx: click.Context, config_file: Path | None) -> None:
+    """cachetap: a passive HTTP cache accelerator for LANs."""
+    if config_file is not None:
+        # Child processes (workers, beat, capture) read the same file.
+        os.environ["CACHETAP_CONFIG"] = str(config_file.resolve())
+    click_ctx.obj = Context(config_file)
+
+
+@cli.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
+@pass_ctx
+def config_show(ctx: Context, as_json: bool) -> None:
+    """Print the effective settings (file + environment), secrets masked."""
+    data = ctx.settings().masked()
+    if as_json:
+        import json
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    unset = sorted(k for k, v in data.items() if v is None)
+    click.echo(tomli_w.dumps({k: v for k, v in sorted(data.items()) if v is not None}), nl=False)
+    for key in unset:
+        click.echo(f"# {key} is unset")
+
+
+def main() -> None:
+    from cachetap.cli import capture_cmds, catalog_cmds, run_cmds  # noqa: F401  (registers commands)
+    cli(prog_name="cachetap")

@@ -1,0 +1,46 @@
+"""`cachetap run` (everything on one machine) and `cachetap worker` (a Celery worker)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from cachetap.cli.main import Context, cli, pass_ctx, setup_logging
+
+log = logging.getLogger("cachetap.run")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def worker(ctx: Context, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker; arguments pass through (e.g. `-Q analyze -c 2`)."""
+    from cachetap.tasks.app import create_app
+
+    app = create_app(ctx.settings())
+    app.worker_main(["worker", *celery_args])
+
+
+@cli.command()
+@click.option("--interface", "-i", help="Sniff this interface (overrides the `interface` setting).")
+@click.option("--no-capture", is_flag=True, help="Do not start the live capture even if an interface is set.")
+@pass_ctx
+def run(ctx: Context, interface: str | None, no_capture: bool) -> None:
+    """Run everything on this machine: workers for every queue, beat, cache server, and capture when an
+    interface is configured. Stops cleanly on Ctrl-C / SIGTERM."""
+    import os
+
+    from cachetap.cli.catalog_cmds import open_catalog
+    from cachetap.supervisor import Supervisor, plan_children
+
+    if interface:
+        os.environ["CACHETAP_INTERFACE"] = interface  # children load settings themselves
+    settings = ctx.settings(**({"interface": interface} if interface else {}))
+    setup_logging(settings.log_level)
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    open_catalog(settings)  # migrate once before the workers start
+    children = plan_children(settings, python=sys.executable, capture=not no_capture)
+    log.info("starting %s", ", ".join(c.name for c in children))
+    raise SystemExit(Supervisor(children).run())
