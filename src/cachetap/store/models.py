@@ -1,0 +1,82 @@
+"""Catalog tables: one row per cache key (`entries`) and one row per request seen (`hits`).
+
+Times are epoch seconds stored as DOUBLE (`sa.Double`: MySQL would make a 4-byte FLOAT of `Float`).
+Tables are created only by the Alembic migrations in `store/migrations`; a test checks that these
+models and the migrations agree on every supported database.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# MySQL/MariaDB: utf8mb4 so any unicode round-trips; binary collation so comparisons are exact
+# (the general_ci default would make "A" == "a" and ignore trailing spaces).
+MYSQL_TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+# A 64-bit autoincrement key that SQLite also accepts (only INTEGER PRIMARY KEY autoincrements there).
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class EntryState(StrEnum):
+    COUNTING = "counting"        # seen, below the admission threshold
+    PROBING = "probing"          # a worker holds the HEAD-probe claim
+    QUEUED = "queued"            # admitted, a download job is queued
+    DOWNLOADING = "downloading"  # a worker holds the download claim
+    READY = "ready"              # complete, verified, published in the blob store
+    REJECTED = "rejected"        # not worth caching (reason says why)
+    FAILED = "failed"            # gave up after errors (reason says why)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Entry(Base):
+    __tablename__ = "entries"
+    __table_args__ = (sa.UniqueConstraint("key", name="uq_entries_key"), sa.Index("ix_entries_state", "state"),
+                      MYSQL_TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(32))
+    url: Mapped[str] = mapped_column(sa.Text)
+    host: Mapped[str] = mapped_column(sa.String(255))
+    filename: Mapped[str] = mapped_column(sa.String(255))
+    state: Mapped[str] = mapped_column(sa.String(16))
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    hits: Mapped[int] = mapped_column(sa.Integer, default=0, server_default=sa.text("0"))
+    first_seen: Mapped[float] = mapped_column(sa.Double)
+    last_hit: Mapped[float] = mapped_column(sa.Double)
+    # from the HEAD probe
+    size: Mapped[int | None] = mapped_column(sa.BigInteger)
+    content_type: Mapped[str | None] = mapped_column(sa.String(255))
+    etag: Mapped[str | None] = mapped_column(sa.String(255))
+    last_modified: Mapped[str | None] = mapped_column(sa.String(64))
+    cache_control: Mapped[str | None] = mapped_column(sa.String(255))
+    expires_at: Mapped[float | None] = mapped_column(sa.Double)
+    # the worker currently probing or downloading (see Catalog.claim)
+    claim_token: Mapped[str | None] = mapped_column(sa.String(36))
+    claimed_at: Mapped[float | None] = mapped_column(sa.Double)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default=sa.text("0"))
+    # the stored content
+    blob: Mapped[str | None] = mapped_column(sa.String(64))  # sha256 hex
+    stored_size: Mapped[int | None] = mapped_column(sa.BigInteger)
+    published_at: Mapped[float | None] = mapped_column(sa.Double)
+    # download progress
+    bytes_done: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    speed: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    task_id: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[float] = mapped_column(sa.Double)
+    updated_at: Mapped[float] = mapped_column(sa.Double)
+
+
+class Hit(Base):
+    __tablename__ = "hits"
+    __table_args__ = (sa.Index("ix_hits_key_ts", "key", "ts"), MYSQL_TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(sa.String(32))
+    ts: Mapped[float] = mapped_column(sa.Double)
+    client: Mapped[str] = mapped_column(sa.String(45))

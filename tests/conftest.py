@@ -1,0 +1,77 @@
+"""Shared fixtures. `catalog_url`: an empty catalog database on SQLite, PostgreSQL and MariaDB.
+
+The server databases are created once per test session with a unique name (so concurrent pytest
+runs never meet) and dropped at the end; each test gets them empty.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from cachetap.testing import services
+
+CATALOG_BACKENDS = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.services),
+    pytest.param("mariadb", marks=pytest.mark.services),
+]
+
+
+def _admin_engine(kind: str) -> sa.Engine:
+    db = "postgres" if kind == "postgresql" else ""
+    return sa.create_engine(services.URLS[kind].format(db=db), isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def server_databases() -> Iterator[dict[str, str]]:
+    """kind -> URL of this session's database on that server, created on first use."""
+    created: dict[str, str] = {}
+
+    class Lazy(dict):
+        def __missing__(self, kind: str) -> str:
+            try:
+                services.ensure(kind)
+            except services.ServiceUnavailable as exc:
+                pytest.skip(str(exc))
+            name = f"cachetap_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+            engine = _admin_engine(kind)
+            with engine.connect() as conn:
+                extra = " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" if kind == "mariadb" else ""
+                conn.exec_driver_sql(f"CREATE DATABASE {name}{extra}")
+            engine.dispose()
+            created[kind] = name
+            self[kind] = services.URLS[kind].format(db=name)
+            return self[kind]
+
+    yield Lazy()
+    for kind, name in created.items():
+        engine = _admin_engine(kind)
+        with engine.connect() as conn:
+            force = " WITH (FORCE)" if kind == "postgresql" else ""
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+        engine.dispose()
+
+
+def _drop_all_tables(url: str) -> None:
+    engine = sa.create_engine(url)
+    try:
+        meta = sa.MetaData()
+        meta.reflect(engine)
+        meta.drop_all(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=CATALOG_BACKENDS)
+def catalog_url(request: pytest.FixtureRequest, tmp_path, server_databases) -> str:
+    """URL of an empty database (no tables); run `cachetap.store.db.upgrade(url)` to migrate it."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    url = server_databases[request.param]
+    _drop_all_tables(url)
+    return url
