@@ -1,0 +1,234 @@
+"""The Celery app: four queues, one routing table, task hygiene, beat schedule, lazy catalog.
+
+Queues: `capture` (pcap replays), `analyze` (sighting batches: counting, admission, probe),
+`download` (one fetch per admitted key), `schedule` (beat housekeeping). Every task name is routed
+in `ROUTES`; nothing relies on Celery's default queue.
+
+Brokers. `redis://` and `amqp://` URLs in `settings.broker_url` are used as given (many machines).
+The embedded default (empty `broker_url`) is kombu's `filesystem://` transport under
+`settings.broker_dir` with a `db+sqlite` result backend under `cache_dir`. Its limits:
+  * single machine only: producers and workers must share the directory (a local filesystem);
+  * a message is moved out of the queue folder when a worker *receives* it, so `acks_late` cannot
+    re-deliver it after a `kill -9`. What guarantees that no admitted key is lost is not the
+    broker but the catalog: claims are leases with a timestamp, and `cachetap.schedule.reclaim`
+    (beat) hands stale `probing` keys back to counting and re-sends stale `queued`/`downloading`
+    keys to the download queue with a fresh claim;
+  * received messages are kept in `broker/processed` (an atomic rename on the same filesystem is
+    what makes "exactly one worker receives it" hold; kombu's default moves them to /tmp, which may
+    be another filesystem, where the move is copy + delete and two workers could both get a copy).
+    `cachetap.schedule.prune_broker` deletes them after a while;
+  * fanout works through the `control` folder, so `celery inspect`/remote control reach workers,
+    but polling makes replies slow; events/gossip/mingle are pointless on one machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import random
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import celeryd_after_setup
+from kombu import Exchange, Queue
+
+from cachetap.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# ---- task names and routing ---------------------------------------------------------------------
+ANALYZE_BATCH = "cachetap.analyze.batch"
+DOWNLOAD_FETCH = "cachetap.download.fetch"
+CAPTURE_REPLAY = "cachetap.capture.replay"
+SCHEDULE_PRUNE_HITS = "cachetap.schedule.prune_hits"
+SCHEDULE_RECLAIM = "cachetap.schedule.reclaim"
+SCHEDULE_PRUNE_BROKER = "cachetap.schedule.prune_broker"
+
+QUEUE_NAMES = ("capture", "analyze", "download", "schedule")
+QUEUES = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES)
+
+ROUTES: dict[str, dict[str, str]] = {
+    CAPTURE_REPLAY: {"queue": "capture"},
+    ANALYZE_BATCH: {"queue": "analyze"},
+    DOWNLOAD_FETCH: {"queue": "download"},
+    SCHEDULE_PRUNE_HITS: {"queue": "schedule"},
+    SCHEDULE_RECLAIM: {"queue": "schedule"},
+    SCHEDULE_PRUNE_BROKER: {"queue": "schedule"},
+    "celery.backend_cleanup": {"queue": "schedule"},  # added by beat when results expire
+}
+
+# Task modules; those written in later issues join once they exist.
+TASK_MODULES = ("cachetap.tasks.analyze", "cachetap.tasks.schedule", "cachetap.tasks.download",
+                "cachetap.tasks.capture")
+
+# ---- retry policy -------------------------------------------------------------------------------
+RETRY_BASE = 2.0
+RETRY_MAX_DELAY = 300.0
+MAX_RETRIES = 6
+
+# Hits older than this many admission windows are pruned; processed broker files after this long.
+PRUNE_HITS_EVERY = 3600.0
+PROCESSED_MAX_AGE = 600.0
+
+
+def retry_countdown(retries: int, base: float = RETRY_BASE, cap: float = RETRY_MAX_DELAY) -> float:
+    """Exponential backoff with full jitter: uniform in [base, min(cap, base * 2**retries)]."""
+    return random.uniform(base, max(base, min(cap, base * (2 ** retries))))
+
+
+class CachetapTask(Task):
+    """Base task: JSON only, late acks; a final failure is logged and recorded against its key."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    max_retries = MAX_RETRIES
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        reason = f"{self.name}: {type(exc).__name__}: {exc}"[:500]
+        log.error("task %s failed for good: %s", task_id, reason)
+        key = _key_of(args, kwargs)
+        if key is None:
+            return
+        try:
+            self.app.catalog.mark(key, "failed", reason=reason)
+        except Exception as mark_exc:  # the catalog may be what failed; the log line above stays
+            log.error("could not record failure of %s in the catalog: %s", key, mark_exc)
+
+
+def _key_of(args: tuple, kwargs: dict) -> str | None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, dict) and isinstance(value.get("key"), str):
+            return value["key"]
+    return None
+
+
+class CachetapCelery(Celery):
+    """A Celery app that carries its `Settings` and, per process, a migrated `Catalog`."""
+
+    def __init__(self, settings: Settings, **kwargs: Any):
+        super().__init__("cachetap", **kwargs)
+        self.settings = settings
+        self._lazy_lock = threading.Lock()
+        self._catalog: Any = None
+        self._catalog_pid: int | None = None
+        self._resolver: Any = None
+
+    @property
+    def catalog(self) -> Any:
+        """The catalog, created and migrated once per process (a forked child makes its own)."""
+        pid = os.getpid()
+        with self._lazy_lock:
+            if self._catalog is None or self._catalog_pid != pid:
+                from cachetap.store.catalog import Catalog
+                from cachetap.store.db import make_engine, upgrade
+
+                engine = make_engine(self.settings.effective_database_url)
+                upgrade(engine)
+                self._catalog, self._catalog_pid = Catalog(engine), pid
+            return self._catalog
+
+    @property
+    def resolver(self) -> Any:
+        """The cache's own name resolution (overrides from settings, then DNS)."""
+        with self._lazy_lock:
+            if self._resolver is None:
+                from cachetap.fetch.resolver import Resolver
+
+                self._resolver = Resolver(self.settings.resolve_overrides)
+            return self._resolver
+
+
+def create_app(settings: Settings) -> CachetapCelery:
+    app = CachetapCelery(settings, task_cls=CachetapTask)
+    app.conf.update(celery_config(settings))
+    app.conf.include = [m for m in TASK_MODULES if importlib.util.find_spec(m) is not None]
+    return app
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery configuration for these settings (creating the embedded broker's folders)."""
+    conf: dict[str, Any] = {
+        "broker_url": settings.effective_broker_url,
+        "result_backend": settings.effective_result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_queues": QUEUES,
+        "task_routes": (ROUTES,),
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": False,
+        "result_expires": timedelta(hours=6),
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": True,
+        "beat_schedule": beat_schedule(settings),
+        "timezone": "UTC",
+    }
+    if settings.embedded_broker or not settings.result_backend or not settings.database_url:
+        settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    if settings.embedded_broker:
+        conf["broker_transport_options"] = embedded_transport_options(settings.broker_dir,
+                                                                      settings.broker_polling_interval)
+        conf["worker_enable_remote_control"] = True
+        conf["worker_send_task_events"] = False
+    return conf
+
+
+def embedded_transport_options(broker_dir: Path, polling_interval: float) -> dict[str, Any]:
+    folders = {name: broker_dir / name for name in ("queue", "processed", "control")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return {
+        # Producers write where consumers read: one folder.
+        "data_folder_in": str(folders["queue"]),
+        "data_folder_out": str(folders["queue"]),
+        "store_processed": True,
+        "processed_folder": str(folders["processed"]),
+        "control_folder": str(folders["control"]),
+        "polling_interval": polling_interval,
+    }
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    reclaim_every = max(30.0, settings.claim_timeout / 4)
+    schedule = {
+        "prune-hits": {"task": SCHEDULE_PRUNE_HITS, "schedule": PRUNE_HITS_EVERY},
+        "reclaim-stale-claims": {"task": SCHEDULE_RECLAIM, "schedule": reclaim_every},
+    }
+    if settings.embedded_broker:
+        schedule["prune-broker"] = {"task": SCHEDULE_PRUNE_BROKER, "schedule": PROCESSED_MAX_AGE}
+    return schedule
+
+
+def prune_processed(broker_dir: Path, older_than: float, now: float | None = None) -> int:
+    """Delete received embedded-broker messages older than `older_than` seconds; returns how many."""
+    folder = broker_dir / "processed"
+    cutoff = (time.time() if now is None else now) - older_than
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue  # another worker pruned it first
+    return removed
+
+
+@celeryd_after_setup.connect
+def _apply_log_level(sender: str, instance: Any, **_: Any) -> None:
+    """cachetap's own loggers follow settings.log_level whatever `-l` the worker was given."""
+    settings = getattr(instance.app, "settings", None)
+    if isinstance(settings, Settings):
+        logging.getLogger("cachetap").setLevel(settings.log_level)
