@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     trusted_networks: list[IPNetwork] = Field([], description="Destination networks trusted for any host (your CDN caches); other requests count only when their destination is among the host's DNS addresses.")
     resolve_overrides: dict[str, list[str]] = Field({}, description="host -> addresses used instead of DNS, for the poisoning check and for fetching.")
 
+    # --- cache server -----------------------------------------------------------------------
+    serve_host: str = Field("0.0.0.0", description="Address the cache server listens on.")
+    serve_port: int = Field(8642, ge=1, le=65535, description="TCP port of the cache server. Unprivileged and outside http_ports, so the capture never counts the cache's own traffic as origin requests.")
+    serve_processes: int = Field(1, ge=1, le=64, description="Cache server worker processes (SO_REUSEPORT); one per core serves the most.")
+    public_url: str = Field("", description="Base URL clients are redirected to, e.g. http://10.0.0.5:8642. Empty: derived from serve_host and serve_port (a wildcard host becomes the address of the default-route interface).")
+
     @field_validator("http_ports")
     @classmethod
     def _ports_valid(cls, ports: list[int]) -> list[int]:
@@ -107,6 +113,20 @@ class Settings(BaseSettings):
             for a in addrs:
                 ipaddress.ip_address(a)  # raises ValueError naming the address
         return {h.lower().rstrip("."): a for h, a in overrides.items()}
+
+    @model_validator(mode="after")
+    def _serve_port_not_captured(self) -> Settings:
+        # Requests to the cache would be sniffed, counted and cached again: a loop.
+        if self.serve_port in self.http_ports:
+            raise ValueError(f"serve_port ({self.serve_port}) is one of http_ports {self.http_ports}")
+        return self
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_valid(cls, url: str) -> str:
+        if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
+            raise ValueError(f"public_url must be an http:// or https:// URL with a host, got {url!r}")
+        return url.rstrip("/")
 
     @model_validator(mode="after")
     def _sizes_ordered(self) -> Settings:

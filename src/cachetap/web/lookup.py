@@ -1,0 +1,243 @@
+"""What the cache server may serve: a small protocol and its two real implementations.
+
+`CatalogLookup` adapts the catalog and blob store (production); `DirectoryLookup` serves a plain
+directory tree (`serve --dir`, and the server's own tests). The server only ever hands a key to
+a lookup, so no part of a request path can reach the file system.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mimetypes
+import os
+import threading
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from cachetap.web.semantics import parse_http_date, valid_etag
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServedObject:
+    path: Path
+    size: int
+    filename: str               # original file name, for Content-Disposition
+    content_type: str
+    etag: str                   # quoted entity tag, e.g. '"abc"' or 'W/"abc"'
+    last_modified: float | None  # epoch seconds of the origin's Last-Modified, None if unknown
+    url: str | None             # original URL: where to send the client if the file is gone
+    mtime: float                # the local file's mtime (Last-Modified when the origin gave none)
+
+
+@runtime_checkable
+class ObjectLookup(Protocol):
+    def find(self, key: str) -> ServedObject | None:
+        """The object to serve for key, or None (unknown, not ready, expired, file missing)."""
+
+    def origin_url(self, key: str) -> str | None:
+        """The original URL of key if known, to redirect a client the cache cannot serve."""
+
+    def record_hit(self, key: str) -> None:
+        """Count one request answered from the cache; must be cheap (called on the event loop)."""
+
+
+def directory_key(relative_path: str) -> str:
+    """Key of a file in a served directory: sha256 prefix of its '/'-separated relative path."""
+    return hashlib.sha256(relative_path.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+class DirectoryLookup:
+    """Serve the regular files below `root` (no symlinks, no dot files) under /c/<key>/<name>.
+
+    `origin_base`, when given, is the URL the tree mirrors: a file that vanished is redirected to
+    origin_base + its relative path. The index is rebuilt on a miss, at most every `rescan` s.
+    """
+
+    def __init__(self, root: Path | str, origin_base: str | None = None, rescan: float = 1.0) -> None:
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"{self.root}: not a directory")
+        self.origin_base = origin_base
+        self.rescan = rescan
+        self.hits: Counter[str] = Counter()
+        self._index: dict[str, str] = {}
+        self._scanned_at = float("-inf")
+        self._lock = threading.Lock()
+        self._scan()
+
+    def _scan(self) -> None:
+        index: dict[str, str] = {}
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                full = Path(dirpath, name)
+                if name.startswith(".") or full.is_symlink() or not full.is_file():
+                    continue
+                relative = full.relative_to(self.root).as_posix()
+                index[directory_key(relative)] = relative
+        with self._lock:
+            self._index = index
+            self._scanned_at = time.monotonic()
+
+    def entries(self) -> dict[str, str]:
+        """key -> relative path of every file currently indexed."""
+        with self._lock:
+            return dict(self._index)
+
+    def url_path(self, relative_path: str) -> str:
+        from cachetap.web.urls import object_path
+        return object_path(directory_key(relative_path), relative_path.rsplit("/", 1)[-1])
+
+    def _relative(self, key: str) -> str | None:
+        relative = self._index.get(key)
+        if relative is None and time.monotonic() - self._scanned_at >= self.rescan:
+            self._scan()
+            relative = self._index.get(key)
+        return relative
+
+    def find(self, key: str) -> ServedObject | None:
+        relative = self._relative(key)
+        if relative is None:
+            return None
+        path = self.root / relative
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return None
+        if not (st.st_mode & 0o170000 == 0o100000):  # regular file only
+            return None
+        name = relative.rsplit("/", 1)[-1]
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        # The same shape as nginx's ETag: mtime and size in hex.
+        etag = f'"{int(st.st_mtime):x}-{st.st_size:x}"'
+        return ServedObject(path, st.st_size, name, content_type, etag, st.st_mtime,
+                            self._origin(relative), st.st_mtime)
+
+    def _origin(self, relative: str) -> str | None:
+        if not self.origin_base:
+            return None
+        return self.origin_base.rstrip("/") + "/" + relative
+
+    def origin_url(self, key: str) -> str | None:
+        relative = self._relative(key)
+        return self._origin(relative) if relative is not None else None
+
+    def record_hit(self, key: str) -> None:
+        self.hits[key] += 1
+
+
+class CatalogLookup:
+    """Ready, unexpired catalog entries whose blob is on disk.
+
+    Catalog rows are cached for `ttl` seconds (negative answers too) so that a busy object costs
+    no query per request; hits are summed in memory and written by a background thread every
+    `flush_interval` seconds with `catalog.add_hits(counts, now)`, never one write per request.
+    A cache miss queries the catalog on the caller's thread: one primary-key read.
+    """
+
+    def __init__(self, catalog: Any, blobs: Any, ttl: float = 1.0, flush_interval: float = 5.0,
+                 max_cached: int = 10_000) -> None:
+        self.catalog = catalog
+        self.blobs = blobs
+        self.ttl = ttl
+        self.flush_interval = flush_interval
+        self.max_cached = max_cached
+        self._cache: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._pending: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def _check_fork(self) -> None:
+        # Worker processes are forked: threads and pooled DB connections do not survive a fork.
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._flusher = None
+        self._pending.clear()
+        self._cache.clear()
+        engine = getattr(self.catalog, "engine", None)
+        if engine is not None and hasattr(engine, "dispose"):
+            engine.dispose(close=False)
+
+    def _entry(self, key: str) -> Any:
+        self._check_fork()
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        entry = self.catalog.get(key)
+        self._cache[key] = (now + self.ttl, entry)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+        return entry
+
+    def forget(self, key: str) -> None:
+        self._cache.pop(key, None)
+
+    def find(self, key: str) -> ServedObject | None:
+        entry = self._entry(key)
+        if entry is None or entry.state != "ready" or not entry.blob:
+            return None
+        if entry.expires_at is not None and entry.expires_at <= time.time():
+            return None
+        path = Path(self.blobs.path(entry.blob))
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        if entry.size is not None and st.st_size != entry.size:
+            log.warning("blob %s of %s has %d bytes, catalog says %d: not served",
+                        entry.blob, key, st.st_size, entry.size)
+            return None
+        etag = entry.etag if valid_etag(entry.etag) else f'"{entry.blob[:32]}"'
+        return ServedObject(path, st.st_size, entry.filename or "download",
+                            entry.content_type or "application/octet-stream", etag,
+                            _epoch(entry.last_modified), entry.url, st.st_mtime)
+
+    def origin_url(self, key: str) -> str | None:
+        entry = self._entry(key)
+        return entry.url if entry is not None else None
+
+    def record_hit(self, key: str) -> None:
+        self._check_fork()
+        with self._lock:
+            self._pending[key] += 1
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_loop, name="hit-flusher", daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._pending = dict(self._pending), Counter()
+        if not counts:
+            return
+        try:
+            self.catalog.add_hits(counts, time.time())
+        except Exception:  # the catalog being down must never break serving
+            log.exception("could not record %d served hits; they are dropped", sum(counts.values()))
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
+
+
+def _epoch(value: Any) -> float | None:
+    """Catalog Last-Modified as epoch seconds; it may be stored as a number or an HTTP-date."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return parse_http_date(str(value))
