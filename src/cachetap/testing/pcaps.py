@@ -141,6 +141,10 @@ def frame_bytes(packet: PacketLike, linktype: int = LINKTYPE_ETHERNET) -> bytes:
     raise ValueError(f"no framing for link type {linktype}")
 
 
+def _ether(**fields) -> Ether:
+    return Ether(src=CLIENT_MAC, dst=SERVER_MAC, **fields)
+
+
 def _mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", "")) + b"\x00\x00"
 
@@ -240,20 +244,20 @@ def hostile_cases() -> list[HostileCase]:
     cases = [
         HostileCase("empty_frame", b"", "truncated_ethernet"),
         HostileCase("ethernet_header_cut", raw_get[:10], "truncated_ethernet"),
-        HostileCase("vlan_tag_cut", bytes(with_vlan(Ether(src=CLIENT_MAC, dst=SERVER_MAC), 7))[:16],
+        HostileCase("vlan_tag_cut", bytes(with_vlan(_ether(), 7))[:16],
                     "truncated_vlan"),
         HostileCase("ipv4_header_cut", raw_get[:14 + 12], "truncated_ipv4"),
         HostileCase("ipv4_body_cut", raw_get[:-5], "truncated_ipv4"),
-        HostileCase("tcp_header_cut", bytes(Ether(src=CLIENT_MAC, dst=SERVER_MAC) / IP(src="10.0.0.1", dst="10.0.0.2", proto=6, len=30)
+        HostileCase("tcp_header_cut", bytes(_ether() / IP(src="10.0.0.1", dst="10.0.0.2", proto=6, len=30)
                                             / Raw(b"\0" * 10)), "truncated_tcp"),
         HostileCase("bad_ihl", bytes(bad_ihl), "bad_ipv4_header_length"),
         HostileCase("ip_total_length_too_small", bytes(short_total), "bad_ip_length"),
         HostileCase("bad_tcp_offset", bytes(bad_tcp_offset), "bad_tcp_offset"),
-        HostileCase("ipv6_header_cut", bytes(Ether(src=CLIENT_MAC, dst=SERVER_MAC) / IPv6(src="fd00::1", dst="fd00::2"))[:30], "truncated_ipv6"),
-        HostileCase("arp", bytes(Ether(src=CLIENT_MAC, dst=SERVER_MAC, type=0x0806) / Raw(b"\x00" * 28)), "not_ip"),
-        HostileCase("ip_fragment", bytes(Ether(src=CLIENT_MAC, dst=SERVER_MAC) / IP(src="10.0.0.1", dst="10.0.0.2", flags="MF", proto=6)
+        HostileCase("ipv6_header_cut", bytes(_ether() / IPv6(src="fd00::1", dst="fd00::2"))[:30], "truncated_ipv6"),
+        HostileCase("arp", bytes(_ether(type=0x0806) / Raw(b"\x00" * 28)), "not_ip"),
+        HostileCase("ip_fragment", bytes(_ether() / IP(src="10.0.0.1", dst="10.0.0.2", flags="MF", proto=6)
                                          / Raw(b"GET / HTTP/1.1\r\n")), "ip_fragment"),
-        HostileCase("udp", bytes(Ether(src=CLIENT_MAC, dst=SERVER_MAC) / IP(src="10.0.0.1", dst="10.0.0.2", proto=17) / Raw(b"\0" * 8)), "not_tcp"),
+        HostileCase("udp", bytes(_ether() / IP(src="10.0.0.1", dst="10.0.0.2", proto=17) / Raw(b"\0" * 8)), "not_tcp"),
         HostileCase("garbage_payload", segment(bytes(range(256)) * 4), None),
         HostileCase("tls_on_port_80", segment(tls_hello), None),
         HostileCase("nul_in_target", one("/a\x00b.iso"), None),
