@@ -55,7 +55,7 @@ class Resolver:
     def _lookup(self, host: str) -> tuple[set[str], bool]:
         try:
             infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-        except (OSError, UnicodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: idna label too long, NUL
             log.info("resolve %s failed: %s", host, exc)
             return set(), False
         found = {str(ipaddress.ip_address(_strip_scope(info[4][0]))) for info in infos}
