@@ -75,3 +75,15 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path, server_databases) -> s
     url = server_databases[request.param]
     _drop_all_tables(url)
     return url
+
+
+@pytest.fixture
+def catalog(catalog_url):
+    """A `Catalog` on a freshly migrated `catalog_url` database."""
+    from cachetap.store.catalog import Catalog
+    from cachetap.store.db import make_engine, upgrade
+
+    engine = make_engine(catalog_url)
+    upgrade(engine)
+    yield Catalog(engine)
+    engine.dispose()

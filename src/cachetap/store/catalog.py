@@ -1,0 +1,292 @@
+"""The catalog repository: every read and write of `entries` and `hits` goes through `Catalog`.
+
+Values that came off the wire (URLs, hosts, headers) reach SQL only as bound parameters. Each
+method is one short transaction. Writes that many processes make at once are single statements
+whose outcome the database decides: an upsert per key for sightings, a conditional UPDATE for
+claims, so exactly one worker wins whatever the interleaving.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from cachetap.core.keys import url_filename
+from cachetap.core.types import Sighting
+from cachetap.store.db import is_transient, writer
+from cachetap.store.models import Entry, EntryState, Hit
+
+ENTRIES = Entry.__table__
+HITS = Hit.__table__
+KEY_PATTERN = re.compile(r"[0-9a-f]{32}")
+STATES = frozenset(s.value for s in EntryState)
+PROBE_FIELDS = ("size", "content_type", "etag", "last_modified", "cache_control")
+# Columns a caller may set through mark(); identity, state and reason have their own arguments.
+MARKABLE = frozenset(c.name for c in ENTRIES.columns) - {"id", "key", "state", "reason"}
+TRANSIENT_RETRIES = 5
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class EntryView:
+    """A snapshot of one `entries` row (not a live ORM object: safe to keep and pass around)."""
+
+    id: int
+    key: str
+    url: str
+    host: str
+    filename: str
+    state: str
+    reason: str | None
+    hits: int
+    first_seen: float
+    last_hit: float
+    size: int | None
+    content_type: str | None
+    etag: str | None
+    last_modified: str | None
+    cache_control: str | None
+    expires_at: float | None
+    claim_token: str | None
+    claimed_at: float | None
+    attempts: int
+    blob: str | None
+    stored_size: int | None
+    published_at: float | None
+    bytes_done: int
+    speed: int
+    task_id: str | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: sa.Row) -> EntryView:
+        data = row._mapping
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise ValueError(f"not a cache key (32 lower-case hex characters): {key!r}")
+    return key
+
+
+def _check_state(state: str) -> str:
+    if state not in STATES:
+        raise ValueError(f"unknown entry state {state!r}; one of {sorted(STATES)}")
+    return str(state)
+
+
+def _clip(value: str, column: str, table: sa.Table = ENTRIES) -> str:
+    """Cut a display value from the wire to its column, or a server would reject the whole batch."""
+    length = table.c[column].type.length
+    return value[:length]
+
+
+def _fits(value: Any, column: str) -> Any:
+    """A validator (ETag, Last-Modified...) too long for its column is dropped, never cut: a cut
+    validator would be a wrong one."""
+    if isinstance(value, str) and len(value) > ENTRIES.c[column].type.length:
+        return None
+    return value
+
+
+class Catalog:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = writer(engine)
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one write transaction, again if the database chose it as a deadlock victim."""
+        for attempt in range(TRANSIENT_RETRIES):
+            try:
+                with self._writer.begin() as conn:
+                    return work(conn)
+            except sa.exc.DBAPIError as exc:
+                if not is_transient(exc) or attempt == TRANSIENT_RETRIES - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _upsert_entry(self, values: dict[str, Any]) -> sa.Executable:
+        """INSERT the entry, or on a duplicate key add its hits and move last_hit forward."""
+        dialect = self.engine.dialect.name
+        if dialect in ("mysql", "mariadb"):
+            stmt = mysql.insert(ENTRIES).values(values)
+            new = stmt.inserted
+        elif dialect in ("postgresql", "sqlite"):
+            stmt = (postgresql if dialect == "postgresql" else sqlite).insert(ENTRIES).values(values)
+            new = stmt.excluded
+        else:
+            raise NotImplementedError(f"catalog upsert is not written for {dialect}")
+        # On MySQL later assignments see earlier ones: each refers only to its own column.
+        updates = {
+            "hits": ENTRIES.c.hits + new.hits,
+            "last_hit": sa.case((new.last_hit > ENTRIES.c.last_hit, new.last_hit), else_=ENTRIES.c.last_hit),
+            "updated_at": new.updated_at,
+        }
+        if dialect in ("mysql", "mariadb"):
+            return stmt.on_duplicate_key_update(**updates)
+        return stmt.on_conflict_do_update(index_elements=[ENTRIES.c.key], set_=updates)
+
+    # ---- counting -----------------------------------------------------------------------------
+
+    def record_sightings(self, sightings: list[Sighting], window: float, now: float) -> dict[str, int]:
+        """Count requests: one entry per key (new ones start `counting`), one `hits` row each.
+
+        Returns key -> number of hits with `now - window <= ts <= now`, for every key in the batch.
+        Sightings may also be given as dicts (`Sighting.to_dict()`, as they travel through Celery).
+        """
+        sightings = [Sighting.from_dict(s) if isinstance(s, Mapping) else s for s in sightings]
+        by_key: dict[str, list[Sighting]] = {}
+        for s in sightings:
+            by_key.setdefault(_check_key(s.key), []).append(s)
+        if not by_key:
+            return {}
+        keys = sorted(by_key)  # same lock order in every transaction: no deadlock between batches
+
+        def work(conn: Connection) -> dict[str, int]:
+            for key in keys:
+                group = by_key[key]
+                first = group[0]
+                conn.execute(self._upsert_entry({
+                    "key": key, "url": first.url, "host": _clip(first.host, "host"),
+                    "filename": _clip(url_filename(first.url), "filename"), "state": EntryState.COUNTING.value,
+                    "hits": len(group), "first_seen": min(s.ts for s in group),
+                    "last_hit": max(s.ts for s in group), "created_at": now, "updated_at": now,
+                }))
+            conn.execute(HITS.insert(), [
+                {"key": s.key, "ts": s.ts, "client": _clip(s.client, "client", HITS)} for s in sightings
+            ])
+            rows = conn.execute(
+                sa.select(HITS.c.key, sa.func.count())
+                .where(HITS.c.key.in_(keys), HITS.c.ts >= now - window, HITS.c.ts <= now)
+                .group_by(HITS.c.key)
+            )
+            counts = dict.fromkeys(keys, 0)
+            counts.update({key: n for key, n in rows})
+            return counts
+
+        return self._write(work)
+
+    def add_hits(self, counts: Mapping[str, int], now: float) -> int:
+        """Add requests served from the cache to existing entries (no `hits` rows); returns rows changed."""
+        items = sorted((_check_key(k), int(n)) for k, n in counts.items() if n > 0)
+        if not items:
+            return 0
+        stmt = (
+            sa.update(ENTRIES).where(ENTRIES.c.key == sa.bindparam("k"))
+            .values(hits=ENTRIES.c.hits + sa.bindparam("n"),
+                    last_hit=sa.case((ENTRIES.c.last_hit < now, now), else_=ENTRIES.c.last_hit))
+        )
+        return self._write(lambda conn: conn.execute(stmt, [{"k": k, "n": n} for k, n in items]).rowcount)
+
+    def prune_hits(self, before: float) -> int:
+        """Delete `hits` rows older than `before`; returns how many."""
+        return self._write(lambda conn: conn.execute(sa.delete(HITS).where(HITS.c.ts < before)).rowcount)
+
+    # ---- claims and state ---------------------------------------------------------------------
+
+    def claim(self, key: str, from_states: Collection[str], to_state: str, token: str, now: float,
+              stale_after: float) -> bool:
+        """Move `key` from one of `from_states` to `to_state` under `token`; True for the one winner.
+
+        A claim already in `to_state` but older than `stale_after` seconds (its worker vanished)
+        may be taken again. One conditional UPDATE: the database picks exactly one winner.
+        """
+        from_states = [_check_state(s) for s in from_states]
+        to_state = _check_state(to_state)
+        stale = sa.and_(ENTRIES.c.state == to_state,
+                        sa.or_(ENTRIES.c.claimed_at.is_(None), ENTRIES.c.claimed_at < now - stale_after))
+        stmt = (
+            sa.update(ENTRIES)
+            .where(ENTRIES.c.key == _check_key(key), sa.or_(ENTRIES.c.state.in_(from_states), stale))
+            .values(state=to_state, claim_token=token, claimed_at=now, updated_at=now)
+        )
+        return self._write(lambda conn: conn.execute(stmt).rowcount == 1)
+
+    def mark(self, key: str, state: str, reason: str | None = None, token: str | None = None,
+             **fields: Any) -> bool:
+        """Set the state (and reason, and any other columns given); with `token`, only while that
+        claim is held. Returns whether the entry was changed. Unknown field names raise TypeError."""
+        unknown = set(fields) - MARKABLE
+        if unknown:
+            raise TypeError(f"mark() got unknown entry fields: {sorted(unknown)}")
+        values = {"updated_at": time.time(), **fields, "state": _check_state(state), "reason": reason}
+        stmt = sa.update(ENTRIES).where(ENTRIES.c.key == _check_key(key))
+        if token is not None:
+            stmt = stmt.where(ENTRIES.c.claim_token == token)
+        return self._write(lambda conn: conn.execute(stmt.values(values)).rowcount == 1)
+
+    def set_probe(self, key: str, probe: Mapping[str, Any] | Any, state: str | None = None,
+                  reason: str | None = None, token: str | None = None) -> bool:
+        """Store what the HEAD probe found (size, content_type, etag, last_modified, cache_control).
+
+        `probe` is a mapping or an object with those attributes (`core.admission.ProbeResult`).
+        With `state`, the state and reason are set too; with `token`, only while that claim is held.
+        """
+        get = probe.get if isinstance(probe, Mapping) else (lambda name: getattr(probe, name, None))
+        values: dict[str, Any] = {name: _fits(get(name), name) for name in PROBE_FIELDS if name != "size"}
+        size = get("size")
+        values["size"] = None if size is None or size < 0 else int(size)
+        values["updated_at"] = time.time()
+        if state is not None:
+            values.update(state=_check_state(state), reason=reason)
+        stmt = sa.update(ENTRIES).where(ENTRIES.c.key == _check_key(key)).values(values)
+        if token is not None:
+            stmt = stmt.where(ENTRIES.c.claim_token == token)
+        return self._write(lambda conn: conn.execute(stmt).rowcount == 1)
+
+    def remove(self, key: str) -> bool:
+        """Delete the entry and its hits; True if there was one."""
+        def work(conn: Connection) -> bool:
+            conn.execute(sa.delete(HITS).where(HITS.c.key == key))
+            return conn.execute(sa.delete(ENTRIES).where(ENTRIES.c.key == key)).rowcount == 1
+        _check_key(key)
+        return self._write(work)
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    def _select(self, stmt: sa.Select) -> list[EntryView]:
+        with self.engine.connect() as conn:
+            return [EntryView.from_row(row) for row in conn.execute(stmt)]
+
+    def get(self, key: str) -> EntryView | None:
+        if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+            return None  # a malformed key names no entry
+        found = self._select(sa.select(ENTRIES).where(ENTRIES.c.key == key))
+        return found[0] if found else None
+
+    def entries(self, limit: int = 100, state: str | None = None) -> list[EntryView]:
+        """Entries most recently requested first."""
+        stmt = sa.select(ENTRIES).order_by(ENTRIES.c.last_hit.desc(), ENTRIES.c.id.desc()).limit(max(0, int(limit)))
+        if state is not None:
+            stmt = stmt.where(ENTRIES.c.state == _check_state(state))
+        return self._select(stmt)
+
+    def counts_by_state(self) -> dict[str, int]:
+        """Entries per state; every known state is present (0 when empty)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(ENTRIES.c.state, sa.func.count()).group_by(ENTRIES.c.state))
+            counts = dict.fromkeys(sorted(STATES), 0)
+            counts.update({state: n for state, n in rows})
+            return counts
+
+    def stale_claims(self, now: float, stale_after: float, states: Iterable[str]) -> list[EntryView]:
+        """Entries in `states` whose claim is older than `stale_after` seconds (or missing)."""
+        states = [_check_state(s) for s in states]
+        return self._select(
+            sa.select(ENTRIES)
+            .where(ENTRIES.c.state.in_(states),
+                   sa.or_(ENTRIES.c.claimed_at.is_(None), ENTRIES.c.claimed_at < now - stale_after))
+            .order_by(ENTRIES.c.claimed_at)
+        )
