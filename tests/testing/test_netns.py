@@ -1,0 +1,98 @@
+"""The namespace harness against the real kernel: it builds a routed network and always removes it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from cachetap.testing.netns import NETNS_DIR, NetnsError, Topology, netns_problem, remove_stale_namespaces
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(netns_problem() is not None, reason=f"{netns_problem()}")]
+
+
+def _namespaces() -> set[str]:
+    try:
+        return set(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return set()
+
+
+def _wait_listening(ns, port: int) -> None:
+    probe = (f"import socket,time\nfor _ in range(400):\n"
+             f"    try: socket.create_connection(('127.0.0.1',{port}),0.2).close(); break\n"
+             f"    except OSError: time.sleep(0.025)\nelse: raise SystemExit('not listening')")
+    ns.run([sys.executable, "-c", probe], timeout=30)
+
+
+def _rx_packets(ns, ifname: str) -> int:
+    return int(ns.run(["cat", f"/sys/class/net/{ifname}/statistics/rx_packets"]).stdout)
+
+
+def test_curl_from_client_reaches_origin_through_router(tmp_path):
+    (tmp_path / "hello.txt").write_text("hello from the origin ns\n")
+    with Topology() as topo:
+        names = {ns.name for ns in topo.namespaces}
+        assert names <= _namespaces()
+        topo.origin.popen([sys.executable, "-m", "http.server", "8080", "--bind", "::", "--directory", str(tmp_path)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_listening(topo.origin, 8080)
+        router_rx = _rx_packets(topo.router, topo.router_client_if)
+        for host in (topo.origin_ip4, f"[{topo.origin_ip6}]"):
+            out = topo.client.run(["curl", "-sS", "--max-time", "20", f"http://{host}:8080/hello.txt"]).stdout
+            assert out == "hello from the origin ns\n"
+        assert _rx_packets(topo.router, topo.router_client_if) > router_rx  # it did cross the router
+        # The origin is not reachable from the root namespace: nothing leaks out.
+        assert topo.origin_ip4 not in subprocess.run(["ip", "-4", "addr"], capture_output=True, text=True).stdout
+    assert not names & _namespaces()
+
+
+def test_entered_moves_only_this_thread_and_back():
+    root_ifaces = {name for _, name in socket.if_nameindex()}
+    with Topology() as topo:
+        with topo.router.entered():
+            inside = {name for _, name in socket.if_nameindex()}
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((topo.router_client_ip4, 0))  # the address only exists in the router ns
+        assert {"lo", topo.router_client_if, topo.router_origin_if} == inside
+        assert {name for _, name in socket.if_nameindex()} == root_ifaces
+        sock.close()
+        assert topo.router.mac(topo.router_client_if).count(":") == 5
+
+
+def test_teardown_on_exception_and_twice():
+    with pytest.raises(RuntimeError, match="boom"):
+        with Topology() as topo:
+            proc = topo.client.popen(["sleep", "60"])
+            raise RuntimeError("boom")
+    assert proc.poll() is not None  # the process started in the namespace was ended
+    assert not {ns.name for ns in topo.namespaces} & _namespaces()
+    topo.close()  # idempotent
+
+
+def test_failing_command_raises_with_stderr():
+    with Topology() as topo:
+        with pytest.raises(subprocess.CalledProcessError):
+            topo.client.run(["ip", "link", "set", "no-such-if", "up"])
+
+
+def test_stale_namespaces_of_dead_runs_are_removed():
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    name = f"ct-{dead.pid}-0-c"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        assert name in remove_stale_namespaces()
+        assert name not in _namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    assert f"ct-{os.getpid()}-" not in " ".join(remove_stale_namespaces())
+
+
+def test_netns_error_names_the_command():
+    from cachetap.testing.netns import _ip
+    with pytest.raises(NetnsError, match="ip link set definitely-missing"):
+        _ip("link", "set", "definitely-missing", "up")
