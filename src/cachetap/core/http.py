@@ -242,11 +242,22 @@ def _check_unfinished(buf: bytes, pos: int, stop: int) -> str | None:
         return _check_partial_request_line(first[:-1] if first.endswith(b"\r") else first)
     try:
         _request_line(_strip_cr(first))
-        for raw in lines[1:-1]:  # complete header lines; the last one may still grow
+        for raw in lines[1:-1]:
             _header(_strip_cr(raw))
+        _partial_header(_strip_cr(lines[-1]))  # the last line may still grow
     except _Reject as rej:
         return rej.reason
     return None
+
+
+def _partial_header(line: bytes) -> None:
+    """Reject the start of a header line that no continuation could make valid."""
+    if b":" in line:
+        _header(line)
+    elif line[:1] in (b" ", b"\t"):
+        raise _Reject("obs_fold")
+    elif line.translate(None, _TCHAR):
+        raise _Reject("bad_header")
 
 
 def _check_partial_request_line(part: bytes) -> str | None:
