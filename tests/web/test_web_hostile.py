@@ -1,0 +1,148 @@
+"""Raw-socket edges: hostile paths, malformed heads, pipelining, slow and many clients, stopping."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection
+
+import pytest
+
+from conftest import Served, exchange, parse_responses
+from cachetap.web.lookup import DirectoryLookup
+from cachetap.web.server import CacheServer
+
+
+def get(served: Served, target: str, extra: str = "") -> list:
+    raw = exchange(served.server.port, f"GET {target} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
+                   .encode("latin-1"))
+    return parse_responses(raw)
+
+
+@pytest.mark.parametrize("target", [
+    "/../../../../etc/passwd", "/c/../../etc/passwd", "/c/%2e%2e/%2e%2e/etc/passwd",
+    "/c/..%2f..%2fetc%2fpasswd", "/c/%00/x", "/c//etc/passwd", "/c/" + "a" * 33 + "/x",
+    "/c/" + "A" * 32 + "/x", "/etc/passwd", "http://x/../etc/passwd", "*",
+])
+def test_hostile_paths_never_reach_the_disk(served: Served, target: str):
+    (response,) = get(served, target)
+    assert response.status == 404
+    assert b"root:" not in response.body
+
+
+def test_name_part_is_cosmetic(served: Served):
+    (response,) = get(served, f"/c/{served.key()}/../../../../etc/passwd")
+    assert response.status == 200 and response.body == served.data
+
+
+def test_absolute_form_target(served: Served):
+    (response,) = get(served, f"http://cache.example{served.path()}")
+    assert response.status == 200 and response.body == served.data
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"GET /c/\x00 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nBroken header\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),
+    (b"GET / HTTP/3.0\r\nHost: x\r\n\r\n", 505),
+    (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n", 400),
+    (b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Fill: " + b"b" * 1000 + b"\r\n" * 0 + b"\r\n" * 1
+     + b"".join(b"X-%d: %s\r\n" % (i, b"c" * 500) for i in range(200)) + b"\r\n", 431),
+])
+def test_malformed_requests_get_an_error_and_the_connection_closes(served: Served, raw: bytes, status: int):
+    # A second, valid request after the bad one must not be answered: the connection is gone.
+    data = exchange(served.server.port, raw + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    responses = parse_responses(data)
+    assert [r.status for r in responses] == [status]
+    assert responses[0].headers["connection"] == "close"
+
+
+def test_other_methods_are_405(served: Served):
+    data = exchange(served.server.port, f"DELETE {served.path()} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    .encode())
+    (response,) = parse_responses(data)
+    assert response.status == 405 and response.headers["allow"] == "GET, HEAD"
+    assert (served.root / "big.iso").exists()
+
+
+def test_request_with_a_body_closes_after_the_answer(served: Served):
+    # The body is never parsed as a next request (no smuggling): the connection ends instead.
+    data = exchange(served.server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 37\r\n\r\n"
+                    b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert [r.status for r in parse_responses(data)] == [200]
+
+
+def test_pipelined_requests_are_answered_in_order(served: Served):
+    path = served.path()
+    data = exchange(served.server.port, (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes=5-9\r\n\r\n"
+        f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n"
+        f"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes=-3\r\n\r\n"
+        f"GET /c/{'e' * 32}/gone HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").encode())
+    responses = parse_responses(data, head_only=(False, True))
+    assert [r.status for r in responses] == [206, 200, 200, 206, 404]
+    assert responses[0].body == served.data[5:10]
+    assert responses[1].headers["content-length"] == str(len(served.data)) and responses[1].body == b""
+    assert responses[2].body == b"ok"
+    assert responses[3].body == served.data[-3:]
+    assert responses[4].headers["connection"] == "close"
+
+
+def test_http10_closes_unless_keep_alive_is_asked(served: Served):
+    data = exchange(served.server.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+    (response,) = parse_responses(data)
+    assert response.status == 200 and response.headers["connection"] == "close"
+
+
+def test_slow_head_is_cut_off(served: Served):
+    # head_timeout is 2 s in the fixture: a client that never finishes its head is disconnected.
+    with socket.create_connection(("127.0.0.1", served.server.port), timeout=60) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        assert sock.recv(100) == b""
+
+
+def test_many_concurrent_clients(served: Served):
+    size = len(served.data)
+
+    def fetch(i: int) -> bool:
+        conn = HTTPConnection("127.0.0.1", served.server.port, timeout=60)
+        try:
+            start = (i * 65_537) % (size - 100_000)
+            conn.request("GET", served.path(), headers={"Range": f"bytes={start}-{start + 99_999}"})
+            response = conn.getresponse()
+            body = response.read()
+            conn.request("GET", "/healthz")
+            again = conn.getresponse().read()  # the same connection, kept alive
+            return response.status == 206 and body == served.data[start:start + 100_000] and again == b"ok"
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        results = list(pool.map(fetch, range(200)))
+    assert all(results)
+
+
+def test_stop_lets_a_running_download_finish_and_closes_idle_connections(served: Served, tmp_path):
+    big = tmp_path / "files" / "sparse.bin"
+    with open(big, "wb") as fh:
+        fh.truncate(64 << 20)
+    lookup = DirectoryLookup(served.root)
+    server = CacheServer(lookup, grace=30.0).start()
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    busy = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    busy.sendall(f"GET {served.path('sparse.bin')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    first = busy.recv(1 << 16)  # the answer has started; the rest waits in the socket buffers
+    assert first.startswith(b"HTTP/1.1 200")
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    assert idle.recv(100) == b""  # idle keep-alive connection closed at once
+    received = len(first.partition(b"\r\n\r\n")[2])
+    while chunk := busy.recv(1 << 20):
+        received += len(chunk)
+    stopper.join()
+    assert received == 64 << 20
+    idle.close(), busy.close()
