@@ -11,6 +11,7 @@ from __future__ import annotations
 GET = 0x47455420   # "GET "
 HEAD = 0x48454144  # "HEAD", followed by a space
 SPACE = 0x20
+LINKTYPE_ETHERNET = 1
 
 
 def _tcp_payload_starts(payload: str) -> str:
@@ -33,7 +34,7 @@ def _ipv6_branch(ports: str) -> str:
             f"(ip6[{payload}:4] = {HEAD:#x} and ip6[{payload} + 4:1] = {SPACE:#x})))")
 
 
-def request_filter(ports: list[int]) -> str:
+def request_filter(ports: list[int], linktype: int = LINKTYPE_ETHERNET) -> str:
     """A libpcap filter expression passing only request starts (GET and HEAD) to `ports`.
 
     Branches: plain IPv4 and IPv6, then the same behind one VLAN tag, then behind a second one
@@ -41,6 +42,8 @@ def request_filter(ports: list[int]) -> str:
     whatever the parentheses say, so the tagged branches come last and the second `vlan` (already
     shifted once by the first) tests the inner tag. On a live socket the kernel has already taken the
     outer tag off, so tagged frames match the earlier branches there.
+    libpcap knows VLAN tags only on Ethernet: for another `linktype` (cooked, raw IP) the tagged
+    branches are left out, or the filter would not compile there.
     """
     if not ports:
         raise ValueError("request_filter needs at least one port")
@@ -49,4 +52,6 @@ def request_filter(ports: list[int]) -> str:
         raise ValueError(f"ports must be integers 1-65535, got {bad}")
     port_test = " or ".join(f"tcp dst port {p}" for p in sorted(set(ports)))
     untagged = f"{_ipv4_branch(port_test)} or {_ipv6_branch(port_test)}"
+    if linktype != LINKTYPE_ETHERNET:
+        return untagged
     return f"({untagged}) or (vlan and ({untagged})) or (vlan and ({untagged}))"

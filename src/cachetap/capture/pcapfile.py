@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -67,7 +68,7 @@ class CaptureReader:
                 raw.seek(0)
                 self._file = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
                 magic = self._file.read(4)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             self.close()
             raise CaptureFileError("unreadable", f"{self.path}: {exc}") from None
         if magic in PCAP_MAGIC:
@@ -114,7 +115,7 @@ class CaptureReader:
     def _read(self, size: int) -> bytes:
         try:
             return self._file.read(size)
-        except (OSError, EOFError):  # a damaged gzip stream
+        except (OSError, EOFError, zlib.error):  # a damaged gzip stream
             return b""
 
     # ---- classic pcap ------------------------------------------------------------------------
