@@ -94,7 +94,7 @@ def _cut_points(length: int, split_at: int | Sequence[int] | None) -> list[int]:
 def _frame(src: str, dst: str, sport: int, dport: int, flags: str, seq: int, ack: int, data: bytes,
            vlan: int | Sequence[int] | None, src_mac: str, dst_mac: str) -> Packet:
     ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
-    l3 = ip / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, window=65535)
+    l3 = ip / TCP(sport=sport, dport=dport, flags=flags, seq=seq % 2**32, ack=ack % 2**32, window=65535)
     if data:
         l3 = l3 / Raw(data)
     return with_vlan(Ether(src=src_mac, dst=dst_mac), vlan) / l3
