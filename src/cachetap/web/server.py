@@ -24,8 +24,6 @@ from cachetap.web.semantics import (UNSATISFIABLE, ByteRange, not_modified, pars
 
 log = logging.getLogger(__name__)
 
-SENDFILE_CHUNK = 8 << 20  # progress step for send_timeout; large enough to cost nothing
-
 
 class CacheServer:
     """One event loop serving one listening socket.
@@ -41,7 +39,7 @@ class CacheServer:
         self.host = host
         self.port = port
         self.head_timeout = head_timeout    # whole head within this (slowloris), also keep-alive idle
-        self.send_timeout = send_timeout    # a client taking no SENDFILE_CHUNK within this is dropped
+        self.send_timeout = send_timeout    # a client taking no data for this long is dropped
         self.grace = grace                  # seconds in-flight responses get on stop
         self.reuse_port = reuse_port
         self.metrics = ServeMetrics()
@@ -238,21 +236,47 @@ class CacheServer:
         return keep_alive
 
     async def _sendfile(self, writer: asyncio.StreamWriter, file: Any, offset: int, length: int) -> None:
+        """os.sendfile straight from the file to the socket until done.
+
+        Our own loop instead of loop.sendfile(): that one re-registers the socket with epoll and
+        returns to the event loop after every partial send (measured ~0.7x nginx); here the socket
+        stays registered for the whole body and we only yield when the kernel buffer is full.
+        """
+        transport = writer.transport
+        if transport.get_write_buffer_size():
+            transport.set_write_buffer_limits(high=0)  # the head must be out before the body
+            await writer.drain()
         loop = asyncio.get_running_loop()
+        # The transport owns its fd in the event loop; a duplicate of it may be watched for us.
+        sock_fd = os.dup(transport.get_extra_info("socket").fileno())
+        file_fd = file.fileno()
+        waiter: asyncio.Future[None] | None = None
+
+        def writable() -> None:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
         end = offset + length
+        loop.add_writer(sock_fd, writable)
         try:
             while offset < end:
-                count = min(SENDFILE_CHUNK, end - offset)
-                async with asyncio.timeout(self.send_timeout):
-                    sent = await loop.sendfile(writer.transport, file, offset, count)
-                self.metrics.bytes_sent.inc(sent)
+                try:
+                    sent = os.sendfile(sock_fd, file_fd, offset, end - offset)
+                except BlockingIOError:
+                    waiter = loop.create_future()
+                    async with asyncio.timeout(self.send_timeout):
+                        await waiter
+                    continue
+                if sent == 0:
+                    raise ConnectionError("file ended early: truncated behind our back")
                 offset += sent
-                if sent < count:
-                    raise ConnectionError("sendfile stopped early")
+                self.metrics.bytes_sent.inc(sent)
         except BaseException:
-            # A half-sent body cannot be repaired on this connection; make sure it closes.
-            writer.transport.abort()
+            transport.abort()  # a half-sent body cannot be repaired on this connection
             raise
+        finally:
+            loop.remove_writer(sock_fd)
+            os.close(sock_fd)
 
     async def _fall_back(self, writer: asyncio.StreamWriter, key: str, url: str | None, reason: str,
                          keep_alive: bool, is_head: bool) -> bool:
