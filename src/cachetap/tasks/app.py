@@ -117,6 +117,7 @@ class CachetapCelery(Celery):
         self._catalog: Any = None
         self._catalog_pid: int | None = None
         self._resolver: Any = None
+        self._rules: Any = None
 
     @property
     def catalog(self) -> Any:
@@ -141,6 +142,16 @@ class CachetapCelery(Celery):
 
                 self._resolver = Resolver(self.settings.resolve_overrides)
             return self._resolver
+
+    @property
+    def rules(self) -> Any:
+        """The request and probe rules (`core.rules.Rules`) for these settings."""
+        with self._lazy_lock:
+            if self._rules is None:
+                from cachetap.core.rules import Rules
+
+                self._rules = Rules.from_settings(self.settings)
+            return self._rules
 
 
 def create_app(settings: Settings) -> CachetapCelery:
