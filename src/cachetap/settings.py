@@ -87,6 +87,15 @@ class Settings(BaseSettings):
     trusted_networks: list[IPNetwork] = Field([], description="Destination networks trusted for any host (your CDN caches); other requests count only when their destination is among the host's DNS addresses.")
     resolve_overrides: dict[str, list[str]] = Field({}, description="host -> addresses used instead of DNS, for the poisoning check and for fetching.")
 
+    # --- downloads -----------------------------------------------------------------------------
+    download_split: int = Field(16, ge=1, le=64, description="Connections aria2 opens per download at most (aria2 --split).")
+    download_connections_per_server: int = Field(16, ge=1, le=16, description="Connections per origin server and download (aria2 --max-connection-per-server, at most 16).")
+    download_min_split_size: int = Field(1 << 20, ge=1 << 20, le=1 << 30, description="Bytes: aria2 splits a download only into ranges at least this big (aria2 --min-split-size, 1 MiB-1 GiB).")
+    download_max_concurrent: int = Field(4, ge=1, le=64, description="Downloads aria2 runs at the same time; more wait in its queue (aria2 --max-concurrent-downloads).")
+    download_retries: int = Field(5, ge=1, le=100, description="Tries per connection before aria2 gives a download up (aria2 --max-tries); the download task may retry later.")
+    download_retry_wait: int = Field(1, ge=0, le=600, description="Seconds aria2 waits between tries (aria2 --retry-wait).")
+    download_timeout: int = Field(60, ge=1, le=600, description="Seconds without data before aria2 drops a connection (aria2 --timeout).")
+
     # --- cache server -----------------------------------------------------------------------
     serve_host: str = Field("0.0.0.0", description="Address the cache server listens on.")
     serve_port: int = Field(8642, ge=1, le=65535, description="TCP port of the cache server. Unprivileged and outside http_ports, so the capture never counts the cache's own traffic as origin requests.")
