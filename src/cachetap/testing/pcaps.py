@@ -230,17 +230,20 @@ def hostile_cases() -> list[HostileCase]:
     bad_tcp_offset = bytearray(raw_get)
     bad_tcp_offset[14 + 20 + 12] = 0x20  # TCP data offset 8 bytes
 
+    ports = iter(range(50000, 60000))  # a connection of its own for every case
+
     def one(target: str, **kwargs) -> bytes:
         return bytes(http_get_packets("10.0.0.1", "10.0.0.2", kwargs.pop("host", "example.com"), target,
-                                      handshake=False, **kwargs)[0])
+                                      handshake=False, client_port=next(ports), **kwargs)[0])
 
     def segment(data: bytes, port: int = 80) -> bytes:
-        return bytes(_frame("10.0.0.1", "10.0.0.2", 40001, port, "PA", 1, 1, data, None, CLIENT_MAC, SERVER_MAC))
+        return bytes(_frame("10.0.0.1", "10.0.0.2", next(ports), port, "PA", 1, 1, data, None, CLIENT_MAC,
+                            SERVER_MAC))
 
     tls_hello = bytes.fromhex("16030100a5010000a10303") + bytes(range(32)) + b"\x00\x02\x13\x01\x01\x00"
     long_target = "/" + "a" * 60_000 + ".iso"
     split_long = http_get_packets("10.0.0.1", "10.0.0.2", "example.com", long_target, handshake=False,
-                                  client_port=40002)
+                                  client_port=next(ports))
     cases = [
         HostileCase("empty_frame", b"", "truncated_ethernet"),
         HostileCase("ethernet_header_cut", raw_get[:10], "truncated_ethernet"),
