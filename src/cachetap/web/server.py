@@ -226,12 +226,17 @@ class CacheServer:
         else:
             status, offset, length = 200, 0, obj.size
         fields.append(("Content-Length", str(length)))
-        writer.write(resp.head(status, fields, keep_alive))
         if is_head:
+            writer.write(resp.head(status, fields, keep_alive))
             await writer.drain()
         else:
             self.lookup.record_hit(key)
+            # Cork like nginx's tcp_nopush: the head rides in the first full segment of the body.
+            sock = writer.transport.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            writer.write(resp.head(status, fields, keep_alive))
             await self._sendfile(writer, file, offset, length)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
         self.metrics.requests.labels(str(status)).inc()
         return keep_alive
 
