@@ -69,7 +69,7 @@ class Resource:
     last_modified: bool = True
     accept_ranges: bool = True
     cache_control: str | None = None   # e.g. "no-store", "private"
-    content_md5: bool = False          # send Content-MD5 of the full content
+    content_md5: bool | str = False    # True: send the content's Content-MD5; a str: send that (a lie)
     rate: int | None = None            # bytes/s per connection (None: the origin's default)
     delay: float = 0.0                 # seconds before answering
     drop_after: int | None = None      # close the connection when the body reaches this object offset
@@ -141,7 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
         if res.cache_control:
             headers["Cache-Control"] = res.cache_control
         if res.content_md5:
-            headers["Content-MD5"] = origin._md5(res, seed)
+            headers["Content-MD5"] = res.content_md5 if isinstance(res.content_md5, str) else origin._md5(res, seed)
         if _not_modified(self.headers, res, etag, mtime):
             self._head(304, headers, stats, None)
             return
