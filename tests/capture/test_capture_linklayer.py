@@ -50,7 +50,8 @@ def test_bsd_loopback_family_in_either_byte_order_and_openbsd_loop():
     packet = bytes(IPv6(src="::1", dst="::1") / tcp())
     for header in (struct.pack("<I", 30), struct.pack(">I", 28), struct.pack("<I", 24), struct.pack(">I", 10)):
         assert decode_frame(0, header + packet, 0.0).src == "::1"
-    assert decode_frame(0, struct.pack(">I", 2) + bytes(IP(src="10.0.0.1", dst="10.0.0.2") / tcp()), 0.0).dst == "10.0.0.2"
+    packet4 = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / tcp())
+    assert decode_frame(0, struct.pack(">I", 2) + packet4, 0.0).dst == "10.0.0.2"
     assert decode_frame(108, struct.pack(">I", 24) + packet, 0.0).dport == 80
     assert decode_frame(0, struct.pack("<I", 7) + packet, 0.0) == "not_ip"
 
@@ -69,7 +70,8 @@ def test_qinq_keeps_the_outer_vlan_id(linktype):
 
 
 def test_three_stacked_tags_including_legacy_9100():
-    frame = bytes(Ether(**MACS, type=0x9100) / Dot1AD(vlan=7) / Dot1Q(vlan=8) / IP(src="10.0.0.1", dst="10.0.0.2") / tcp())
+    frame = bytes(Ether(**MACS, type=0x9100) / Dot1AD(vlan=7) / Dot1Q(vlan=8)
+                  / IP(src="10.0.0.1", dst="10.0.0.2") / tcp())
     seg = decode_frame(1, frame, 0.0)
     assert isinstance(seg, Segment) and seg.payload == GET and seg.vlan == 7
 

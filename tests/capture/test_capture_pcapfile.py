@@ -55,6 +55,18 @@ def test_pcapng_per_interface_link_type_and_resolution(tmp_path, ts_digits, big_
     assert segs[2].payload.startswith(b"GET /b.iso") and segs[3].payload.startswith(b"GET /a.iso")
 
 
+def test_pcapng_sections_with_different_byte_orders(tmp_path):
+    little = write_pcapng(tmp_path / "l.pcapng", [(276, p) for p in PACKETS[:3]])
+    big = write_pcapng(tmp_path / "b.pcapng", PACKETS6, ts_digits=9, big_endian=True)
+    both = tmp_path / "both.pcapng"
+    both.write_bytes(little.read_bytes() + big.read_bytes())  # concatenated files are one file, two sections
+    reader = read_frames(both)
+    frames = list(reader)
+    assert [(lt, f) for _, lt, f in frames] == \
+        [(276, frame_bytes(p, 276)) for p in PACKETS[:3]] + [(1, frame_bytes(p)) for p in PACKETS6]
+    assert reader.end_reason is None
+
+
 def test_pcapng_written_by_scapy(tmp_path):
     path = tmp_path / "scapy.pcapng"
     wrpcapng(str(path), PACKETS)

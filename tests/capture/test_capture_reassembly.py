@@ -156,7 +156,8 @@ def test_expire_counts_idle_heads_incomplete():
 def test_end_of_file_counts_everything_still_held():
     assembler = HeadAssembler(max_flows=16)
     for port in range(40000, 40004):
-        first, _ = request_segments(http_get_packets("10.0.0.1", "10.0.0.2", "h", "/x.iso", split_at=[5], client_port=port))
+        packets = http_get_packets("10.0.0.1", "10.0.0.2", "h", "/x.iso", split_at=[5], client_port=port)
+        first, _ = request_segments(packets)
         assembler.feed(first)
     assert assembler.expire(float("inf")) == ["incomplete"] * 4 and len(assembler) == 0
 
