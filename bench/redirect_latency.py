@@ -1,0 +1,290 @@
+"""Redirect fast path figures: injection latency, race win rate, hot index memory. Needs root.
+
+    .venv/bin/python bench/redirect_latency.py [--requests 1000] [--race-requests 300]
+
+In a namespace topology (client <-> router <-> origin, testing/netns.py) a client makes real TCP
+connections one after the other; a sniff loop on the router's client-side interface answers every GET
+with a 302, once with our `Injector` (raw AF_PACKET, hand-built frames) and once the seed's way
+(`scapy.send()` per packet). Latency is from the kernel's capture timestamp of the GET to right after
+the 302's send call returned. The race win rate is the share of requests whose client reads the 302
+before the origin's own answer, for an origin that answers after 1, 2, 5 and 10 ms.
+Figures are printed side by side, never asserted. Roles (--role) run inside the namespaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+GET_FILTER = ("(ip and tcp dst port 80 and tcp[((tcp[12:1] & 0xf0) >> 2):4] = 0x47455420)"
+              " or (ip6 and tcp dst port 80)")
+RACE_DELAYS_MS = (1, 2, 5, 10)
+LATENCY_DELAY_MS = 200  # the origin answers late, so the client always waits for the redirect
+
+
+# ---- roles (each runs in its own process inside a namespace) -------------------------------------
+
+def role_origin(port: int) -> None:
+    """An HTTP origin that answers GET /d/<ms>/... after <ms> milliseconds."""
+    server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("::", port))
+    server.listen(512)
+    body = b"x" * 512
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                path = data.split(b" ", 2)[1].decode()
+                delay_ms = float(path.split("/")[2]) if path.startswith("/d/") else 0.0
+                time.sleep(delay_ms / 1000)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+            except (OSError, ValueError, IndexError):
+                pass  # reset by the injected RST, or a client that left
+
+    print("ready", flush=True)
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def role_router(mode: str, capture_if: str, origin_if: str, origin_mac: str, location_base: str, out: str) -> None:
+    """Sniff GETs on `capture_if` and answer each with a 302, recording the latency per GET."""
+    from scapy.all import conf
+
+    from cachetap.capture.inject import Injector, redirect_payload
+    from cachetap.capture.linklayer import decode_frame
+    from cachetap.core.types import Segment
+
+    listen = conf.L2listen(iface=capture_if, filter=GET_FILTER)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    records: list[tuple[str, float]] = []  # (path, seconds from capture to 302 sent)
+
+    if mode == "raw":
+        injector = Injector(capture_if, origin_interface=origin_if, origin_mac=origin_mac)
+
+        def answer(seg: Segment, frame: bytes, location: str) -> float:
+            injector.redirect(seg, frame, location)
+            return injector.last_sent_at
+    else:
+        from scapy.all import IP, TCP, IPv6, send
+
+        def answer(seg: Segment, frame: bytes, location: str) -> float:
+            # The seed's way: scapy builds each packet and send() opens a socket and routes per call.
+            l3 = IPv6 if ":" in seg.src else IP
+            payload = redirect_payload(location)
+            end = seg.seq + len(seg.payload)
+            send(l3(src=seg.dst, dst=seg.src) / TCP(sport=seg.dport, dport=seg.sport, seq=seg.ack, ack=end,
+                                                    flags="FPA") / payload, verbose=0)
+            sent_at = time.time()
+            send(l3(src=seg.src, dst=seg.dst) / TCP(sport=seg.sport, dport=seg.dport, seq=end, ack=seg.ack,
+                                                    flags="RA"), verbose=0)
+            return sent_at
+
+    print("ready", flush=True)
+    while not stop.is_set():
+        if not select.select([listen.ins], [], [], 0.1)[0]:
+            continue
+        _, frame, ts = listen.recv_raw(65535)
+        if frame is None:
+            continue
+        seg = decode_frame(1, frame, ts)
+        if not isinstance(seg, Segment) or not seg.payload.startswith(b"GET /d/"):
+            continue
+        path = seg.payload.split(b" ", 2)[1]
+        key = hashlib.sha256(path).hexdigest()[:32]  # a different Location per object, as in production
+        sent_at = answer(seg, frame, f"{location_base}/c/{key}/file.iso")
+        records.append((path.decode(), sent_at - ts))
+    Path(out).write_text(json.dumps(records))
+
+
+def role_client(host: str, delay_ms: float, count: int, out: str) -> None:
+    """`count` GETs, one TCP connection each; records which answer arrived first."""
+    outcome = {"redirect": 0, "origin": 0, "error": 0}
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for i in range(count):
+        request = f"GET /d/{delay_ms:g}/{i}-{os.getpid()}.iso HTTP/1.1\r\nHost: origin.test\r\n\r\n".encode()
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect((host, 80))
+                sock.sendall(request)
+                first = b""
+                while b"\r\n" not in first:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    first += chunk
+            status = first.split(b" ", 2)[1] if first.count(b" ") >= 2 else b""
+            outcome["redirect" if status == b"302" else "origin" if status == b"200" else "error"] += 1
+        except OSError:
+            outcome["error"] += 1
+    Path(out).write_text(json.dumps(outcome))
+
+
+# ---- orchestration -------------------------------------------------------------------------------
+
+def _ready(proc: subprocess.Popen) -> None:
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        raise RuntimeError(f"helper did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+
+
+def _me(role: str, *args: str) -> list[str]:
+    return [sys.executable, os.path.abspath(__file__), "--role", role, *args]
+
+
+def measure(requests: int, race_requests: int, seed_race_requests: int, work: Path) -> dict:
+    from cachetap.testing.netns import Topology
+
+    results: dict = {}
+    with Topology() as topo:
+        origin = topo.origin.popen(_me("origin"), stdout=subprocess.PIPE, text=True)
+        _ready(origin)
+        origin_mac = topo.origin.mac(topo.origin_if)
+        for mode in ("raw", "scapy"):
+            records_file = work / f"router-{mode}.json"
+            router = topo.router.popen(
+                _me("router", "--mode", mode, "--capture-if", topo.router_client_if, "--origin-if",
+                    topo.router_origin_if, "--origin-mac", origin_mac,
+                    "--location-base", f"http://{topo.router_client_ip4}:8080", "--out", str(records_file)),
+                stdout=subprocess.PIPE, text=True)
+            _ready(router)
+            phases = [("latency4", topo.origin_ip4, LATENCY_DELAY_MS, requests)]
+            if mode == "raw":
+                phases.append(("latency6", topo.origin_ip6, LATENCY_DELAY_MS + 1, requests))
+            race_count = race_requests if mode == "raw" else seed_race_requests
+            phases += [(f"race{d}", topo.origin_ip4, d, race_count) for d in RACE_DELAYS_MS]
+            for name, host, delay, count in phases:
+                client_file = work / f"client-{mode}-{name}.json"
+                topo.client.run(_me("client", "--host", host, "--delay", str(delay), "--count", str(count),
+                                    "--out", str(client_file)), timeout=3600)
+                results[(mode, name)] = json.loads(client_file.read_text())
+            router.send_signal(signal.SIGTERM)
+            router.wait(timeout=120)
+            records = json.loads(records_file.read_text())
+            for name, delay in (("latency4", LATENCY_DELAY_MS), ("latency6", LATENCY_DELAY_MS + 1)):
+                prefix = f"/d/{delay:g}/"
+                results[(mode, name, "seconds")] = [s for path, s in records if path.startswith(prefix)]
+    return results
+
+
+def hotindex_figures(count: int) -> dict:
+    """Memory and lookup time of a HotIndex with `count` keys, in a fresh process."""
+    code = f"""
+import json, time, tracemalloc, random
+import scapy.all  # the capture process carries scapy anyway: count it in the RSS
+from cachetap.capture import hotindex, inject, linklayer
+def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096
+def keys(seed, n):
+    rng = random.Random(seed)
+    return (f"{{rng.getrandbits(128):032x}}" for _ in range(n))
+base = rss()
+index = hotindex.HotIndex(keys(5, {count}))   # from a generator: no list of 1M strings in the way
+after = rss()
+tracemalloc.start()
+traced_index = hotindex.HotIndex(keys(5, {count}))
+current, peak = tracemalloc.get_traced_memory()
+tracemalloc.stop()
+del traced_index
+present, absent = list(keys(5, 100_000)), list(keys(6, 100_000))
+def per_call(ks):
+    t = time.process_time()
+    for k in ks: index.contains(k)
+    return (time.process_time() - t) / len(ks)
+set_of = set(present)
+t = time.process_time()
+for k in absent: k in set_of
+set_time = (time.process_time() - t) / len(absent)
+print(json.dumps(dict(keys=len(index), table=index.table_bytes(), traced=current, traced_peak=peak,
+      rss_base=base, rss=after, hit=per_call(present), miss=per_call(absent), set_lookup=set_time)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def report(results: dict, hot: dict) -> None:
+    ms = 1000
+    print("\nRedirect latency: capture timestamp of the GET -> 302 sent (ms)")
+    print(f"{'path':<34}{'n':>6}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}")
+    for mode, label in (("raw", "Injector (raw AF_PACKET)"), ("scapy", "seed: scapy send() per packet")):
+        for name, fam in (("latency4", "IPv4"), ("latency6", "IPv6")):
+            values = results.get((mode, name, "seconds"))
+            if values:
+                print(f"{label + ' ' + fam:<34}{len(values):>6}{_pct(values, .5) * ms:>9.3f}"
+                      f"{_pct(values, .9) * ms:>9.3f}{_pct(values, .99) * ms:>9.3f}{max(values) * ms:>9.3f}")
+    print("\nRace win rate: share of GETs whose client read the 302 before the origin's answer")
+    print(f"{'origin answers after':<34}" + "".join(f"{d:>7} ms" for d in RACE_DELAYS_MS))
+    for mode, label in (("raw", "Injector (raw AF_PACKET)"), ("scapy", "seed: scapy send() per packet")):
+        cells = []
+        for d in RACE_DELAYS_MS:
+            r = results[(mode, f"race{d}")]
+            total = sum(r.values())
+            cells.append(f"{100 * r['redirect'] / total:>8.1f}%" if total else f"{'-':>9}")
+        print(f"{label:<34}" + "".join(cells))
+    for mode in ("raw", "scapy"):
+        for name in ("latency4", "latency6", *(f"race{d}" for d in RACE_DELAYS_MS)):
+            r = results.get((mode, name))
+            if r and r["error"]:
+                print(f"  note: {mode} {name}: {r['error']} requests failed")
+    mib = 1 << 20
+    print(f"\nHotIndex with {hot['keys']:,} keys: table {hot['table'] / mib:.1f} MiB, tracemalloc "
+          f"{hot['traced'] / mib:.1f} MiB (peak while building {hot['traced_peak'] / mib:.1f} MiB), process RSS "
+          f"{hot['rss'] / mib:.1f} MiB with scapy loaded ({hot['rss_base'] / mib:.1f} MiB before the keys)")
+    print(f"contains() CPU time per call: hit {hot['hit'] * 1e9:.0f} ns, miss {hot['miss'] * 1e9:.0f} ns "
+          f"(a Python set lookup here: {hot['set_lookup'] * 1e9:.0f} ns)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--role", choices=["main", "origin", "router", "client"], default="main")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--race-requests", type=int, default=300)
+    parser.add_argument("--seed-race-requests", type=int, default=100)
+    parser.add_argument("--hot-keys", type=int, default=1_000_000)
+    parser.add_argument("--mode", choices=["raw", "scapy"])
+    parser.add_argument("--capture-if"), parser.add_argument("--origin-if"), parser.add_argument("--origin-mac")
+    parser.add_argument("--location-base"), parser.add_argument("--out"), parser.add_argument("--host")
+    parser.add_argument("--delay", type=float), parser.add_argument("--count", type=int)
+    args = parser.parse_args()
+    if args.role == "origin":
+        role_origin(80)
+    elif args.role == "router":
+        role_router(args.mode, args.capture_if, args.origin_if, args.origin_mac, args.location_base, args.out)
+    elif args.role == "client":
+        role_client(args.host, args.delay, args.count, args.out)
+    else:
+        from cachetap.testing.netns import netns_problem
+        if problem := netns_problem():
+            sys.exit(f"cannot run: {problem}")
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="cachetap-bench-") as work:
+            results = measure(args.requests, args.race_requests, args.seed_race_requests, Path(work))
+        report(results, hotindex_figures(args.hot_keys))
+
+
+if __name__ == "__main__":
+    main()
