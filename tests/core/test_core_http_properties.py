@@ -61,6 +61,18 @@ def test_http_like_soups_are_consistent(buf):
 
 
 @FAST
+@given(soups)
+def test_an_error_in_a_prefix_is_final(buf):
+    # A reassembler drops a flow as soon as its bytes are rejected: more bytes must not change that.
+    final = parse_heads(buf)
+    for cut in range(len(buf) + 1):
+        early = parse_heads(buf[:cut])
+        if early.error is not None:
+            assert (final.error, final.consumed) == (early.error, early.consumed), (buf, cut)
+            assert final.requests == early.requests
+
+
+@FAST
 @given(st.lists(st.tuples(tokens, st.binary(max_size=30)), max_size=10), st.sampled_from([b"\r\n", b"\n"]))
 def test_random_header_soups_are_consistent(headers, eol):
     buf = b"GET /a.iso HTTP/1.1" + eol + b"".join(n.encode() + b":" + v + eol for n, v in headers) + eol

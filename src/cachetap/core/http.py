@@ -32,8 +32,8 @@ _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 _CTL = bytes(range(0x20)) + b"\x7f"
 _CTL_BUT_TAB = _CTL.replace(b"\t", b"")
 _CTL_BUT_TAB_CR_LF = _CTL_BUT_TAB.replace(b"\r", b"").replace(b"\n", b"")
+_TCHAR_SET = frozenset(_TCHAR)
 _VERSIONS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0"}
-_HTTP_PREFIX = b"HTTP/1."
 _OWS = b" \t"
 
 # Header names we read, lower-case. Everything else is validated and skipped.
@@ -131,6 +131,9 @@ def _parse_one(head: bytes) -> tuple[RequestHead, int, bool]:
     host = rng = ua = None
     auth = cookie = chunked = False
     length: int | None = None
+    # Meaning problems (duplicates, bad lengths) are reported after every line passed the syntax
+    # checks: a head arriving in pieces is checked for syntax only, and must get the same reason.
+    problem: str | None = None
     for line in block.replace(b"\r\n", b"\n").split(b"\n")[:-2]:
         name, colon, value = line.partition(b":")
         if not colon or not name or name.translate(None, _TCHAR):
@@ -141,11 +144,11 @@ def _parse_one(head: bytes) -> tuple[RequestHead, int, bool]:
         value = value.strip(_OWS)
         if name == _HOST:
             if host is not None:
-                raise _Reject("duplicate_host")
+                problem = problem or "duplicate_host"
             host = value.decode("latin-1")
         elif name == _RANGE:
             if rng is not None:
-                raise _Reject("duplicate_range")
+                problem = problem or "duplicate_range"
             rng = value.decode("latin-1")
         elif name == _UA:
             ua = value.decode("latin-1") if ua is None else ua
@@ -155,11 +158,13 @@ def _parse_one(head: bytes) -> tuple[RequestHead, int, bool]:
             cookie = True
         elif name == _CL:
             declared = _content_length(value)
-            if length is not None and declared != length:
-                raise _Reject("bad_content_length")
-            length = declared
+            if declared is None or (length is not None and declared != length):
+                problem = problem or "bad_content_length"
+            length = declared if length is None else length
         else:  # Transfer-Encoding
             chunked = True
+    if problem is not None:
+        raise _Reject(problem)
     if chunked and length is not None:
         raise _Reject("length_conflict")  # RFC 9112 6.3: a smuggling signature, refuse it
     # Positional: keyword arguments cost a microsecond per head on the hot path.
@@ -173,32 +178,64 @@ def _strip_cr(line: bytes) -> bytes:
 
 def _request_line(line: bytes) -> tuple[str, str, str]:
     parts = line.split(b" ")
-    method = parts[0]
-    reason = _method_problem(method)
-    if reason is not None:
-        raise _Reject(reason)
-    if len(parts) == 1:
-        raise _Reject("not_http")  # a line without a space (an SSH banner, a bare word)
-    if len(parts) != 3 or not parts[1]:
-        raise _Reject("bad_request_line")  # also a doubled SP
-    version = _VERSIONS.get(parts[2])
-    if version is None:
-        raise _Reject("bad_version")
-    return method.decode("ascii"), _decode_target(parts[1]), version
+    if len(parts) == 3:  # the fast path: a valid line passes these C-level checks only
+        method, target, raw_version = parts
+        version = _VERSIONS.get(raw_version)
+        if (version is not None and target and 0 < len(method) <= MAX_METHOD
+                and not method.translate(None, _TCHAR)):
+            return method.decode("ascii"), _decode_target(target), version
+    raise _Reject(_request_line_problem(line, complete=True) or "bad_request_line")
 
 
-def _method_problem(method: bytes) -> str | None:
-    if method and len(method) <= MAX_METHOD and not method.translate(None, _TCHAR):
+def _request_line_problem(line: bytes, complete: bool) -> str | None:
+    """Why a request line (or, with complete=False, the start of one) cannot be valid.
+
+    One function for whole and partial lines, judging the pieces left to right, so a line gets the
+    same reason however it was split into segments.
+    """
+    pieces = line.split(b" ")
+    method = pieces[0]
+    if len(pieces) == 1 and not complete:  # still inside the method
+        if len(method) > MAX_METHOD or method.translate(None, _TCHAR):
+            return _garbage_reason(method)
         return None
-    return _garbage_reason(method)
+    if not method or len(method) > MAX_METHOD or method.translate(None, _TCHAR):
+        return _garbage_reason(method)
+    if len(pieces) == 1:
+        return "not_http"  # a line without a space: an SSH banner, a bare word
+    target = pieces[1]
+    if target.translate(None, _CTL) != target:
+        return "bad_target"
+    if len(pieces) >= 3:
+        if not target:
+            return "bad_request_line"  # a doubled SP
+        version = pieces[2]
+        version_done = complete or len(pieces) > 3
+        looks_like = version.upper()
+        if not (looks_like.startswith(b"HTTP/") or b"HTTP/".startswith(looks_like)):
+            return "bad_request_line"  # not a version: a space inside the target, say
+        if version_done and version not in _VERSIONS:
+            return "bad_version"
+        if not version_done and not any(v.startswith(version) for v in _VERSIONS):
+            return "bad_version"
+        if len(pieces) > 3:
+            return "bad_request_line"
+    elif complete:
+        return "bad_request_line"  # HTTP/0.9 "GET /" or a missing version
+    return None
 
 
 def _garbage_reason(start: bytes) -> str:
-    """Name what non-HTTP bytes look like, for the counters."""
+    """Name what non-HTTP bytes look like, for the counters.
+
+    Decided by the first byte that cannot be in a method, within the longest method, so that the
+    reason does not change as more bytes of the same stream arrive.
+    """
     if start[:1] == b"\x16":
         return "tls"  # a TLS record (ClientHello) on a plain-HTTP port
-    if not start.isascii() or start.translate(None, _CTL) != start:
-        return "binary"
+    for byte in start[:MAX_METHOD + 1]:
+        if byte not in _TCHAR_SET:
+            return "binary" if byte < 0x20 or byte >= 0x7F else "not_http"
     return "not_http"
 
 
@@ -223,14 +260,14 @@ def _header(line: bytes) -> tuple[bytes, bytes]:
     return name.lower(), value
 
 
-def _content_length(value: bytes) -> int:
-    # A list of identical values is allowed (RFC 9110 8.6); anything else is an error.
+def _content_length(value: bytes) -> int | None:
+    """The declared length, or None when invalid. A list of identical values is allowed (RFC 9110 8.6)."""
     values = {v.strip(_OWS) for v in value.split(b",")}
     if len(values) != 1:
-        raise _Reject("bad_content_length")
+        return None
     (digits,) = values
     if not digits.isdigit() or len(digits) > 18:  # bytes.isdigit is ASCII-only
-        raise _Reject("bad_content_length")
+        return None
     return int(digits)
 
 
@@ -239,7 +276,7 @@ def _check_unfinished(buf: bytes, pos: int, stop: int) -> str | None:
     lines = buf[pos:stop].split(b"\n")
     first = lines[0]
     if len(lines) == 1:  # the request line itself is unfinished
-        return _check_partial_request_line(first[:-1] if first.endswith(b"\r") else first)
+        return _request_line_problem(first[:-1] if first.endswith(b"\r") else first, complete=False)
     try:
         _request_line(_strip_cr(first))
         for raw in lines[1:-1]:
@@ -258,29 +295,3 @@ def _partial_header(line: bytes) -> None:
         raise _Reject("obs_fold")
     elif line.translate(None, _TCHAR):
         raise _Reject("bad_header")
-
-
-def _check_partial_request_line(part: bytes) -> str | None:
-    pieces = part.split(b" ")
-    method = pieces[0]
-    if len(pieces) == 1:  # still inside the method
-        if len(method) > MAX_METHOD or method.translate(None, _TCHAR):
-            return _garbage_reason(method)
-        return None
-    reason = _method_problem(method)
-    if reason is not None:
-        return reason
-    if len(pieces) > 3:
-        return "bad_request_line"
-    target = pieces[1]
-    if target.translate(None, _CTL) != target:
-        return "bad_target"
-    if len(pieces) == 3:
-        if not target:
-            return "bad_request_line"
-        version = pieces[2]
-        if not (_HTTP_PREFIX.startswith(version) or (version.startswith(_HTTP_PREFIX) and len(version) <= 8)):
-            return "bad_version"
-        if len(version) == 8 and version not in _VERSIONS:
-            return "bad_version"
-    return None
