@@ -102,6 +102,21 @@ class Settings(BaseSettings):
     serve_processes: int = Field(1, ge=1, le=64, description="Cache server worker processes (SO_REUSEPORT); one per core serves the most.")
     public_url: str = Field("", description="Base URL clients are redirected to, e.g. http://10.0.0.5:8642. Empty: derived from serve_host and serve_port (a wildcard host becomes the address of the default-route interface).")
 
+    # --- redirect -----------------------------------------------------------------------------
+    redirect_origin_interface: str | None = Field(None, description="Interface the RST towards the origin leaves by. Unset: the injection interface (inject_interface, else interface).")
+    redirect_client_mac: str | None = Field(None, description="Destination MAC for 302s to clients (e.g. the gateway's MAC on an injection port outside the captured segment). Unset: the captured frame's source MAC.")
+    redirect_origin_mac: str | None = Field(None, description="Destination MAC for RSTs towards origins (the next hop on redirect_origin_interface). Unset: the captured frame's destination MAC.")
+    redirect_own_source_mac: bool = Field(False, description="Send injected frames from the injection interface's own MAC instead of the spoofed peer's, so switches never learn a client's or gateway's MAC on the injection port.")
+
+    @field_validator("redirect_client_mac", "redirect_origin_mac")
+    @classmethod
+    def _mac_valid(cls, mac: str | None) -> str | None:
+        if mac is not None:
+            parts = mac.replace("-", ":").split(":")
+            if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
+                raise ValueError(f"not a MAC address (aa:bb:cc:dd:ee:ff): {mac!r}")
+        return mac
+
     @field_validator("http_ports")
     @classmethod
     def _ports_valid(cls, ports: list[int]) -> list[int]:

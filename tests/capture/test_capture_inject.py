@@ -312,3 +312,36 @@ def test_client_receives_302_before_slow_origin(topo, tmp_path, family):
     lines = log.read_text().splitlines()
     assert "/cold/small.txt answered" in lines
     assert any(line.startswith("/hot/big.iso ") and "answered" not in line for line in lines), lines
+
+
+# ---- configuration ----------------------------------------------------------------------------
+
+def test_bad_redirect_mac_in_settings_is_named():
+    from cachetap.settings import ConfigError, load_settings
+    with pytest.raises(ConfigError, match="redirect_origin_mac"):
+        load_settings(redirect_origin_mac="02:00:00:00:00")
+    with pytest.raises(ConfigError, match="redirect_client_mac"):
+        load_settings(redirect_client_mac="gg:00:00:00:00:01")
+
+
+def test_from_settings_needs_an_interface():
+    from cachetap.settings import load_settings
+    with pytest.raises(ValueError, match="inject_interface"):
+        Injector.from_settings(load_settings())
+
+
+@pytest.mark.root
+def test_from_settings_applies_the_redirect_section(topo):
+    from cachetap.settings import load_settings
+    settings = load_settings(interface="ct-capture-only", inject_interface=topo.router_client_if,
+                             redirect_origin_interface=topo.router_origin_if,
+                             redirect_origin_mac="02-00-00-00-00-77", redirect_own_source_mac=True)
+    seg, frame = _captured(topo.client_ip4, topo.origin_ip4)
+    with topo.router.entered():
+        injector = Injector.from_settings(settings)
+    with injector:
+        link = injector.link_headers(frame)
+    router_c = parse_mac(topo.router.mac(topo.router_client_if))
+    router_o = parse_mac(topo.router.mac(topo.router_origin_if))
+    assert link.to_client == parse_mac(CLIENT_MAC) + router_c
+    assert link.to_origin == parse_mac("02:00:00:00:00:77") + router_o

@@ -26,8 +26,12 @@ import struct
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cachetap.core.types import Segment
+
+if TYPE_CHECKING:
+    from cachetap.settings import Settings
 
 # The 302 must fit one segment on any path: the IPv6 minimum MTU (1280) minus IPv6 and TCP headers.
 MAX_PAYLOAD = 1280 - 40 - 20
@@ -200,6 +204,15 @@ class Injector:
         self.sent = 0                       # redirects whose 302 left the socket
         self.failures: Counter[str] = Counter()
         self.last_sent_at = 0.0             # time.time() right after the last 302 left the socket
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Injector:
+        interface = settings.inject_interface or settings.interface
+        if not interface:
+            raise ValueError("redirect needs an interface: set inject_interface or interface")
+        return cls(interface, origin_interface=settings.redirect_origin_interface,
+                   client_mac=settings.redirect_client_mac, origin_mac=settings.redirect_origin_mac,
+                   own_source_mac=settings.redirect_own_source_mac)
 
     def _open(self, interface: str) -> socket.socket:
         if interface not in self._sockets:
