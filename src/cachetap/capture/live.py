@@ -11,13 +11,14 @@ daemon, and it talks to the rest only through the broker.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 import signal
 import threading
 import time
 
 from cachetap.capture.bpf import request_filter
 from cachetap.capture.pipeline import Pipeline
-from cachetap.capture.sniffer import LiveSource
+from cachetap.capture.sniffer import LiveSource, interface_linktype
 from cachetap.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def run_live_capture(settings: Settings, stop: threading.Event | None = None) ->
     stop = stop or threading.Event()
     sender = _analyze_sender(settings)
     pipeline = Pipeline(settings, sink=lambda s: sender.add(s.to_dict()))
-    bpf = request_filter(settings.http_ports)
+    bpf = request_filter(settings.http_ports, interface_linktype(settings.interface))
     source = LiveSource(settings.interface, bpf)
 
     def _stop(signum, _frame):
@@ -58,7 +59,7 @@ def run_live_capture(settings: Settings, stop: threading.Event | None = None) ->
                 pipeline.finish(time.time())
                 next_expire = now + EXPIRE_EVERY
             if now >= next_stats:
-                log.info("capture stats: %s queued: %s", pipeline.summary(), sender.stats())
+                log.info("capture stats: %s queued: %s", pipeline.summary(), asdict(sender.counters))
                 next_stats = now + STATS_EVERY
             if stop.is_set():
                 break

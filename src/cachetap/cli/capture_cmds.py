@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import sys
 from pathlib import Path
 
@@ -33,10 +34,12 @@ def replay(ctx: Context, capture_file: Path, dry_run: bool, quiet: bool) -> None
     pipeline = Pipeline(settings, sink=(lambda s: sender.add(s.to_dict())) if sender else None)
     out = sys.stdout
     try:
-        frames = read_frames(capture_file)
-        for obs in pipeline.run(frames):
-            if not quiet:
-                out.write(json.dumps(obs.to_dict()) + "\n")
+        with read_frames(capture_file) as frames:
+            for obs in pipeline.run(frames):
+                if not quiet:
+                    out.write(json.dumps(obs.to_dict()) + "\n")
+            if frames.end_reason:
+                pipeline.rejected[frames.end_reason] += 1
     except CaptureFileError as exc:
         raise click.ClickException(f"{capture_file}: {exc}") from None
     finally:
@@ -44,7 +47,7 @@ def replay(ctx: Context, capture_file: Path, dry_run: bool, quiet: bool) -> None
         queued = None
         if sender is not None:
             sender.close()
-            queued = sender.stats()
+            queued = asdict(sender.counters)
     summary = pipeline.summary()
     summary.update(file=str(capture_file), dry_run=dry_run)
     if queued is not None:
