@@ -163,3 +163,23 @@ def test_rejections_failures_and_bad_input_are_recorded_with_reasons(make_settin
     assert state["slow.iso"].state == "failed" and state["slow.iso"].reason.startswith("probe: timeout")
     assert app.catalog.get(make_sighting(f"{base}/secret.iso")["key"]) is None
     assert take_tasks(app, "download", count=0, settle=1.0) == []
+
+
+def test_unreachable_catalog_retries_the_batch_with_the_reason_logged(make_settings, make_sighting):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on once this block ends
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = make_settings(database_url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/nowhere")
+    app = create_app(settings)
+    with CeleryWorker(settings, ["analyze"]) as worker:
+        result = app.send_task(ANALYZE_BATCH, args=[[make_sighting("http://files.test/a.iso")]], queue="analyze")
+        deadline = time.monotonic() + WAIT
+        while result.state != "RETRY":
+            assert time.monotonic() < deadline, worker.log_text()[-3000:]
+            time.sleep(0.1)
+        log = worker.log_text()
+    assert "recording 1 sightings failed" in log and "Connection refused" in log
+    assert "Retry in" in log

@@ -87,11 +87,11 @@ class BatchSender:
         self._wake.set()
         self._thread.join(timeout)
         with self._lock:
-            left = len(self._queue) + self._in_flight
-            if left:
-                self.counters.dropped += left
-                self._queue.clear()
-                self._in_flight = 0
+            # A batch still inside send() is the thread's to count (sent, or dropped if that fails).
+            left = len(self._queue)
+            self.counters.dropped += left
+            self._queue.clear()
+            left += self._in_flight
         if left:
             log.warning("batch sender closed with %d sightings unsent (dropped)", left)
         return left == 0 and not self._thread.is_alive()
@@ -109,8 +109,11 @@ class BatchSender:
                 if self._closing.is_set():
                     return
                 continue
-            if not self._deliver(batch):
-                return  # closing while the broker is down: close() counts what is left
+            if not self._deliver(batch):  # closing while the broker is down: give the batch up
+                with self._lock:
+                    self.counters.dropped += self._in_flight
+                    self._in_flight = 0
+                return
 
     def _time_until_due(self) -> float:
         with self._lock:
