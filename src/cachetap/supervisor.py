@@ -38,14 +38,13 @@ def plan_children(settings: Settings, python: str, capture: bool = True) -> list
         Child("analyze", celery + ["worker", "-Q", "analyze", "-c", "2", "-n", "analyze@%h", *quiet, *level]),
         # Downloads spend their time waiting on aria2, so threads are enough and cost no extra memory.
         Child("download", celery + ["worker", "-Q", "download", "-P", "threads",
-                                    "-c", str(getattr(settings, "max_downloads", 4)),
+                                    "-c", str(settings.download_max_concurrent),
                                     "-n", "download@%h", *quiet, *level]),
         Child("schedule", celery + ["worker", "-Q", "schedule,capture", "-c", "1", "-n", "schedule@%h",
                                     *quiet, *level]),
         Child("beat", celery + ["beat", "-s", str(settings.cache_dir / "beat-schedule"), *level]),
+        Child("serve", [python, "-m", "cachetap", "serve"]),
     ]
-    if hasattr(settings, "serve_port"):
-        children.append(Child("serve", [python, "-m", "cachetap", "serve"]))
     if capture and settings.interface:
         children.append(Child("capture", [python, "-m", "cachetap", "capture"]))
     return children

@@ -1,0 +1,39 @@
+"""`cachetap serve`: the cache server alone (it also runs inside `cachetap run`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cachetap.cli.main import Context, cli, pass_ctx, setup_logging
+
+
+@cli.command()
+@click.option("--host", help="Address to listen on (default: the serve_host setting).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: the serve_port setting; 0 picks one).")
+@click.option("--processes", type=click.IntRange(1, 64), help="Worker processes sharing the port (SO_REUSEPORT).")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Serve a plain directory instead of the catalog (mirrors, tests, benchmarks).")
+@pass_ctx
+def serve(ctx: Context, host: str | None, port: int | None, processes: int | None, directory: Path | None) -> None:
+    """Serve cached objects at /c/<key>/<filename> (GET, HEAD, ranges, conditionals, /healthz)."""
+    from cachetap.web.lookup import CatalogLookup, DirectoryLookup
+    from cachetap.web.server import run_server
+
+    settings = ctx.settings()
+    setup_logging(settings.log_level)
+    if directory is not None:
+        lookup = DirectoryLookup(directory)
+    else:
+        from cachetap.cli.catalog_cmds import open_catalog
+        from cachetap.store.blobs import BlobStore
+
+        lookup = CatalogLookup(open_catalog(settings), BlobStore(settings.cache_dir))
+    host = host or settings.serve_host
+    port = settings.serve_port if port is None else port
+
+    def announce(bound: int) -> None:
+        click.echo(f"listening on http://{host}:{bound}", err=True)
+
+    run_server(host, port, lookup, processes=processes or settings.serve_processes, on_ready=announce)
