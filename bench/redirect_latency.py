@@ -31,6 +31,9 @@ GET_FILTER = ("(ip and tcp dst port 80 and tcp[((tcp[12:1] & 0xf0) >> 2):4] = 0x
               " or (ip6 and tcp dst port 80)")
 RACE_DELAYS_MS = (1, 2, 5, 10)
 LATENCY_DELAY_MS = 200  # the origin answers late, so the client always waits for the redirect
+LABELS = {"raw": "Injector (raw AF_PACKET)", "raw-fifo": "Injector, sniffer at SCHED_FIFO",
+          "scapy": "seed: scapy send() per packet"}
+MODES = tuple(LABELS)
 
 
 # ---- roles (each runs in its own process inside a namespace) -------------------------------------
@@ -76,9 +79,12 @@ def role_router(mode: str, capture_if: str, origin_if: str, origin_mac: str, loc
     listen = conf.L2listen(iface=capture_if, filter=GET_FILTER)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    records: list[tuple[str, float]] = []  # (path, seconds from capture to 302 sent)
+    records: list[tuple[str, float, float]] = []  # (path, capture -> 302 sent, recv returned -> 302 sent)
+    if mode == "raw-fifo":
+        # Real-time priority: the kernel wakes the sniffer ahead of ordinary processes.
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
 
-    if mode == "raw":
+    if mode in ("raw", "raw-fifo"):
         injector = Injector(capture_if, origin_interface=origin_if, origin_mac=origin_mac)
 
         def answer(seg: Segment, frame: bytes, location: str) -> float:
@@ -104,6 +110,7 @@ def role_router(mode: str, capture_if: str, origin_if: str, origin_mac: str, loc
         if not select.select([listen.ins], [], [], 0.1)[0]:
             continue
         _, frame, ts = listen.recv_raw(65535)
+        received = time.time()
         if frame is None:
             continue
         seg = decode_frame(1, frame, ts)
@@ -112,7 +119,7 @@ def role_router(mode: str, capture_if: str, origin_if: str, origin_mac: str, loc
         path = seg.payload.split(b" ", 2)[1]
         key = hashlib.sha256(path).hexdigest()[:32]  # a different Location per object, as in production
         sent_at = answer(seg, frame, f"{location_base}/c/{key}/file.iso")
-        records.append((path.decode(), sent_at - ts))
+        records.append((path.decode(), sent_at - ts, sent_at - received))
     Path(out).write_text(json.dumps(records))
 
 
@@ -160,7 +167,7 @@ def measure(requests: int, race_requests: int, seed_race_requests: int, work: Pa
         origin = topo.origin.popen(_me("origin"), stdout=subprocess.PIPE, text=True)
         _ready(origin)
         origin_mac = topo.origin.mac(topo.origin_if)
-        for mode in ("raw", "scapy"):
+        for mode in MODES:
             records_file = work / f"router-{mode}.json"
             router = topo.router.popen(
                 _me("router", "--mode", mode, "--capture-if", topo.router_client_if, "--origin-if",
@@ -169,9 +176,9 @@ def measure(requests: int, race_requests: int, seed_race_requests: int, work: Pa
                 stdout=subprocess.PIPE, text=True)
             _ready(router)
             phases = [("latency4", topo.origin_ip4, LATENCY_DELAY_MS, requests)]
-            if mode == "raw":
+            if mode != "scapy":
                 phases.append(("latency6", topo.origin_ip6, LATENCY_DELAY_MS + 1, requests))
-            race_count = race_requests if mode == "raw" else seed_race_requests
+            race_count = seed_race_requests if mode == "scapy" else race_requests
             phases += [(f"race{d}", topo.origin_ip4, d, race_count) for d in RACE_DELAYS_MS]
             for name, host, delay, count in phases:
                 client_file = work / f"client-{mode}-{name}.json"
@@ -183,7 +190,8 @@ def measure(requests: int, race_requests: int, seed_race_requests: int, work: Pa
             records = json.loads(records_file.read_text())
             for name, delay in (("latency4", LATENCY_DELAY_MS), ("latency6", LATENCY_DELAY_MS + 1)):
                 prefix = f"/d/{delay:g}/"
-                results[(mode, name, "seconds")] = [s for path, s in records if path.startswith(prefix)]
+                results[(mode, name, "seconds")] = [s for path, s, _ in records if path.startswith(prefix)]
+                results[(mode, name, "in_python")] = [p for path, _, p in records if path.startswith(prefix)]
     return results
 
 
@@ -229,23 +237,24 @@ def _pct(values: list[float], q: float) -> float:
 def report(results: dict, hot: dict) -> None:
     ms = 1000
     print("\nRedirect latency: capture timestamp of the GET -> 302 sent (ms)")
-    print(f"{'path':<34}{'n':>6}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}")
-    for mode, label in (("raw", "Injector (raw AF_PACKET)"), ("scapy", "seed: scapy send() per packet")):
+    print(f"{'path':<40}{'n':>6}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}   recv->sent p50/p99")
+    for mode, label in LABELS.items():
         for name, fam in (("latency4", "IPv4"), ("latency6", "IPv6")):
-            values = results.get((mode, name, "seconds"))
+            values, in_python = results.get((mode, name, "seconds")), results.get((mode, name, "in_python"))
             if values:
-                print(f"{label + ' ' + fam:<34}{len(values):>6}{_pct(values, .5) * ms:>9.3f}"
-                      f"{_pct(values, .9) * ms:>9.3f}{_pct(values, .99) * ms:>9.3f}{max(values) * ms:>9.3f}")
+                print(f"{label + ' ' + fam:<40}{len(values):>6}{_pct(values, .5) * ms:>9.3f}"
+                      f"{_pct(values, .9) * ms:>9.3f}{_pct(values, .99) * ms:>9.3f}{max(values) * ms:>9.3f}"
+                      f"   {_pct(in_python, .5) * ms:.3f}/{_pct(in_python, .99) * ms:.3f}")
     print("\nRace win rate: share of GETs whose client read the 302 before the origin's answer")
-    print(f"{'origin answers after':<34}" + "".join(f"{d:>7} ms" for d in RACE_DELAYS_MS))
-    for mode, label in (("raw", "Injector (raw AF_PACKET)"), ("scapy", "seed: scapy send() per packet")):
+    print(f"{'origin answers after':<40}" + "".join(f"{d:>7} ms" for d in RACE_DELAYS_MS))
+    for mode, label in LABELS.items():
         cells = []
         for d in RACE_DELAYS_MS:
             r = results[(mode, f"race{d}")]
             total = sum(r.values())
             cells.append(f"{100 * r['redirect'] / total:>8.1f}%" if total else f"{'-':>9}")
-        print(f"{label:<34}" + "".join(cells))
-    for mode in ("raw", "scapy"):
+        print(f"{label:<40}" + "".join(cells))
+    for mode in MODES:
         for name in ("latency4", "latency6", *(f"race{d}" for d in RACE_DELAYS_MS)):
             r = results.get((mode, name))
             if r and r["error"]:
@@ -265,7 +274,7 @@ def main() -> None:
     parser.add_argument("--race-requests", type=int, default=300)
     parser.add_argument("--seed-race-requests", type=int, default=100)
     parser.add_argument("--hot-keys", type=int, default=1_000_000)
-    parser.add_argument("--mode", choices=["raw", "scapy"])
+    parser.add_argument("--mode", choices=list(MODES))
     parser.add_argument("--capture-if"), parser.add_argument("--origin-if"), parser.add_argument("--origin-mac")
     parser.add_argument("--location-base"), parser.add_argument("--out"), parser.add_argument("--host")
     parser.add_argument("--delay", type=float), parser.add_argument("--count", type=int)
