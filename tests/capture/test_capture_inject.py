@@ -345,3 +345,19 @@ def test_from_settings_applies_the_redirect_section(topo):
     router_o = parse_mac(topo.router.mac(topo.router_origin_if))
     assert link.to_client == parse_mac(CLIENT_MAC) + router_c
     assert link.to_origin == parse_mac("02:00:00:00:00:77") + router_o
+
+
+@pytest.mark.root
+def test_failed_send_is_counted_not_raised(topo):
+    # A veth whose peer is down: the kernel refuses to transmit (ENETDOWN), like an unplugged port.
+    topo.router.run(["ip", "link", "add", "ct-down0", "type", "veth", "peer", "name", "ct-down1"])
+    try:
+        seg, frame = _captured(topo.client_ip4, topo.origin_ip4)
+        with topo.router.entered():
+            injector = Injector("ct-down0")
+        with injector:
+            assert injector.redirect(seg, frame, LOCATION) == 0
+            assert injector.sent == 0
+            assert list(injector.failures) == ["send_enetdown"]
+    finally:
+        topo.router.run(["ip", "link", "del", "ct-down0"])

@@ -20,6 +20,7 @@ sub-interface such as eth0.10 to tag).
 
 from __future__ import annotations
 
+import errno
 import itertools
 import socket
 import struct
@@ -284,5 +285,4 @@ class Injector:
 
 
 def _errno_name(exc: OSError) -> str:
-    import errno
     return errno.errorcode.get(exc.errno or 0, "oserror").lower()
