@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     download_retries: int = Field(5, ge=1, le=100, description="Tries per connection before aria2 gives a download up (aria2 --max-tries); the download task may retry later.")
     download_retry_wait: int = Field(1, ge=0, le=600, description="Seconds aria2 waits between tries (aria2 --retry-wait).")
     download_timeout: int = Field(60, ge=1, le=600, description="Seconds without data before aria2 drops a connection (aria2 --timeout).")
+    download_lease: float = Field(30.0, gt=0, le=3600, description="Seconds a download claim stays held without a progress heartbeat (sent every second while data flows); a re-delivered download job takes over only after that, so two workers never download one key at once.")
+    replay_dirs: list[Path] = Field([], description="Directories, besides cache_dir/uploads, from which the cachetap.capture.replay task may read capture files; any other path in a message is refused.")
 
     # --- cache server -----------------------------------------------------------------------
     serve_host: str = Field("0.0.0.0", description="Address the cache server listens on.")
@@ -107,6 +109,18 @@ class Settings(BaseSettings):
     redirect_client_mac: str | None = Field(None, description="Destination MAC for 302s to clients (e.g. the gateway's MAC on an injection port outside the captured segment). Unset: the captured frame's source MAC.")
     redirect_origin_mac: str | None = Field(None, description="Destination MAC for RSTs towards origins (the next hop on redirect_origin_interface). Unset: the captured frame's destination MAC.")
     redirect_own_source_mac: bool = Field(False, description="Send injected frames from the injection interface's own MAC instead of the spoofed peer's, so switches never learn a client's or gateway's MAC on the injection port.")
+
+    # --- housekeeping ---------------------------------------------------------------------------
+    default_ttl: int = Field(7 * 86_400, ge=0, description="Seconds a stored object stays fresh when the origin gives no Cache-Control max-age, Expires or Last-Modified (big files are usually immutable).")
+    max_ttl: int = Field(90 * 86_400, ge=0, description="Seconds a stored object stays fresh at most, whatever the origin says; then it is revalidated.")
+    revalidate_interval: int = Field(600, ge=10, description="Seconds between revalidation runs (conditional HEAD of entries past their freshness).")
+    revalidate_batch: int = Field(200, ge=1, le=100_000, description="Entries revalidated per run at most (the oldest expiries first).")
+    cleanup_min_hits: int = Field(3, ge=0, description="Cleanup removes entries with fewer than this many hits that were idle for cleanup_idle seconds (the seed's rule); 0 disables it.")
+    cleanup_idle: int = Field(7 * 86_400, gt=0, description="Seconds without a request after which a rarely requested entry is cleaned up.")
+    disk_quota: int = Field(0, ge=0, description="Bytes the stored objects may use at most (sum of ready entries); least recently requested go first. 0: no quota.")
+    min_free_bytes: int = Field(1 << 30, ge=0, description="Bytes to keep free on the cache_dir filesystem; the quota pass evicts until they are.")
+    reconcile_grace: int = Field(3600, ge=0, description="Seconds an unreferenced blob or an orphaned temp file is left alone before reconcile deletes it (a publish may be in flight).")
+    housekeeping_interval: int = Field(900, ge=10, description="Seconds between runs of the cleanup, quota and reconcile passes.")
 
     @field_validator("redirect_client_mac", "redirect_origin_mac")
     @classmethod
