@@ -1,0 +1,69 @@
+"""Eviction policy: which catalog entries to drop, as `Evict(key, reason)` decisions.
+
+Two rules, both pure:
+
+* cleanup (the seed's rule): an entry with fewer than `min_hits` requests and none for `idle`
+  seconds goes. It applies to rows at rest (ready, counting, rejected, failed), so cold counters and
+  old refusals are forgotten too and may be judged afresh if they ever come back; `min_hits` 0
+  disables it.
+* quota: when the stored bytes exceed the budget, ready entries go least recently requested first;
+  ties by fewer hits, then older publication, then key (a stable, total order). Victims are taken
+  until the bytes left fit.
+
+Neither rule ever picks an entry a worker holds a claim on (probing, queued, downloading).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cachetap.core.types import Evict
+
+AT_REST = frozenset({"ready", "counting", "rejected", "failed"})
+CLAIMED = frozenset({"probing", "queued", "downloading"})
+
+
+@dataclass(frozen=True, slots=True)
+class EntryStat:
+    """What the policy needs to know about one catalog entry."""
+
+    key: str
+    hits: int
+    last_hit: float
+    stored_size: int | None = None
+    published_at: float | None = None
+    blob: str | None = None
+    state: str = "ready"
+
+
+def cleanup_victims(entries: Iterable[EntryStat], now: float, min_hits: int, idle: float) -> list[Evict]:
+    """Entries at rest with fewer than `min_hits` hits and no request for `idle` seconds."""
+    return [Evict(e.key, "cold") for e in entries
+            if e.state in AT_REST and e.hits < min_hits and now - e.last_hit >= idle]
+
+
+def quota_victims(entries: Iterable[EntryStat], used_bytes: int, quota_bytes: int) -> list[Evict]:
+    """Ready entries to drop so that `used_bytes` falls to `quota_bytes` or below (see module doc)."""
+    excess = used_bytes - max(0, quota_bytes)
+    if excess <= 0:
+        return []
+    candidates = sorted((e for e in entries if e.state == "ready" and e.stored_size),
+                        key=lambda e: (e.last_hit, e.hits, e.published_at or 0.0, e.key))
+    victims: list[Evict] = []
+    for e in candidates:
+        if excess <= 0:
+            break
+        victims.append(Evict(e.key, "quota"))
+        excess -= e.stored_size or 0
+    return victims
+
+
+def bytes_budget(used_bytes: int, quota_bytes: int, free_bytes: int, min_free_bytes: int) -> int:
+    """The bytes the stored objects may keep: within `quota_bytes` (0: no quota) and leaving
+    `min_free_bytes` free on the disk (every evicted byte of ours is a free byte gained)."""
+    budget = used_bytes if quota_bytes <= 0 else min(used_bytes, quota_bytes)
+    shortfall = min_free_bytes - free_bytes
+    if shortfall > 0:
+        budget = min(budget, used_bytes - shortfall)
+    return max(0, budget)
