@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from cachetap.core.eviction import EntryStat
 from cachetap.core.keys import url_filename
 from cachetap.core.types import Sighting
 from cachetap.store.db import is_transient, writer
@@ -290,3 +291,63 @@ class Catalog:
                    sa.or_(ENTRIES.c.claimed_at.is_(None), ENTRIES.c.claimed_at < now - stale_after))
             .order_by(ENTRIES.c.claimed_at)
         )
+
+    # ---- housekeeping (tasks/housekeeping.py, store/evict.py) -------------------------------------
+
+    def entry_stats(self, states: Iterable[str], fewer_hits_than: int | None = None,
+                    last_hit_before: float | None = None) -> list[EntryStat]:
+        """Light rows for the eviction policy, optionally pre-filtered the way the cleanup rule is."""
+        cols = [ENTRIES.c[name] for name in ("key", "hits", "last_hit", "stored_size", "published_at",
+                                             "blob", "state")]
+        stmt = sa.select(*cols).where(ENTRIES.c.state.in_([_check_state(s) for s in states]))
+        if fewer_hits_than is not None:
+            stmt = stmt.where(ENTRIES.c.hits < fewer_hits_than)
+        if last_hit_before is not None:
+            stmt = stmt.where(ENTRIES.c.last_hit <= last_hit_before)
+        with self.engine.connect() as conn:
+            return [EntryStat(**row._mapping) for row in conn.execute(stmt.order_by(ENTRIES.c.id))]
+
+    def expired(self, now: float, limit: int) -> list[EntryView]:
+        """Ready entries whose freshness ended at or before `now`, the longest expired first."""
+        return self._select(
+            sa.select(ENTRIES)
+            .where(ENTRIES.c.state == EntryState.READY.value, ENTRIES.c.expires_at <= now)
+            .order_by(ENTRIES.c.expires_at, ENTRIES.c.id).limit(max(0, int(limit)))
+        )
+
+    def blob_references(self) -> set[str]:
+        """Every sha256 some entry (in any state) names as its blob."""
+        with self.engine.connect() as conn:
+            return {b for (b,) in conn.execute(sa.select(ENTRIES.c.blob).where(ENTRIES.c.blob.is_not(None))
+                                               .distinct())}
+
+    def blob_referenced(self, sha256: str) -> bool:
+        with self.engine.connect() as conn:
+            stmt = sa.select(ENTRIES.c.id).where(ENTRIES.c.blob == sha256).limit(1)
+            return conn.execute(stmt).first() is not None
+
+    def remove_if(self, key: str, state: str, blob: str | None) -> bool:
+        """Delete the entry (and its hits) only while it is still in `state` with `blob`: a row that
+        moved on since the caller looked (re-admitted, re-published) is left alone."""
+        _check_key(key)
+        match = sa.and_(ENTRIES.c.key == key, ENTRIES.c.state == _check_state(state),
+                        ENTRIES.c.blob.is_(None) if blob is None else ENTRIES.c.blob == blob)
+
+        def work(conn: Connection) -> bool:
+            if conn.execute(sa.delete(ENTRIES).where(match)).rowcount != 1:
+                return False
+            conn.execute(sa.delete(HITS).where(HITS.c.key == key))
+            return True
+        return self._write(work)
+
+    def refresh(self, key: str, blob: str, expires_at: float, cache_control: str | None = None) -> bool:
+        """Extend a revalidated entry's freshness (and its Cache-Control when the origin sent one),
+        only while it is still ready with the same blob."""
+        values: dict[str, Any] = {"expires_at": expires_at, "updated_at": time.time()}
+        if cache_control is not None:
+            values["cache_control"] = _fits(cache_control, "cache_control")
+        stmt = (sa.update(ENTRIES)
+                .where(ENTRIES.c.key == _check_key(key), ENTRIES.c.state == EntryState.READY.value,
+                       ENTRIES.c.blob == blob)
+                .values(values))
+        return self._write(lambda conn: conn.execute(stmt).rowcount == 1)

@@ -1,0 +1,124 @@
+"""Removing stored objects, and reconciling the catalog with the files on disk.
+
+Order of `evict`: the catalog row goes first, then the blob. A crash in between leaves a file no row
+names (harmless: reconcile deletes it after `grace`), never a row that names a missing file. Even
+then nothing broken is served: CatalogLookup stats the blob before serving and sends the client to
+the origin when it is gone. A blob is shared by every key whose content has the same sha256, so it
+is deleted only when no other row names it.
+
+`reconcile` heals what a crash or an operator left behind:
+  * a ready row whose blob file is missing: the row is removed (not re-queued). The object is then
+    unknown, so the next requests count and admit it again like any new object; re-downloading
+    things nobody asks for any more would be waste, and admission already does the right thing;
+  * a blob file no row names, older than `grace` (a publish may be between its rename and its
+    catalog update): deleted;
+  * a temp file (`tmp/<key>.part`, aria2's `.aria2` control file, anything else in tmp/) older than
+    `grace` whose key is not queued or downloading: deleted. Files of live downloads are kept
+    whatever their age: aria2 resumes from them.
+Paths come only from BlobStore (validated sha256 names under cache_dir/blobs, entries of
+cache_dir/tmp), so nothing outside the cache directory is ever touched; symlinks are unlinked, never
+followed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cachetap.store.blobs import BlobStore
+from cachetap.store.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+LIVE_DOWNLOAD_STATES = ("queued", "downloading")
+_TEMP_KEY = re.compile(r"([0-9a-f]{32})\.")
+
+
+@dataclass
+class ReconcileReport:
+    rows_missing_blob: list[str] = field(default_factory=list)   # keys whose row was removed
+    orphan_blobs: list[str] = field(default_factory=list)        # sha256 of deleted blob files
+    temp_files: list[str] = field(default_factory=list)          # names of deleted temp files
+    kept_young: int = 0                                          # unreferenced files inside grace
+
+    def summary(self) -> dict[str, int]:
+        return {"rows_missing_blob": len(self.rows_missing_blob), "orphan_blobs": len(self.orphan_blobs),
+                "temp_files": len(self.temp_files), "kept_young": self.kept_young}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evict(catalog: Catalog, blobs: BlobStore, key: str, reason: str, expect_state: str | None = None) -> bool:
+    """Remove `key`'s row, then its blob unless another row names the same sha256.
+
+    With `expect_state`, only an entry still in that state is removed (the caller decided on a
+    snapshot). Returns whether the row was removed.
+    """
+    entry = catalog.get(key)
+    if entry is None or (expect_state is not None and entry.state != expect_state):
+        return False
+    if not catalog.remove_if(key, entry.state, entry.blob):
+        return False  # it changed under us: whoever changed it decides
+    freed = 0
+    if entry.blob and not catalog.blob_referenced(entry.blob):
+        freed = entry.stored_size or 0
+        blobs.remove(entry.blob)
+    log.info("evicted %s (%s, was %s, %s bytes freed): %s", key, reason, entry.state, freed, entry.url)
+    return True
+
+
+def reconcile(catalog: Catalog, blobs: BlobStore, now: float, grace: float) -> ReconcileReport:
+    report = ReconcileReport()
+    # 1. Rows that promise a file that is not there.
+    for stat in catalog.entry_stats(["ready"]):
+        if stat.blob and blobs.exists(stat.blob):
+            continue
+        if catalog.remove_if(stat.key, "ready", stat.blob):
+            report.rows_missing_blob.append(stat.key)
+            log.warning("ready entry %s has no blob file %s: row removed", stat.key, stat.blob)
+    # 2. Files no row names. References are read after the listing, so a blob published and
+    #    recorded meanwhile is seen as referenced; one published but not yet recorded is young.
+    on_disk = list(blobs.iter_blobs())
+    referenced = catalog.blob_references()
+    for sha256, _size in on_disk:
+        if sha256 in referenced:
+            continue
+        if _age(blobs.path(sha256), now) < grace:
+            report.kept_young += 1
+            continue
+        if blobs.remove(sha256):
+            report.orphan_blobs.append(sha256)
+            log.info("deleted blob %s: no catalog entry names it", sha256)
+    # 3. Leftover temp files of downloads that are no longer running.
+    live = {s.key for s in catalog.entry_stats(LIVE_DOWNLOAD_STATES)}
+    for path in blobs.iter_temp():
+        match = _TEMP_KEY.match(path.name)
+        if match is not None and match.group(1) in live:
+            continue
+        if _age(path, now) < grace:
+            report.kept_young += 1
+            continue
+        if _unlink(path):
+            report.temp_files.append(path.name)
+            log.info("deleted leftover temp file %s", path.name)
+    return report
+
+
+def _age(path: os.PathLike[str], now: float) -> float:
+    try:
+        return now - os.lstat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _unlink(path: os.PathLike[str]) -> bool:
+    """Unlink a file or symlink (never following it); a directory someone put in tmp/ is left."""
+    try:
+        os.unlink(path)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return False
+    return True
