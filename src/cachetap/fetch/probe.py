@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Mapping
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -35,14 +36,21 @@ class ProbeError(Exception):
 
 def probe(url: str, resolver: Resolver, timeout: float) -> ProbeResult:
     """HEAD `url` through the cache's own resolution and return what the origin says about it."""
+    return ProbeResult.from_headers(*probe_response(url, resolver, timeout))
+
+
+def probe_response(url: str, resolver: Resolver, timeout: float,
+                   headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str]]:
+    """Status and headers (names lower-case) of a HEAD of `url`, with extra request `headers`
+    (e.g. If-None-Match for a revalidation); redirects are followed as for `probe`."""
     # trust_env=False: no proxy or netrc from the environment may redirect the probe elsewhere.
     with httpx.Client(timeout=timeout, trust_env=False, follow_redirects=False) as client:
         current = url
         for _hop in range(MAX_REDIRECTS + 1):
-            response = _head(client, current, resolver)
+            response = _head(client, current, resolver, headers or {})
             location = response.headers.get("location")
             if response.status_code not in REDIRECT_STATUSES or not location:
-                return ProbeResult.from_headers(response.status_code, dict(response.headers))
+                return response.status_code, {k.lower(): v for k, v in response.headers.items()}
             following = urljoin(current, location)
             if urlsplit(following).scheme.lower() != urlsplit(current).scheme.lower():
                 raise ProbeError("redirect_scheme", f"{current} -> {following}")
@@ -51,7 +59,7 @@ def probe(url: str, resolver: Resolver, timeout: float) -> ProbeResult:
         raise ProbeError("too_many_redirects", url)
 
 
-def _head(client: httpx.Client, url: str, resolver: Resolver) -> httpx.Response:
+def _head(client: httpx.Client, url: str, resolver: Resolver, extra: Mapping[str, str]) -> httpx.Response:
     parts = urlsplit(url)
     if parts.scheme.lower() != "http":
         raise ProbeError("scheme", parts.scheme or "(none)")
@@ -66,7 +74,7 @@ def _head(client: httpx.Client, url: str, resolver: Resolver) -> httpx.Response:
         raise ProbeError("unresolved", host)
     host_header = host if port == 80 else f"{_bracket(host)}:{port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    headers = {"Host": host_header, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    headers = {**extra, "Host": host_header, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     last_error: ProbeError | None = None
     for address in addresses:  # try each of the host's addresses until one answers
         try:
