@@ -48,6 +48,10 @@ CAPTURE_REPLAY = "cachetap.capture.replay"
 SCHEDULE_PRUNE_HITS = "cachetap.schedule.prune_hits"
 SCHEDULE_RECLAIM = "cachetap.schedule.reclaim"
 SCHEDULE_PRUNE_BROKER = "cachetap.schedule.prune_broker"
+SCHEDULE_CLEANUP = "cachetap.schedule.cleanup"
+SCHEDULE_QUOTA = "cachetap.schedule.quota"
+SCHEDULE_RECONCILE = "cachetap.schedule.reconcile"
+SCHEDULE_REVALIDATE = "cachetap.schedule.revalidate"
 
 QUEUE_NAMES = ("capture", "analyze", "download", "schedule")
 QUEUES = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES)
@@ -59,12 +63,16 @@ ROUTES: dict[str, dict[str, str]] = {
     SCHEDULE_PRUNE_HITS: {"queue": "schedule"},
     SCHEDULE_RECLAIM: {"queue": "schedule"},
     SCHEDULE_PRUNE_BROKER: {"queue": "schedule"},
+    SCHEDULE_CLEANUP: {"queue": "schedule"},
+    SCHEDULE_QUOTA: {"queue": "schedule"},
+    SCHEDULE_RECONCILE: {"queue": "schedule"},
+    SCHEDULE_REVALIDATE: {"queue": "schedule"},
     "celery.backend_cleanup": {"queue": "schedule"},  # added by beat when results expire
 }
 
 # Task modules; those written in later issues join once they exist.
-TASK_MODULES = ("cachetap.tasks.analyze", "cachetap.tasks.schedule", "cachetap.tasks.download",
-                "cachetap.tasks.capture")
+TASK_MODULES = ("cachetap.tasks.analyze", "cachetap.tasks.schedule", "cachetap.tasks.housekeeping",
+                "cachetap.tasks.download", "cachetap.tasks.capture")
 
 # ---- retry policy -------------------------------------------------------------------------------
 RETRY_BASE = 2.0
@@ -212,6 +220,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     schedule = {
         "prune-hits": {"task": SCHEDULE_PRUNE_HITS, "schedule": PRUNE_HITS_EVERY},
         "reclaim-stale-claims": {"task": SCHEDULE_RECLAIM, "schedule": reclaim_every},
+        "cleanup": {"task": SCHEDULE_CLEANUP, "schedule": float(settings.housekeeping_interval)},
+        "quota": {"task": SCHEDULE_QUOTA, "schedule": float(settings.housekeeping_interval)},
+        "reconcile": {"task": SCHEDULE_RECONCILE, "schedule": float(settings.housekeeping_interval)},
+        "revalidate": {"task": SCHEDULE_REVALIDATE, "schedule": float(settings.revalidate_interval)},
     }
     if settings.embedded_broker:
         schedule["prune-broker"] = {"task": SCHEDULE_PRUNE_BROKER, "schedule": PROCESSED_MAX_AGE}

@@ -1,0 +1,156 @@
+"""Queue `schedule`: housekeeping of stored objects. Cleanup, quota, reconcile, revalidation.
+
+Each pass is a plain function (catalog, blob store, settings, clock in; summary dict out) so that
+`cachetap cleanup` runs the same code synchronously; the Celery tasks are one-line wrappers.
+
+Revalidation needs no "stale" state: `web.lookup.CatalogLookup` refuses entries past `expires_at`,
+so an expired entry is not handed out from the moment it expires until a revalidation extends it.
+Outcomes: 304 or the same validators -> `expires_at` extended; changed -> evicted, and the next
+requests admit it again like any new object (re-downloading on our own would fetch objects nobody
+may want any more; admission already re-fetches those that are wanted); 404/410 -> evicted; error
+(origin down, 5xx) -> left as it is, still not served, asked again on the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from typing import Any
+
+from celery import shared_task
+
+from cachetap.core.eviction import AT_REST, bytes_budget, cleanup_victims, quota_victims
+from cachetap.core.freshness import expires_at, revalidation_headers, revalidation_outcome
+from cachetap.fetch.probe import ProbeError, probe_response
+from cachetap.fetch.resolver import Resolver
+from cachetap.settings import Settings
+from cachetap.store.blobs import BlobStore
+from cachetap.store.catalog import Catalog
+from cachetap.store.evict import evict, reconcile
+from cachetap.tasks.app import (SCHEDULE_CLEANUP, SCHEDULE_QUOTA, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE)
+
+log = logging.getLogger(__name__)
+
+# Headers of the stored response that still count when a 304 leaves them out.
+STORED_HEADERS = (("cache_control", "cache-control"), ("last_modified", "last-modified"), ("etag", "etag"))
+
+
+# ---- the passes ----------------------------------------------------------------------------------
+
+def run_cleanup(catalog: Catalog, blobs: BlobStore, settings: Settings, now: float) -> dict[str, int]:
+    """Drop entries with fewer than cleanup_min_hits hits and no request for cleanup_idle seconds."""
+    min_hits, idle = settings.cleanup_min_hits, settings.cleanup_idle
+    if min_hits <= 0:
+        return {"candidates": 0, "evicted": 0}
+    stats = catalog.entry_stats(AT_REST, fewer_hits_than=min_hits, last_hit_before=now - idle)
+    states = {s.key: s.state for s in stats}
+    victims = cleanup_victims(stats, now, min_hits, idle)
+    evicted = sum(evict(catalog, blobs, v.key, v.reason, expect_state=states[v.key]) for v in victims)
+    log.info("cleanup: %d of %d entries with < %d hits idle for %ds evicted", evicted, len(victims), min_hits, idle)
+    return {"candidates": len(victims), "evicted": evicted}
+
+
+def run_quota(catalog: Catalog, blobs: BlobStore, settings: Settings,
+              free_bytes: int | None = None) -> dict[str, int]:
+    """Evict ready entries, least recently requested first, until the stored bytes fit disk_quota
+    and min_free_bytes are free on the cache filesystem (`free_bytes` overrides the measurement)."""
+    stats = catalog.entry_stats(["ready"])
+    used = sum(s.stored_size or 0 for s in stats)
+    free = shutil.disk_usage(blobs.root).free if free_bytes is None else free_bytes
+    budget = bytes_budget(used, settings.disk_quota, free, settings.min_free_bytes)
+    victims = quota_victims(stats, used, budget)
+    sizes = {s.key: s.stored_size or 0 for s in stats}
+    evicted = [v.key for v in victims if evict(catalog, blobs, v.key, v.reason, expect_state="ready")]
+    freed = sum(sizes[k] for k in evicted)
+    if victims:
+        log.warning("quota: %d bytes stored, %d allowed (quota %d, %d free, keep %d free): %d entries evicted, "
+                    "%d bytes", used, budget, settings.disk_quota, free, settings.min_free_bytes, len(evicted), freed)
+    return {"used": used, "budget": budget, "free": free, "evicted": len(evicted), "freed": freed}
+
+
+def run_reconcile(catalog: Catalog, blobs: BlobStore, settings: Settings, now: float) -> dict[str, int]:
+    report = reconcile(catalog, blobs, now, settings.reconcile_grace)
+    log.info("reconcile: %s", report.summary())
+    return report.summary()
+
+
+def run_revalidate(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Settings,
+                   now: float) -> dict[str, int]:
+    """Conditional HEAD of up to revalidate_batch expired ready entries (see the module doc)."""
+    done = {"checked": 0, "fresh": 0, "changed": 0, "gone": 0, "error": 0}
+    for entry in catalog.expired(now, settings.revalidate_batch):
+        done["checked"] += 1
+        outcome, reason, headers = _revalidate_one(entry, resolver, settings)
+        done[outcome] += 1
+        if outcome == "fresh":
+            stored = {name: getattr(entry, field) for field, name in STORED_HEADERS if getattr(entry, field)}
+            answered = time.time()
+            until = expires_at(answered, {**stored, **headers}, settings.default_ttl, settings.max_ttl)
+            if entry.blob and catalog.refresh(entry.key, entry.blob, until, headers.get("cache-control")):
+                log.info("revalidated %s (%s): fresh for %.0fs more", entry.key, reason, until - answered)
+        elif outcome in ("changed", "gone"):
+            if evict(catalog, blobs, entry.key, outcome, expect_state="ready"):
+                log.info("revalidated %s (%s): %s, evicted: %s", entry.key, reason, outcome, entry.url)
+        else:
+            log.warning("revalidation of %s failed (%s): not served until it succeeds: %s", entry.key, reason,
+                        entry.url)
+    return done
+
+
+def _revalidate_one(entry: Any, resolver: Resolver, settings: Settings) -> tuple[str, str, dict[str, str]]:
+    """(outcome, reason, response headers) of one conditional HEAD."""
+    try:
+        status, headers = probe_response(entry.url, resolver, settings.probe_timeout,
+                                         revalidation_headers(entry.etag, entry.last_modified))
+    except ProbeError as exc:
+        return "error", exc.reason, {}
+    old_size = entry.stored_size if entry.stored_size is not None else entry.size
+    outcome = revalidation_outcome(status, entry.etag, headers.get("etag"), old_size,
+                                   _content_length(headers.get("content-length")), entry.last_modified,
+                                   headers.get("last-modified"))
+    return outcome, f"HTTP {status}", headers
+
+
+def _content_length(value: str | None) -> int | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
+
+
+def run_all(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Settings,
+            now: float | None = None) -> dict[str, dict[str, int]]:
+    """The four passes once, in the order that frees the most first (`cachetap cleanup`)."""
+    now = time.time() if now is None else now
+    return {
+        "revalidate": run_revalidate(catalog, blobs, resolver, settings, now),
+        "cleanup": run_cleanup(catalog, blobs, settings, now),
+        "reconcile": run_reconcile(catalog, blobs, settings, now),
+        "quota": run_quota(catalog, blobs, settings),
+    }
+
+
+# ---- beat tasks ----------------------------------------------------------------------------------
+
+def _blobs(app: Any) -> BlobStore:
+    return BlobStore(app.settings.cache_dir)
+
+
+@shared_task(bind=True, name=SCHEDULE_CLEANUP)
+def cleanup(self: Any) -> dict[str, int]:
+    return run_cleanup(self.app.catalog, _blobs(self.app), self.app.settings, time.time())
+
+
+@shared_task(bind=True, name=SCHEDULE_QUOTA)
+def quota(self: Any) -> dict[str, int]:
+    return run_quota(self.app.catalog, _blobs(self.app), self.app.settings)
+
+
+@shared_task(bind=True, name=SCHEDULE_RECONCILE)
+def reconcile_store(self: Any) -> dict[str, int]:
+    return run_reconcile(self.app.catalog, _blobs(self.app), self.app.settings, time.time())
+
+
+@shared_task(bind=True, name=SCHEDULE_REVALIDATE)
+def revalidate(self: Any) -> dict[str, int]:
+    return run_revalidate(self.app.catalog, _blobs(self.app), self.app.resolver, self.app.settings, time.time())
