@@ -11,10 +11,12 @@ lets aria2 continue where it stopped (`--continue`).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ARIA2C = "/usr/bin/aria2c"
+PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
 SESSION_FILE = "aria2.session"
 LOG_FILE = "aria2.log"
 
@@ -73,6 +77,21 @@ class Aria2Options:
                 "retry-wait": str(self.retry_wait),
                 "timeout": str(self.timeout),
                 "connect-timeout": str(self.connect_timeout)}
+
+
+def _die_with_parent(parent_pid: int):
+    """preexec_fn: the kernel sends aria2c SIGTERM (a graceful stop) the moment its parent dies.
+
+    --stop-with-process alone polls, so after a kill -9 of a worker aria2c kept writing the temp
+    file for a while, possibly while a re-delivered job resumed it. The death signal follows the
+    *thread* that spawned aria2c, so start the daemon from a thread that lives as long as the process
+    (a prefork pool child's main thread; a threads pool's long-lived workers).
+    """
+    def preexec() -> None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died before prctl: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+    return preexec
 
 
 def _free_loopback_port() -> int:
@@ -201,7 +220,8 @@ class Aria2Daemon:
         out = open(self.work_dir / "aria2.out", "wb")
         try:
             self._proc = subprocess.Popen(self._command(port, secret), stdin=subprocess.DEVNULL,
-                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                          preexec_fn=_die_with_parent(os.getpid()))
         finally:
             out.close()
         api = aria2p.API(aria2p.Client(host="http://127.0.0.1", port=port, secret=secret, timeout=10))
