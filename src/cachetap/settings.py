@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     broker_url: str = Field("", description="Celery broker URL (redis://, amqp://). Empty: the embedded filesystem broker under cache_dir/broker.")
     result_backend: str = Field("", description="Celery result backend URL. Empty: SQLite under cache_dir (db+sqlite).")
     database_url: str = Field("", description="Catalog database URL (SQLAlchemy): postgresql+psycopg://, mysql+pymysql://. Empty: SQLite under cache_dir.")
+    broker_visibility_timeout: float = Field(3600, gt=0, le=86_400 * 7, description="Redis broker: seconds an unacknowledged task waits before it is re-delivered (a worker killed mid-task); a re-delivered download whose key is still being downloaded waits for it.")
     broker_polling_interval: float = Field(0.05, gt=0, le=10, description="Seconds between polls of the embedded filesystem broker.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every cachetap process.")
 
@@ -96,6 +97,7 @@ class Settings(BaseSettings):
     download_retry_wait: int = Field(1, ge=0, le=600, description="Seconds aria2 waits between tries (aria2 --retry-wait).")
     download_timeout: int = Field(60, ge=1, le=600, description="Seconds without data before aria2 drops a connection (aria2 --timeout).")
     download_lease: float = Field(30.0, gt=0, le=3600, description="Seconds a download claim stays held without a progress heartbeat (sent every second while data flows); a re-delivered download job takes over only after that, so two workers never download one key at once.")
+    download_attempts: int = Field(6, ge=1, le=100, description="Attempts of the download task per job (each continues the temp file) before the key is marked failed with the last reason.")
     replay_dirs: list[Path] = Field([], description="Directories, besides cache_dir/uploads, from which the cachetap.capture.replay task may read capture files; any other path in a message is refused.")
 
     # --- cache server -----------------------------------------------------------------------

@@ -215,6 +215,20 @@ class Catalog:
         )
         return self._write(lambda conn: conn.execute(stmt).rowcount == 1)
 
+    def advance_claim(self, key: str, token: str, from_state: str, to_state: str, now: float,
+                      idle_for: float | None = None) -> bool:
+        """Move a claim held under `token` from `from_state` to `to_state`, renewing claimed_at and
+        counting an attempt; True for the one winner. With `idle_for`, only a claim not renewed for
+        that many seconds is taken (a re-delivered job taking over from a worker that vanished).
+        One conditional UPDATE, so of two deliveries of the same job exactly one proceeds."""
+        stmt = sa.update(ENTRIES).where(ENTRIES.c.key == _check_key(key), ENTRIES.c.claim_token == token,
+                                        ENTRIES.c.state == _check_state(from_state))
+        if idle_for is not None:
+            stmt = stmt.where(sa.or_(ENTRIES.c.claimed_at.is_(None), ENTRIES.c.claimed_at < now - idle_for))
+        stmt = stmt.values(state=_check_state(to_state), claimed_at=now, updated_at=now,
+                           attempts=ENTRIES.c.attempts + 1)
+        return self._write(lambda conn: conn.execute(stmt).rowcount == 1)
+
     def mark(self, key: str, state: str, reason: str | None = None, token: str | None = None,
              **fields: Any) -> bool:
         """Set the state (and reason, and any other columns given); with `token`, only while that

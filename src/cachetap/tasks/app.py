@@ -197,6 +197,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                                                                       settings.broker_polling_interval)
         conf["worker_enable_remote_control"] = True
         conf["worker_send_task_events"] = False
+    elif settings.broker_url.startswith(("redis://", "rediss://")):
+        conf["broker_transport_options"] = {"visibility_timeout": settings.broker_visibility_timeout}
     return conf
 
 
