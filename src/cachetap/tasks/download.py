@@ -1,0 +1,215 @@
+"""Queue `download`: fetch one admitted object with aria2, verify it, publish it, mark it ready.
+
+Exactly one download per key at a time. The job carries the claim token the analyze (or reclaim)
+step queued it under; the worker moves the entry queued -> downloading under that token with one
+conditional UPDATE (`Catalog.advance_claim`), and while data flows it renews `claimed_at` every
+second: that timestamp is a lease. A job delivered again (a duplicate, a Redis/RabbitMQ re-delivery
+after its worker died, or our own retry) finds the entry `downloading` under the same token and
+takes it over only once the lease has run out (`settings.download_lease`); while it is fresh,
+another worker is alive on the key and the job waits (retry with a countdown). A job whose token
+no longer matches was superseded (reclaim re-queued the key, it is ready, evicted...) and ends.
+
+The embedded broker cannot re-deliver after a kill -9 (see tasks/app.py); there the beat task
+`reclaim` re-queues the stale claim with a fresh token. Either way the new attempt continues the
+temp file from aria2's control file, and the dead worker's aria2c is gone (it gets SIGTERM when its
+parent dies, see fetch/aria2.py), so nothing else writes the file meanwhile.
+
+One aria2c per worker process, started lazily under cache_dir/aria2/<hostname>-<pid> and stopped at
+worker (process) shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from celery import shared_task
+from celery.signals import worker_process_shutdown, worker_shutdown
+
+from cachetap.fetch.aria2 import Aria2Daemon, Aria2Error, Aria2Options
+from cachetap.fetch.download import DownloadError, download
+from cachetap.settings import Settings
+from cachetap.store.blobs import BlobStore
+from cachetap.store.catalog import KEY_PATTERN
+from cachetap.tasks.app import DOWNLOAD_FETCH, retry_countdown
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY = 1.0   # seconds between progress writes (they also renew the lease)
+
+
+class ClaimLost(Exception):
+    """Our claim was taken over (reclaimed as stale): stop, the new holder downloads the key."""
+
+
+# ---- one aria2c per worker process ---------------------------------------------------------------
+
+_daemon: Aria2Daemon | None = None
+_daemon_pid: int | None = None
+_daemon_lock = threading.Lock()
+
+
+def worker_daemon(settings: Settings) -> Aria2Daemon:
+    """This process's aria2c, started on first use and restarted if it died."""
+    global _daemon, _daemon_pid
+    with _daemon_lock:
+        if _daemon is None or _daemon_pid != os.getpid():  # a forked child makes its own
+            work_dir = settings.cache_dir / "aria2" / f"{socket.gethostname()}-{os.getpid()}"
+            _daemon, _daemon_pid = Aria2Daemon(work_dir, Aria2Options.from_settings(settings)), os.getpid()
+        _daemon.ensure_running()
+        return _daemon
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def stop_worker_daemon(**_: Any) -> None:
+    global _daemon
+    with _daemon_lock:
+        if _daemon is None or _daemon_pid != os.getpid():
+            return
+        daemon, _daemon = _daemon, None
+    daemon.stop()
+    shutil.rmtree(daemon.work_dir, ignore_errors=True)  # its session names no download we still want
+    log.info("aria2c of worker process %s stopped", os.getpid())
+
+
+# ---- the task ------------------------------------------------------------------------------------
+
+@shared_task(bind=True, name=DOWNLOAD_FETCH)
+def fetch(self: Any, job: dict) -> dict[str, Any]:
+    """Download one admitted object; returns {key, sha256, size, seconds} (or {key, outcome})."""
+    app, settings = self.app, self.app.settings
+    catalog = app.catalog
+    key, claim = _identity(job)
+    if key is None or claim is None:
+        log.error("download job without a valid key and claim, dropped: %.200r", job)
+        return {"key": key, "outcome": "bad_job"}
+    now = time.time()
+    taken = (catalog.advance_claim(key, claim, "queued", "downloading", now)
+             or catalog.advance_claim(key, claim, "downloading", "downloading", now,
+                                      idle_for=settings.download_lease))
+    if not taken:
+        return _not_taken(self, catalog, key, claim, settings.download_lease)
+    catalog.mark(key, "downloading", token=claim, task_id=self.request.id, speed=0)
+    started = time.monotonic()
+    try:
+        daemon = worker_daemon(settings)
+        result = download(_pinned(job, app.resolver), daemon, BlobStore(settings.cache_dir), daemon.options,
+                          on_progress=_heartbeat(catalog, key, claim))
+    except ClaimLost:
+        log.warning("download of %s was taken over by another worker; stopping", key)
+        return {"key": key, "outcome": "taken_over"}
+    except Aria2Error as exc:
+        _failed(self, catalog, key, claim, DownloadError("aria2_unavailable", retryable=True, detail=str(exc)))
+    except DownloadError as exc:
+        _failed(self, catalog, key, claim, exc)
+    seconds = round(time.monotonic() - started, 3)
+    now = time.time()
+    entry = catalog.get(key)
+    published = catalog.mark(
+        key, "ready", token=claim, blob=result.sha256, size=result.size, stored_size=result.size,
+        published_at=now, etag=result.etag, content_type=result.content_type,
+        expires_at=freshness_deadline(settings, entry, now), bytes_done=result.size, speed=0,
+        claim_token=None, claimed_at=None)
+    if not published:
+        log.warning("%s downloaded but its claim was taken over meanwhile; not marked by us", key)
+        return {"key": key, "outcome": "taken_over", "sha256": result.sha256}
+    log.info("downloaded %s: %d bytes in %.1fs, sha256 %s", job.get("url"), result.size, seconds, result.sha256)
+    return {"key": key, "sha256": result.sha256, "size": result.size, "seconds": seconds}
+
+
+def _identity(job: Any) -> tuple[str | None, str | None]:
+    if not isinstance(job, Mapping):
+        return None, None
+    key, claim = job.get("key"), job.get("claim")
+    key = key if isinstance(key, str) and KEY_PATTERN.fullmatch(key) else None
+    claim = claim if isinstance(claim, str) and 0 < len(claim) <= 36 else None
+    return key, claim
+
+
+def _pinned(job: Mapping[str, Any], resolver: Any) -> dict[str, Any]:
+    """The job with the addresses to connect to: the cache's own resolution of the host (overrides,
+    then DNS), never an address seen on the wire (the poisoning guard in tasks/analyze.py)."""
+    try:
+        host = urlsplit(str(job.get("url"))).hostname
+    except ValueError:
+        host = None
+    if not host:
+        return dict(job)  # download() rejects the URL with the reason
+    addresses = sorted(resolver.addresses(host))
+    if not addresses:
+        raise DownloadError("unresolved", retryable=True, detail=host)
+    return {**job, "addresses": addresses}
+
+
+def _not_taken(task: Any, catalog: Any, key: str, claim: str, lease: float) -> dict[str, Any]:
+    """Another live worker holds the key (wait for it), or the job is obsolete (end)."""
+    entry = catalog.get(key)
+    if entry is not None and entry.claim_token == claim and entry.state == "downloading":
+        held_for = lease - (time.time() - (entry.claimed_at or 0.0))
+        log.info("%s is being downloaded by a live worker; checking again in %.0fs", key, max(1.0, held_for))
+        # Rare (a duplicate delivery) and bounded by the live download; it does count as a retry.
+        raise task.retry(countdown=max(1.0, held_for + 1.0), max_retries=None)
+    state = entry.state if entry is not None else "gone"
+    log.info("download job for %s is obsolete (entry %s, claim %s): nothing to do", key, state,
+             "ours" if entry is not None and entry.claim_token == claim else "another")
+    return {"key": key, "outcome": "obsolete", "state": state}
+
+
+def _heartbeat(catalog: Any, key: str, claim: str):
+    """on_progress for download(): progress and lease renewal, at most once a second."""
+    last = 0.0
+
+    def on_progress(done: int, total: int, speed: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < HEARTBEAT_EVERY:
+            return
+        last = now
+        try:
+            held = catalog.mark(key, "downloading", token=claim, bytes_done=done, speed=speed,
+                                claimed_at=time.time())
+        except Exception as exc:  # a busy or unreachable catalog must not stop the bytes
+            log.warning("progress of %s not recorded: %s", key, exc)
+            return
+        if not held:
+            raise ClaimLost(key)
+
+    return on_progress
+
+
+def _failed(task: Any, catalog: Any, key: str, claim: str, exc: DownloadError) -> None:
+    """Retry a retryable error later (the claim stays, so nothing else starts), else fail for good."""
+    reason = f"download: {exc}"[:500]
+    if exc.retryable and task.request.retries < task.app.settings.download_attempts - 1:
+        # Keep state and token; move claimed_at back by the lease so that this retry (and nothing
+        # else: only holders of the token may take it) can resume at once when it arrives.
+        lease = task.app.settings.download_lease
+        catalog.mark(key, "downloading", reason=f"retrying: {reason}"[:500], token=claim, speed=0,
+                     claimed_at=time.time() - lease)
+        countdown = retry_countdown(task.request.retries)
+        log.warning("download of %s failed (%s); retry %d in %.0fs", key, exc, task.request.retries + 1, countdown)
+        raise task.retry(exc=exc, countdown=countdown, max_retries=None)
+    log.error("download of %s failed for good: %s", key, exc)
+    catalog.mark(key, "failed", reason=reason, token=claim, claim_token=None, claimed_at=None,
+                 bytes_done=0, speed=0)
+    raise exc
+
+
+def freshness_deadline(settings: Settings, entry: Any, now: float) -> float:
+    """When the stored copy stops being fresh, from the validators the probe stored on the entry."""
+    from cachetap.core.freshness import expires_at  # lazily: only the publishing step needs it
+
+    headers = {}
+    if entry is not None and entry.cache_control:
+        headers["Cache-Control"] = entry.cache_control
+    if entry is not None and entry.last_modified:
+        headers["Last-Modified"] = entry.last_modified
+    return expires_at(now, headers, settings.default_ttl, settings.max_ttl)
