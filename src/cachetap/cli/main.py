@@ -73,5 +73,5 @@ def config_show(ctx: Context, as_json: bool) -> None:
 
 
 def main() -> None:
-    from cachetap.cli import capture_cmds, catalog_cmds, run_cmds, serve_cmds  # noqa: F401  (registers commands)
+    from cachetap.cli import capture_cmds, catalog_cmds, fetch_cmds, purge_cmds, run_cmds, serve_cmds  # noqa: F401  (registers commands)
     cli(prog_name="cachetap")

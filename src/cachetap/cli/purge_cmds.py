@@ -1,0 +1,73 @@
+"""`cachetap purge KEY|URL` and `cachetap cleanup`: remove stored objects by hand or on cron."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import click
+
+from cachetap.cli.catalog_cmds import open_catalog
+from cachetap.cli.main import Context, cli, pass_ctx, setup_logging
+
+_KEY = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def resolve_key(target: str, strip: dict[str, list[str]]) -> tuple[str, str | None]:
+    """(cache key, canonical URL or None) for a key or an http:// URL, with the same canonical
+    form and query-stripping rules the capture applies; click.BadParameter when it is neither."""
+    from cachetap.core.keys import BadTarget, cache_key, canonical_url
+
+    target = target.strip()
+    if _KEY.fullmatch(target):
+        return target.lower(), None
+    try:
+        url = canonical_url(target, None, 80)
+    except BadTarget as exc:
+        raise click.BadParameter(f"neither a cache key (32 hex characters) nor an http:// URL ({exc.reason})",
+                                 param_hint="KEY|URL") from None
+    return cache_key(url, strip), url
+
+
+@cli.command("purge")
+@click.argument("target", metavar="KEY|URL")
+@pass_ctx
+def purge(ctx: Context, target: str) -> None:
+    """Remove one object from the cache: its catalog entry, and its file unless another entry shares it.
+
+    Clients asking for it afterwards go to the origin; if it stays popular it is fetched again.
+    """
+    from cachetap.store.blobs import BlobStore
+    from cachetap.store.evict import evict
+
+    settings = ctx.settings()
+    key, url = resolve_key(target, settings.strip_query_params)
+    catalog, blobs = open_catalog(settings), BlobStore(settings.cache_dir)
+    entry = catalog.get(key)
+    if entry is None or not evict(catalog, blobs, key, "purge"):
+        raise click.ClickException(f"{key}: not in the cache{f' ({url})' if url else ''}")
+    file_note = ""
+    if entry.blob:
+        file_note = ", file kept: another entry has the same content" if blobs.exists(entry.blob) else ", file deleted"
+    size = f"{entry.stored_size} bytes" if entry.stored_size is not None else "no file"
+    click.echo(f"removed {key} ({entry.state}, {size}{file_note}): {entry.url}")
+
+
+@cli.command("cleanup")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@pass_ctx
+def cleanup(ctx: Context, as_json: bool) -> None:
+    """Run the housekeeping passes once, now: revalidate, cleanup, reconcile, quota (for cron and tests)."""
+    from cachetap.fetch.resolver import Resolver
+    from cachetap.store.blobs import BlobStore
+    from cachetap.tasks.housekeeping import run_all
+
+    settings = ctx.settings()
+    setup_logging(settings.log_level)
+    summary = run_all(open_catalog(settings), BlobStore(settings.cache_dir), Resolver(settings.resolve_overrides),
+                      settings)
+    if as_json:
+        click.echo(json.dumps(summary, sort_keys=True))
+        return
+    for name, counts in summary.items():
+        click.echo(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
