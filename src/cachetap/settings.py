@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     redirect_client_mac: str | None = Field(None, description="Destination MAC for 302s to clients (e.g. the gateway's MAC on an injection port outside the captured segment). Unset: the captured frame's source MAC.")
     redirect_origin_mac: str | None = Field(None, description="Destination MAC for RSTs towards origins (the next hop on redirect_origin_interface). Unset: the captured frame's destination MAC.")
     redirect_own_source_mac: bool = Field(False, description="Send injected frames from the injection interface's own MAC instead of the spoofed peer's, so switches never learn a client's or gateway's MAC on the injection port.")
+    redirect_client_subnets: list[IPNetwork] = Field([], description="Clients that may be redirected (empty: every client in client_subnets). Lets you cache for everyone but redirect a pilot group first.")
+    redirect_hosts: list[str] = Field([], description="Host globs that may be redirected (empty: every host that is cached).")
+    index_reconcile_interval: float = Field(60.0, ge=1, le=86_400, description="Seconds between full reconciles of the capture's ready-key index with the catalog (broadcast events keep it current in between).")
+    health_interval: float = Field(0.25, gt=0, le=10, description="Seconds between health checks of the cache server; one failure stops redirects until it answers again.")
+    capture_realtime: bool = Field(True, description="Run the capture loop at real-time priority (SCHED_FIFO) when allowed, so the 302 beats the origin's answer on a busy machine.")
 
     # --- housekeeping ---------------------------------------------------------------------------
     default_ttl: int = Field(7 * 86_400, ge=0, description="Seconds a stored object stays fresh when the origin gives no Cache-Control max-age, Expires or Last-Modified (big files are usually immutable).")

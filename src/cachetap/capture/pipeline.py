@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from cachetap.capture.linklayer import decode_frame
+from cachetap.capture.inject import Injector
 from cachetap.capture.reassembly import HeadAssembler
+from cachetap.capture.redirector import Redirector
 from cachetap.core.keys import BadTarget, cache_key, canonical_url, host_of
 from cachetap.core.rules import Rules
 from cachetap.core.types import Count, Decision, Ignore, RequestHead, Segment, Sighting
@@ -45,12 +47,15 @@ class Observation:
 class Pipeline:
     """Decode, reassemble, parse and decide; sightings worth counting go to `sink`."""
 
-    def __init__(self, settings: Settings, sink: SightingSink | None = None) -> None:
+    def __init__(self, settings: Settings, sink: SightingSink | None = None,
+                 redirector: Redirector | None = None, injector: Injector | None = None) -> None:
         self.rules = Rules.from_settings(settings)
         self.strip = settings.strip_query_params
         self.ports = frozenset(settings.http_ports)
         self.assembler = HeadAssembler(max_flows=settings.reassembly_flows)
         self.sink = sink
+        self.redirector = redirector if injector is not None else None
+        self.injector = injector
         self.packets = 0
         self.rejected: Counter[str] = Counter()   # malformed input, by reason
         self.decisions: Counter[str] = Counter()  # "count", "ignore:<reason>", ...
@@ -67,9 +72,10 @@ class Pipeline:
         assembled = self.assembler.feed(seg)
         for reason in assembled.rejects:
             self.rejected[reason] += 1
-        return [self._decide(seg, head) for head in assembled.requests]
+        pipelined = len(assembled.requests) > 1
+        return [self._decide(seg, head, frame, pipelined) for head in assembled.requests]
 
-    def _decide(self, seg: Segment, head: RequestHead) -> Observation:
+    def _decide(self, seg: Segment, head: RequestHead, frame: bytes, pipelined: bool) -> Observation:
         try:
             # No Host (HTTP/1.0): the destination address is the only name the request has.
             url = canonical_url(head.target, head.host or _ip_host(seg.dst), seg.dport)
@@ -79,13 +85,23 @@ class Pipeline:
         ignored = self.rules.consider(head, seg.src, url)
         if ignored is not None:
             return self._record(Observation(seg, head, url, key, ignored))
-        if self.sink is not None:
+        host = host_of(url)
+        decision: Decision = Count(key)
+        if self.redirector is not None:  # the fast path first: the 302 races the origin's answer
+            redirect = self.redirector.decide(seg, head, url, key, host, pipelined)
+            if redirect is not None:
+                if self.injector.redirect(seg, frame, redirect.location) > 0:
+                    self.redirector.sent(seg, head, key)
+                    decision = redirect
+                else:
+                    self.redirector.failed()
+        if self.sink is not None:  # redirected or not, the request still counts for admission
             self.sink(Sighting(
                 ts=seg.ts, client=seg.src, client_port=seg.sport, server=seg.dst,
-                server_port=seg.dport, method=head.method, host=host_of(url), url=url, key=key,
+                server_port=seg.dport, method=head.method, host=host, url=url, key=key,
                 target=head.target, range=head.range, user_agent=head.user_agent,
                 authorization=head.authorization))
-        return self._record(Observation(seg, head, url, key, Count(key)))
+        return self._record(Observation(seg, head, url, key, decision))
 
     def _record(self, obs: Observation) -> Observation:
         reason = getattr(obs.decision, "reason", None)
@@ -98,12 +114,15 @@ class Pipeline:
             self.rejected[reason] += 1
 
     def summary(self) -> dict:
-        return {
+        summary = {
             "packets": self.packets,
             "requests": sum(self.decisions.values()),
             "decisions": dict(sorted(self.decisions.items())),
             "rejected": dict(sorted(self.rejected.items())),
         }
+        if self.redirector is not None:
+            summary["not_redirected"] = dict(sorted(self.redirector.skipped.items()))
+        return summary
 
     def run(self, frames: Iterable[tuple[float, int, bytes]]) -> Iterator[Observation]:
         for ts, linktype, frame in frames:

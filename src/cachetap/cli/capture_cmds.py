@@ -69,7 +69,7 @@ def capture(ctx: Context, interface: str | None) -> None:
     run_live_capture(settings)
 
 
-def _analyze_sender(settings):
+def _analyze_sender(settings):  # replay: the same batching the live capture uses
     from cachetap.capture.batcher import BatchSender, make_analyze_sender
     from cachetap.tasks.app import create_app
 

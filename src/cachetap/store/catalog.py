@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -305,6 +305,16 @@ class Catalog:
                    sa.or_(ENTRIES.c.claimed_at.is_(None), ENTRIES.c.claimed_at < now - stale_after))
             .order_by(ENTRIES.c.claimed_at)
         )
+
+    def ready_keys(self, now: float, chunk: int = 10_000) -> Iterator[str]:
+        """Keys the cache server would serve now (ready, not expired), streamed for a capture's index."""
+        stmt = (sa.select(ENTRIES.c.key)
+                .where(ENTRIES.c.state == EntryState.READY.value,
+                       sa.or_(ENTRIES.c.expires_at.is_(None), ENTRIES.c.expires_at > now))
+                .execution_options(yield_per=chunk))
+        with self.engine.connect() as conn:
+            for (key,) in conn.execute(stmt):
+                yield key
 
     # ---- housekeeping (tasks/housekeeping.py, store/evict.py) -------------------------------------
 

@@ -1,0 +1,127 @@
+"""Keep the capture's HotIndex equal to the catalog's ready, fresh keys.
+
+Two paths: broadcast events (tasks/index_events.py) applied as they arrive, so a key becomes
+redirectable, or stops being so, within a fraction of a second on every capture node; and a full
+reconcile with the catalog at start and every `reconcile_every` seconds, so that a missed event
+(broker restart, node down while it was sent) cannot leave the index wrong for long.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from kombu import Connection, Consumer, Queue
+
+from cachetap.capture.hotindex import BadKey, HotIndex
+from cachetap.tasks.index_events import INDEX_EXCHANGE, READY, REMOVED
+
+log = logging.getLogger(__name__)
+
+
+class IndexSync:
+    def __init__(self, app: Any, index: HotIndex, node: str, reconcile_every: float = 60.0) -> None:
+        self.app = app
+        self.index = index
+        self.reconcile_every = reconcile_every
+        # One queue per capture node, stable across restarts: with the embedded broker a queue of a
+        # dead process would otherwise collect every event for ever. Purged at start (a reconcile follows).
+        self.queue = Queue(f"cachetap.index.{socket.gethostname()}.{node}", exchange=INDEX_EXCHANGE,
+                           routing_key="index", durable=False, auto_delete=True)
+        self.events = 0
+        self.reconciles = 0
+        self.ready = threading.Event()  # set after the first full load
+        self._lock = threading.Lock()
+        self._during_reconcile: list[dict] | None = None
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._consume, name="cachetap-index-events", daemon=True),
+                         threading.Thread(target=self._reconcile_loop, name="cachetap-index-reconcile", daemon=True)]
+
+    def start(self) -> IndexSync:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    # --- events ---------------------------------------------------------------------------------
+    def apply(self, body: dict) -> None:
+        op, keys = body.get("op"), body.get("keys")
+        if op not in (READY, REMOVED) or not isinstance(keys, list):
+            log.warning("ignoring malformed index event %r", body)
+            return
+        with self._lock:
+            if self._during_reconcile is not None:
+                self._during_reconcile.append(body)  # re-applied over the reconciled table
+        change = self.index.add if op == READY else self.index.remove
+        for key in keys:
+            try:
+                change(key)
+            except (BadKey, TypeError):
+                log.warning("ignoring bad key in index event: %r", key)
+        self.events += 1
+
+    def _consume(self) -> None:
+        backoff = 0.5
+        first = True
+        while not self._stop.is_set():
+            try:
+                with Connection(self.app.conf.broker_url,
+                                transport_options=self.app.conf.broker_transport_options or {}) as conn:
+                    channel = conn.channel()
+                    bound = self.queue(channel)
+                    bound.declare()
+                    if first:
+                        bound.purge()
+                        first = False
+                    with Consumer(channel, queues=[bound], callbacks=[self._on_message], accept=["json"]):
+                        backoff = 0.5
+                        while not self._stop.is_set():
+                            try:
+                                conn.drain_events(timeout=0.5)
+                            except TimeoutError:
+                                continue
+            except Exception as exc:  # broker down: keep trying; reconcile keeps the index right
+                log.warning("index events: %s; retrying in %.1fs", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        try:
+            if isinstance(body, dict):
+                self.apply(body)
+        finally:
+            message.ack()
+
+    # --- reconcile ------------------------------------------------------------------------------
+    def reconcile(self) -> int:
+        with self._lock:
+            self._during_reconcile = []
+        try:
+            keys = self.app.catalog.ready_keys(time.time())
+            count = self.index.replace_all(keys)
+        finally:
+            with self._lock:
+                missed, self._during_reconcile = self._during_reconcile, None
+        for body in missed:  # events newer than the catalog read must win over it
+            self.apply(body)
+        self.reconciles += 1
+        self.ready.set()
+        return count
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                count = self.reconcile()
+                log.debug("index reconciled: %d ready keys", count)
+                wait = self.reconcile_every
+            except Exception as exc:  # catalog unreachable: keep the index we have, try again soon
+                log.warning("index reconcile failed: %s", exc)
+                wait = min(5.0, self.reconcile_every)
+            self._stop.wait(wait)

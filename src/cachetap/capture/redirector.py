@@ -1,0 +1,138 @@
+"""The redirect fast path: for a GET of a ready key, inject a 302 to the cache server, in-process.
+
+Runs inside the capture loop with no broker round trip: a hot-index lookup, a few checks and one
+raw-socket send. Every check fails open: when in doubt the client simply goes on to the origin.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import unquote
+
+from cachetap.capture.hotindex import HotIndex
+from cachetap.core.keys import path_of
+from cachetap.core.types import Redirect, RequestHead, Segment
+from cachetap.web.urls import object_url
+
+
+class Gate(Protocol):
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectScope:
+    """Which clients and hosts may be redirected (a narrower scope than what is counted and cached)."""
+
+    client_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    host_globs: tuple[str, ...] = ()
+
+    def allows(self, client: str, host: str) -> bool:
+        if self.client_networks:
+            address = ipaddress.ip_address(client)
+            if not any(address in net for net in self.client_networks):
+                return False
+        return not self.host_globs or any(fnmatch.fnmatchcase(host, g) for g in self.host_globs)
+
+
+class Redirector:
+    """Decide whether a GET is redirected and where to; counters say why a ready key was not.
+
+    The injection itself is the caller's (capture/inject.py): `decide` then `sent` or `failed`.
+    """
+
+    def __init__(self, index: HotIndex, health: Gate, base_url: str,
+                 scope: RedirectScope, server_addresses: frozenset[tuple[str, int]],
+                 loop_window: float = 1.0, loop_repeats: int = 3, suppress_for: float = 60.0,
+                 max_recent: int = 65_536) -> None:
+        self.index = index
+        self.health = health
+        self.base_url = base_url
+        self.scope = scope
+        self.server_addresses = server_addresses
+        self.loop_window = loop_window
+        self.loop_repeats = loop_repeats
+        self.suppress_for = suppress_for
+        self.max_recent = max_recent
+        # (client, key) -> recent redirect run / suppressed-until time; both bounded.
+        self._recent: OrderedDict[tuple[str, str], tuple[float, str | None, int]] = OrderedDict()
+        self._suppressed: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.skipped: Counter[str] = Counter()
+        self.redirected = 0
+
+    def decide(self, seg: Segment, head: RequestHead, url: str, key: str, host: str,
+               pipelined: bool) -> Redirect | None:
+        if not self.index.contains(key):
+            return None
+        reason = self._refusal(seg, head, key, host, pipelined)
+        if reason is not None:
+            self.skipped[reason] += 1
+            return None
+        return Redirect(key, object_url(self.base_url, key, location_name(url)))
+
+    def sent(self, seg: Segment, head: RequestHead, key: str) -> None:
+        self._remember(seg.src, key, head.range)
+        self.redirected += 1
+
+    def failed(self, reason: str = "inject_failed") -> None:
+        self.skipped[reason] += 1
+
+    def _refusal(self, seg: Segment, head: RequestHead, key: str, host: str, pipelined: bool) -> str | None:
+        if not self.health.ok:
+            return "cache_server_down"
+        if (seg.dst, seg.dport) in self.server_addresses:
+            return "to_cache_server"
+        if pipelined:
+            return "pipelined"  # one 302 + FIN would cut off the requests queued behind it
+        if not self.scope.allows(seg.src, host):
+            return "out_of_redirect_scope"
+        if self._is_loop(seg.src, key, head.range):
+            return "loop"
+        return None
+
+    def _is_loop(self, client: str, key: str, range_: str | None) -> bool:
+        """A bounce: the cache server sent the client back (object gone there) and we keep sending it
+        to the cache. Bounces repeat within milliseconds, so `loop_repeats` redirects of the same
+        bytes to the same client inside `loop_window` seconds end redirects for that pair a while;
+        people downloading the same file twice in a row are far slower than that."""
+        now = time.monotonic()
+        pair = (client, key)
+        until = self._suppressed.get(pair)
+        if until is not None:
+            if now < until:
+                return True
+            del self._suppressed[pair]
+        recent = self._recent.get(pair)
+        if recent is None or recent[1] != range_ or now - recent[0] > self.loop_window:
+            return False
+        if recent[2] + 1 >= self.loop_repeats:
+            self._suppressed[pair] = now + self.suppress_for
+            _trim(self._suppressed, self.max_recent)
+            return True
+        return False
+
+    def _remember(self, client: str, key: str, range_: str | None) -> None:
+        now = time.monotonic()
+        pair = (client, key)
+        recent = self._recent.get(pair)
+        same = recent is not None and recent[1] == range_ and now - recent[0] <= self.loop_window
+        # (first redirect of the run, Range, redirects in the run)
+        self._recent[pair] = (recent[0], range_, recent[2] + 1) if same else (now, range_, 1)
+        self._recent.move_to_end(pair)
+        _trim(self._recent, self.max_recent)
+
+
+def location_name(url: str) -> str:
+    """The request's own last path segment, decoded (object_url encodes it again), so clients that
+    name the saved file after the URL get the original name."""
+    name = unquote(path_of(url).rsplit("/", 1)[-1], errors="replace")
+    return name if name not in ("", ".", "..") else "download"
+
+
+def _trim(table: OrderedDict, limit: int) -> None:
+    while len(table) > limit:
+        table.popitem(last=False)
