@@ -13,10 +13,11 @@ from celery.exceptions import CeleryError
 from cachetap.fetch.probe import probe
 from cachetap.store.blobs import BlobStore, sha256_file
 from cachetap.tasks.analyze import download_job
-from cachetap.tasks.app import DOWNLOAD_FETCH, SCHEDULE_RECLAIM, create_app
+from cachetap.tasks.app import ANALYZE_BATCH, CAPTURE_REPLAY, DOWNLOAD_FETCH, SCHEDULE_RECLAIM, create_app
 from cachetap.tasks.capture import PathRefused, checked_capture_path
 from cachetap.testing.origin import Resource, generated_chunks
-from cachetap.testing.workers import CeleryWorker
+from cachetap.testing.pcaps import http_get_packets, write_capture
+from cachetap.testing.workers import CeleryWorker, take_tasks
 from cachetap.web.lookup import CatalogLookup
 from cachetap.web.server import CacheServer
 from cachetap.web.urls import object_path
@@ -210,3 +211,19 @@ def test_replay_reads_only_inside_the_allowed_directories(make_settings, tmp_pat
                 "/etc/passwd", "", None, 42, str(uploads / "missing.pcap")):
         with pytest.raises(PathRefused):
             checked_capture_path(bad, settings)
+
+
+def test_replay_task_sends_the_captures_sightings_to_analyze(make_settings):
+    settings = make_settings(http_ports=[8080])
+    uploads = settings.cache_dir / "uploads"
+    uploads.mkdir(parents=True)
+    packets = http_get_packets("10.0.0.5", "127.0.0.1", "files.test", "/a.iso", server_port=8080, start=time.time())
+    write_capture(uploads / "a.pcap", packets)
+    app = create_app(settings)
+    with CeleryWorker(settings, ["capture"]):
+        summary = app.send_task(CAPTURE_REPLAY, args=[str(uploads / "a.pcap")], queue="capture").get(timeout=WAIT)
+        refused = app.send_task(CAPTURE_REPLAY, args=["/etc/passwd"], queue="capture").get(timeout=WAIT)
+    assert summary["decisions"] == {"count": 1} and summary["queued"]["sent_items"] == 1, summary
+    assert refused["error"].startswith("refused") and "decisions" not in refused
+    ((name, (batch,)),) = take_tasks(app, "analyze", count=1, settle=1.0)
+    assert name == ANALYZE_BATCH and [s["url"] for s in batch] == ["http://files.test:8080/a.iso"]

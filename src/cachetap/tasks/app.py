@@ -198,7 +198,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         conf["worker_enable_remote_control"] = True
         conf["worker_send_task_events"] = False
     elif settings.broker_url.startswith(("redis://", "rediss://")):
-        conf["broker_transport_options"] = {"visibility_timeout": settings.broker_visibility_timeout}
+        # kombu scans for overdue unacked messages only every 10 x 10 s by default; one cheap scan
+        # every few seconds re-delivers a killed worker's task soon after its visibility timeout.
+        vt = settings.broker_visibility_timeout
+        conf["broker_transport_options"] = {"visibility_timeout": vt, "unacked_restore_throttle": 1,
+                                            "unacked_restore_interval": max(1, min(10, int(vt / 2)))}
     return conf
 
 
