@@ -39,6 +39,7 @@ from cachetap.settings import Settings
 from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import KEY_PATTERN
 from cachetap.tasks.app import DOWNLOAD_FETCH, retry_countdown
+from cachetap.tasks.index_events import READY, publish_index_event
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ def fetch(self: Any, job: dict) -> dict[str, Any]:
         log.warning("%s downloaded but its claim was taken over meanwhile; not marked by us", key)
         return {"key": key, "outcome": "taken_over", "sha256": result.sha256}
     log.info("downloaded %s: %d bytes in %.1fs, sha256 %s", job.get("url"), result.size, seconds, result.sha256)
+    # Capture nodes add the key to their redirect index now (best effort: they also reconcile).
+    publish_index_event(app, READY, [key])
     return {"key": key, "sha256": result.sha256, "size": result.size, "seconds": seconds}
 
 
