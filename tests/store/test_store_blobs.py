@@ -67,3 +67,32 @@ def test_iter_blobs_skips_strays(tmp_path):
     (store.blob_dir / "stray.txt").write_text("x")
     (store.blob_dir / sha[:2] / sha[2:4] / ("0" * 64)).write_text("misplaced")
     assert list(store.iter_blobs()) == [(sha, 1)]
+
+
+def test_prefix_hasher_follows_a_growing_file(tmp_path):
+    from cachetap.store.blobs import PrefixHasher
+    data = os.urandom((5 << 20) + 3)
+    path = tmp_path / "growing"
+    hasher = PrefixHasher(path)
+    with open(path, "wb") as fh:
+        for start in range(0, len(data), 700_000):
+            fh.write(data[start:start + 700_000])
+            fh.flush()
+            hasher.advance(min(len(data), start + 700_000))
+    assert hasher.finish(len(data)) == hashlib.sha256(data).hexdigest()
+
+
+def test_prefix_hasher_reset_and_short_file(tmp_path):
+    from cachetap.store.blobs import PrefixHasher, ShortFile
+    path = tmp_path / "f"
+    path.write_bytes(b"a" * 1000)
+    hasher = PrefixHasher(path)
+    hasher.advance(500)
+    hasher.reset()
+    path.write_bytes(b"b" * 1000)  # rewritten: only a fresh hash is right
+    assert hasher.finish(1000) == hashlib.sha256(b"b" * 1000).hexdigest()
+    with pytest.raises(ShortFile):
+        PrefixHasher(path).finish(2000)
+    longer = PrefixHasher(path)
+    with pytest.raises(ShortFile):  # the file holds more than it should
+        longer.finish(999)

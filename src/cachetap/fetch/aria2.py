@@ -56,6 +56,10 @@ class Aria2Options:
     retry_wait: int = 1
     timeout: int = 60
     connect_timeout: int = 10
+    # "inorder": connections take the lowest missing pieces, so the file fills from the front and
+    # download() can hash the finished prefix while the rest arrives (aria2's default splits the file
+    # into `split` regions, leaving the contiguous prefix short until the very end).
+    piece_selector: str = "inorder"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Aria2Options:
@@ -76,7 +80,8 @@ class Aria2Options:
                 "max-tries": str(self.max_tries),
                 "retry-wait": str(self.retry_wait),
                 "timeout": str(self.timeout),
-                "connect-timeout": str(self.connect_timeout)}
+                "connect-timeout": str(self.connect_timeout),
+                "stream-piece-selector": self.piece_selector}
 
 
 def _die_with_parent(parent_pid: int):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,6 +48,96 @@ def sha256_file(path: Path, chunk: int = CHUNK) -> str:
         while n := fh.readinto(buf):
             digest.update(view[:n])
     return digest.hexdigest()
+
+
+class ShortFile(OSError):
+    """The file ended before the prefix it was said to hold."""
+
+
+class PrefixHasher:
+    """sha256 of a file that is still being written, front to back, on a background thread.
+
+    The writer says how far the file is final with `advance(upto)`; the thread hashes up to there
+    (hashlib and file reads release the GIL, so this runs beside the caller). `finish(total)` waits
+    for the whole file. Memory stays at one chunk whatever the size.
+    """
+
+    def __init__(self, path: Path, chunk: int = CHUNK) -> None:
+        self.path = Path(path)
+        self.chunk = chunk
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._digest = hashlib.sha256()
+        self.done = 0
+        self._target = 0
+        self._stopping = False
+        self._error: BaseException | None = None
+
+    def advance(self, upto: int) -> None:
+        with self._cond:
+            if upto <= self._target:
+                return
+            self._target = upto
+            self._cond.notify()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"sha256:{self.path.name}", daemon=True)
+            self._thread.start()
+
+    def reset(self) -> None:
+        """Start over from byte 0 (the file may have been rewritten)."""
+        self.close()
+        self._reset_state()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def finish(self, total: int) -> str:
+        """The sha256 of the first `total` bytes, which must be the whole file."""
+        self.advance(total)
+        with self._cond:
+            while self.done < total and self._error is None and self._thread is not None:
+                self._cond.wait()
+        self.close()
+        if self._error is not None:
+            raise self._error
+        size = self.path.stat().st_size
+        if self.done != total or size != total:
+            raise ShortFile(f"{self.path.name}: hashed {self.done}, file has {size}, expected {total} bytes")
+        return self._digest.hexdigest()
+
+    def _run(self) -> None:
+        buf = bytearray(self.chunk)
+        view = memoryview(buf)
+        try:
+            with open(self.path, "rb", buffering=0) as fh:
+                fh.seek(self.done)
+                while True:
+                    with self._cond:
+                        while self.done >= self._target and not self._stopping:
+                            self._cond.wait()
+                        if self._stopping:
+                            return
+                        upto = self._target
+                    while self.done < upto and not self._stopping:
+                        n = fh.readinto(view[:min(self.chunk, upto - self.done)])
+                        if not n:
+                            raise ShortFile(f"{self.path.name}: EOF at {self.done} of {upto}")
+                        self._digest.update(view[:n])
+                        with self._cond:
+                            self.done += n
+                            self._cond.notify_all()
+        except BaseException as exc:  # handed to finish(), which the caller waits on
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,0 +1,151 @@
+"""Fetch one big object three ways and print the times side by side (never asserted).
+
+    .venv/bin/python bench/fetch_bench.py [--size-mib 256] [--rate 20m] [--runs 3]
+
+The origin is nginx on a free loopback port with `limit_rate` per connection (the Python test origin
+cannot serve 16 x 20 MB/s on two cores). Compared:
+  cachetap  download() from call to published (aria2 via RPC, sha256, re-HEAD, fsync, rename);
+            the daemon is started beforehand, as in a running worker
+  aria2c    a bare `aria2c` process with the same split/connection/allocation options
+  curl      one connection
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cachetap.fetch.aria2 import ARIA2C, Aria2Daemon, Aria2Options
+from cachetap.fetch.download import download
+from cachetap.store.blobs import BlobStore
+from cachetap.testing.origin import generated_chunks
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+{user}
+events {{ worker_connections 512; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  default_type application/octet-stream;
+  client_body_temp_path {d}/client_body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    root {d}/www;
+    limit_rate {rate};
+  }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_nginx(workdir: Path, rate: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    user = "user root;" if os.geteuid() == 0 else ""  # workers must read files in our 0700 temp dir
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(d=workdir, port=port, rate=rate, user=user))
+    proc = subprocess.Popen(["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"nginx did not start: {(workdir / 'error.log').read_text()[-500:]}")
+
+
+def write_object(path: Path, size: int) -> None:
+    with open(path, "wb") as fh:
+        for piece in generated_chunks("bench", 0, size):
+            fh.write(piece)
+
+
+def timed(fn) -> float:
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--rate", default="20m", help="nginx limit_rate per connection (20m = 20 MiB/s)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--piece-selector", default="inorder", help="aria2 --stream-piece-selector")
+    args = ap.parse_args()
+    size = args.size_mib << 20
+    options = Aria2Options(piece_selector=args.piece_selector)  # otherwise the settings defaults: -s16 -x16 -k1M
+    work = Path(tempfile.mkdtemp(prefix="cachetap-bench-"))
+    (work / "www").mkdir()
+    write_object(work / "www" / "object.iso", size)
+    nginx, port = start_nginx(work, args.rate)
+    url = f"http://127.0.0.1:{port}/object.iso"
+    blobs = BlobStore(work / "cache")
+    out_dir = work / "out"
+    out_dir.mkdir()
+    times: dict[str, list[float]] = {"cachetap download()": [], "bare aria2c": [], "curl (1 connection)": []}
+    try:
+        with Aria2Daemon(work / "aria2", options) as daemon:
+            for run in range(args.runs):
+                job = {"key": f"{run:032x}", "url": url, "size": size, "etag": None,
+                       "last_modified": None, "content_type": None, "claim": "bench"}
+                result = {}
+                times["cachetap download()"].append(
+                    timed(lambda: result.update(r=download(job, daemon, blobs, options))))
+                blobs.remove(result["r"].sha256)
+
+                target = out_dir / "aria2c.iso"
+                cmd = [ARIA2C, "--no-conf", "-q", f"-s{options.split}", f"-x{options.max_connection_per_server}",
+                       f"-k{options.min_split_size}", f"--stream-piece-selector={options.piece_selector}",
+                       "--file-allocation=none", "--disk-cache=0",
+                       "--allow-overwrite=true", "--auto-file-renaming=false", "--async-dns=false",
+                       f"--dir={out_dir}", "--out=aria2c.iso", url]
+                times["bare aria2c"].append(timed(lambda: subprocess.run(cmd, check=True)))
+                target.unlink()
+
+                target = out_dir / "curl.iso"
+                times["curl (1 connection)"].append(
+                    timed(lambda: subprocess.run(["curl", "-sf", "-o", str(target), url], check=True)))
+                target.unlink()
+                print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n{args.size_mib} MiB from nginx limit_rate {args.rate} per connection, "
+          f"aria2 -s{options.split} -x{options.max_connection_per_server} -k{options.min_split_size >> 20}M, "
+          f"{args.runs} runs, {os.cpu_count()} CPUs")
+    print(f"{'method':<22}{'best s':>9}{'median s':>10}{'MB/s (median)':>15}")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"{name:<22}{min(values):>9.2f}{med:>10.2f}{size / med / 1e6:>15.0f}")
+    ratio = statistics.median(times["cachetap download()"]) / statistics.median(times["bare aria2c"])
+    print(f"cachetap / bare aria2c (median): {ratio:.3f}x  (target <= 1.05x)")
+
+
+if __name__ == "__main__":
+    main()
