@@ -10,8 +10,6 @@ import psutil
 import pytest
 from celery.exceptions import CeleryError
 
-from cachetap.capture.hotindex import HotIndex
-from cachetap.capture.index_sync import IndexSync
 from cachetap.fetch.probe import probe
 from cachetap.store.blobs import BlobStore, sha256_file
 from cachetap.tasks.analyze import download_job
@@ -66,22 +64,16 @@ def curl_bytes(*args: str) -> bytes:
     return subprocess.run(["curl", "-sS", "--fail", *args], capture_output=True, check=True, timeout=120).stdout
 
 
-def test_download_publishes_a_verified_blob_served_byte_identical(make_settings, make_sighting, origin):
+@pytest.mark.parametrize("pool", ["prefork", "threads"])  # `cachetap run` uses threads for downloads
+def test_download_publishes_a_verified_blob_served_byte_identical(make_settings, make_sighting, origin, pool):
     origin.add("/big.iso", Resource(size=3 * MiB + 4321, rate=4_000_000))
     settings = fast_settings(make_settings)
     app = create_app(settings)
     job = admit(app, f"http://files.test:{origin.port}/big.iso", make_sighting)
-    # A capture node's redirect index: the task broadcasts the key once it is ready.
-    index_sync = IndexSync(app, HotIndex(), node="test", reconcile_every=3600).start()
-    try:
-        assert index_sync.ready.wait(60)
-        with CeleryWorker(settings, ["download"]) as worker:
-            result = send(app, job).get(timeout=WAIT)
-            aria2_dirs = list((settings.cache_dir / "aria2").iterdir())
-            assert len(aria2_dirs) == 1, worker.log_text()[-3000:]  # one daemon for the worker process
-        wait_for(lambda: job["key"] in index_sync.index, "the ready event")
-    finally:
-        index_sync.stop()
+    with CeleryWorker(settings, ["download"], pool=pool, concurrency=2) as worker:
+        result = send(app, job).get(timeout=WAIT)
+        aria2_dirs = list((settings.cache_dir / "aria2").iterdir())
+        assert len(aria2_dirs) == 1, worker.log_text()[-3000:]  # one daemon for the worker process
     expected = origin.expected_sha256("/big.iso")
     assert result["key"] == job["key"] and result["sha256"] == expected and result["size"] == 3 * MiB + 4321
     entry = app.catalog.get(job["key"])
