@@ -44,7 +44,7 @@ def purge(ctx: Context, target: str) -> None:
     key, url = resolve_key(target, settings.strip_query_params)
     catalog, blobs = open_catalog(settings), BlobStore(settings.cache_dir)
     entry = catalog.get(key)
-    if entry is None or not evict(catalog, blobs, key, "purge"):
+    if entry is None or not evict(catalog, blobs, key, "purge", on_removed=_index_notifier(settings).removed):
         raise click.ClickException(f"{key}: not in the cache{f' ({url})' if url else ''}")
     file_note = ""
     if entry.blob:
@@ -65,9 +65,17 @@ def cleanup(ctx: Context, as_json: bool) -> None:
     settings = ctx.settings()
     setup_logging(settings.log_level)
     summary = run_all(open_catalog(settings), BlobStore(settings.cache_dir), Resolver(settings.resolve_overrides),
-                      settings)
+                      settings, index=_index_notifier(settings))
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))
         return
     for name, counts in summary.items():
         click.echo(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _index_notifier(settings):
+    """Tell capture nodes at once (they would otherwise notice at their next reconcile)."""
+    from cachetap.tasks.app import create_app
+    from cachetap.tasks.index_events import IndexNotifier
+
+    return IndexNotifier(create_app(settings))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog
 
 log = logging.getLogger(__name__)
+OnRemoved = Callable[[str], None]  # told each key whose row is gone
 
 LIVE_DOWNLOAD_STATES = ("queued", "downloading")
 _TEMP_KEY = re.compile(r"([0-9a-f]{32})\.")
@@ -52,17 +54,21 @@ class ReconcileReport:
         return asdict(self)
 
 
-def evict(catalog: Catalog, blobs: BlobStore, key: str, reason: str, expect_state: str | None = None) -> bool:
+def evict(catalog: Catalog, blobs: BlobStore, key: str, reason: str, expect_state: str | None = None,
+          on_removed: OnRemoved | None = None) -> bool:
     """Remove `key`'s row, then its blob unless another row names the same sha256.
 
     With `expect_state`, only an entry still in that state is removed (the caller decided on a
-    snapshot). Returns whether the row was removed.
+    snapshot). `on_removed(key)` runs once the row is gone (capture nodes stop redirecting it).
+    Returns whether the row was removed.
     """
     entry = catalog.get(key)
     if entry is None or (expect_state is not None and entry.state != expect_state):
         return False
     if not catalog.remove_if(key, entry.state, entry.blob):
         return False  # it changed under us: whoever changed it decides
+    if on_removed is not None:
+        on_removed(key)
     freed = 0
     if entry.blob and not catalog.blob_referenced(entry.blob):
         freed = entry.stored_size or 0
@@ -71,7 +77,8 @@ def evict(catalog: Catalog, blobs: BlobStore, key: str, reason: str, expect_stat
     return True
 
 
-def reconcile(catalog: Catalog, blobs: BlobStore, now: float, grace: float) -> ReconcileReport:
+def reconcile(catalog: Catalog, blobs: BlobStore, now: float, grace: float,
+              on_removed: OnRemoved | None = None) -> ReconcileReport:
     report = ReconcileReport()
     # 1. Rows that promise a file that is not there.
     for stat in catalog.entry_stats(["ready"]):
@@ -79,6 +86,8 @@ def reconcile(catalog: Catalog, blobs: BlobStore, now: float, grace: float) -> R
             continue
         if catalog.remove_if(stat.key, "ready", stat.blob):
             report.rows_missing_blob.append(stat.key)
+            if on_removed is not None:
+                on_removed(stat.key)
             log.warning("ready entry %s has no blob file %s: row removed", stat.key, stat.blob)
     # 2. Files no row names. References are read after the listing, so a blob published and
     #    recorded meanwhile is seen as referenced; one published but not yet recorded is young.

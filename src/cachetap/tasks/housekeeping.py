@@ -29,6 +29,7 @@ from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog
 from cachetap.store.evict import evict, reconcile
 from cachetap.tasks.app import (SCHEDULE_CLEANUP, SCHEDULE_QUOTA, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE)
+from cachetap.tasks.index_events import NO_INDEX, IndexNotifier
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ STORED_HEADERS = (("cache_control", "cache-control"), ("last_modified", "last-mo
 
 # ---- the passes ----------------------------------------------------------------------------------
 
-def run_cleanup(catalog: Catalog, blobs: BlobStore, settings: Settings, now: float) -> dict[str, int]:
+def run_cleanup(catalog: Catalog, blobs: BlobStore, settings: Settings, now: float,
+                index: IndexNotifier = NO_INDEX) -> dict[str, int]:
     """Drop entries with fewer than cleanup_min_hits hits and no request for cleanup_idle seconds."""
     min_hits, idle = settings.cleanup_min_hits, settings.cleanup_idle
     if min_hits <= 0:
@@ -46,13 +48,14 @@ def run_cleanup(catalog: Catalog, blobs: BlobStore, settings: Settings, now: flo
     stats = catalog.entry_stats(AT_REST, fewer_hits_than=min_hits, last_hit_before=now - idle)
     states = {s.key: s.state for s in stats}
     victims = cleanup_victims(stats, now, min_hits, idle)
-    evicted = sum(evict(catalog, blobs, v.key, v.reason, expect_state=states[v.key]) for v in victims)
+    evicted = sum(evict(catalog, blobs, v.key, v.reason, expect_state=states[v.key], on_removed=index.removed)
+                  for v in victims)
     log.info("cleanup: %d of %d entries with < %d hits idle for %ds evicted", evicted, len(victims), min_hits, idle)
     return {"candidates": len(victims), "evicted": evicted}
 
 
 def run_quota(catalog: Catalog, blobs: BlobStore, settings: Settings,
-              free_bytes: int | None = None) -> dict[str, int]:
+              free_bytes: int | None = None, index: IndexNotifier = NO_INDEX) -> dict[str, int]:
     """Evict ready entries, least recently requested first, until the stored bytes fit disk_quota
     and min_free_bytes are free on the cache filesystem (`free_bytes` overrides the measurement)."""
     stats = catalog.entry_stats(["ready"])
@@ -61,7 +64,8 @@ def run_quota(catalog: Catalog, blobs: BlobStore, settings: Settings,
     budget = bytes_budget(used, settings.disk_quota, free, settings.min_free_bytes)
     victims = quota_victims(stats, used, budget)
     sizes = {s.key: s.stored_size or 0 for s in stats}
-    evicted = [v.key for v in victims if evict(catalog, blobs, v.key, v.reason, expect_state="ready")]
+    evicted = [v.key for v in victims
+               if evict(catalog, blobs, v.key, v.reason, expect_state="ready", on_removed=index.removed)]
     freed = sum(sizes[k] for k in evicted)
     if victims:
         log.warning("quota: %d bytes stored, %d allowed (quota %d, %d free, keep %d free): %d entries evicted, "
@@ -69,14 +73,15 @@ def run_quota(catalog: Catalog, blobs: BlobStore, settings: Settings,
     return {"used": used, "budget": budget, "free": free, "evicted": len(evicted), "freed": freed}
 
 
-def run_reconcile(catalog: Catalog, blobs: BlobStore, settings: Settings, now: float) -> dict[str, int]:
-    report = reconcile(catalog, blobs, now, settings.reconcile_grace)
+def run_reconcile(catalog: Catalog, blobs: BlobStore, settings: Settings, now: float,
+                  index: IndexNotifier = NO_INDEX) -> dict[str, int]:
+    report = reconcile(catalog, blobs, now, settings.reconcile_grace, on_removed=index.removed)
     log.info("reconcile: %s", report.summary())
     return report.summary()
 
 
 def run_revalidate(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Settings,
-                   now: float) -> dict[str, int]:
+                   now: float, index: IndexNotifier = NO_INDEX) -> dict[str, int]:
     """Conditional HEAD of up to revalidate_batch expired ready entries (see the module doc)."""
     done = {"checked": 0, "fresh": 0, "changed": 0, "gone": 0, "error": 0}
     for entry in catalog.expired(now, settings.revalidate_batch):
@@ -88,9 +93,10 @@ def run_revalidate(catalog: Catalog, blobs: BlobStore, resolver: Resolver, setti
             answered = time.time()
             until = expires_at(answered, {**stored, **headers}, settings.default_ttl, settings.max_ttl)
             if entry.blob and catalog.refresh(entry.key, entry.blob, until, headers.get("cache-control")):
+                index.ready(entry.key)  # capture nodes dropped it when it expired
                 log.info("revalidated %s (%s): fresh for %.0fs more", entry.key, reason, until - answered)
         elif outcome in ("changed", "gone"):
-            if evict(catalog, blobs, entry.key, outcome, expect_state="ready"):
+            if evict(catalog, blobs, entry.key, outcome, expect_state="ready", on_removed=index.removed):
                 log.info("revalidated %s (%s): %s, evicted: %s", entry.key, reason, outcome, entry.url)
         else:
             log.warning("revalidation of %s failed (%s): not served until it succeeds: %s", entry.key, reason,
@@ -119,14 +125,14 @@ def _content_length(value: str | None) -> int | None:
 
 
 def run_all(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Settings,
-            now: float | None = None) -> dict[str, dict[str, int]]:
+            now: float | None = None, index: IndexNotifier = NO_INDEX) -> dict[str, dict[str, int]]:
     """The four passes once, in the order that frees the most first (`cachetap cleanup`)."""
     now = time.time() if now is None else now
     return {
-        "revalidate": run_revalidate(catalog, blobs, resolver, settings, now),
-        "cleanup": run_cleanup(catalog, blobs, settings, now),
-        "reconcile": run_reconcile(catalog, blobs, settings, now),
-        "quota": run_quota(catalog, blobs, settings),
+        "revalidate": run_revalidate(catalog, blobs, resolver, settings, now, index),
+        "cleanup": run_cleanup(catalog, blobs, settings, now, index),
+        "reconcile": run_reconcile(catalog, blobs, settings, now, index),
+        "quota": run_quota(catalog, blobs, settings, index=index),
     }
 
 
@@ -138,19 +144,20 @@ def _blobs(app: Any) -> BlobStore:
 
 @shared_task(bind=True, name=SCHEDULE_CLEANUP)
 def cleanup(self: Any) -> dict[str, int]:
-    return run_cleanup(self.app.catalog, _blobs(self.app), self.app.settings, time.time())
+    return run_cleanup(self.app.catalog, _blobs(self.app), self.app.settings, time.time(), IndexNotifier(self.app))
 
 
 @shared_task(bind=True, name=SCHEDULE_QUOTA)
 def quota(self: Any) -> dict[str, int]:
-    return run_quota(self.app.catalog, _blobs(self.app), self.app.settings)
+    return run_quota(self.app.catalog, _blobs(self.app), self.app.settings, index=IndexNotifier(self.app))
 
 
 @shared_task(bind=True, name=SCHEDULE_RECONCILE)
 def reconcile_store(self: Any) -> dict[str, int]:
-    return run_reconcile(self.app.catalog, _blobs(self.app), self.app.settings, time.time())
+    return run_reconcile(self.app.catalog, _blobs(self.app), self.app.settings, time.time(), IndexNotifier(self.app))
 
 
 @shared_task(bind=True, name=SCHEDULE_REVALIDATE)
 def revalidate(self: Any) -> dict[str, int]:
-    return run_revalidate(self.app.catalog, _blobs(self.app), self.app.resolver, self.app.settings, time.time())
+    return run_revalidate(self.app.catalog, _blobs(self.app), self.app.resolver, self.app.settings, time.time(),
+                          IndexNotifier(self.app))

@@ -36,3 +36,25 @@ def publish_index_event(app: Any, op: str, keys: Iterable[str]) -> bool:
     except Exception as exc:  # the capture's reconcile repairs what a lost event misses
         log.warning("could not broadcast index event %s for %d keys: %s", op, len(keys), exc)
         return False
+
+
+class IndexNotifier:
+    """What catalog changes tell capture nodes: `ready(key)` and `removed(key)` as broadcast events.
+
+    Without an app (tools run by hand with no broker in reach) it tells nobody; the capture's periodic
+    reconcile with the catalog then picks the change up.
+    """
+
+    def __init__(self, app: Any | None = None) -> None:
+        self.app = app
+
+    def ready(self, key: str) -> None:
+        if self.app is not None:
+            publish_index_event(self.app, READY, [key])
+
+    def removed(self, key: str) -> None:
+        if self.app is not None:
+            publish_index_event(self.app, REMOVED, [key])
+
+
+NO_INDEX = IndexNotifier()
