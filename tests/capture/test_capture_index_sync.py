@@ -104,3 +104,20 @@ def test_unknown_op_cannot_be_published(app):
 def test_publishing_with_the_broker_down_returns_false(tmp_path):
     app = create_app(load_settings(cache_dir=tmp_path, broker_url="redis://127.0.0.1:1/0"))
     assert publish_index_event(app, "ready", ["0" * 32]) is False
+
+
+def test_eviction_tells_capture_nodes(app, sync, tmp_path):
+    from cachetap.store.blobs import BlobStore
+    from cachetap.store.evict import evict
+    from cachetap.tasks.index_events import IndexNotifier
+
+    assert sync.ready.wait(30)
+    key = make_ready(app.catalog, "evicted", time.time() + 3600)
+    sync.reconcile()
+    assert key in sync.index
+    # Events published before the node's queue is bound are lost by design (reconcile covers them):
+    # make sure it is bound by seeing one event through first.
+    probe = key_for("probe")
+    assert wait_until(lambda: publish_index_event(app, "ready", [probe]) and wait_until(lambda: probe in sync.index, 1))
+    assert evict(app.catalog, BlobStore(tmp_path / "cache"), key, "test", on_removed=IndexNotifier(app).removed)
+    assert wait_until(lambda: key not in sync.index, 5)
