@@ -8,6 +8,11 @@ with a 302, once with our `Injector` (raw AF_PACKET, hand-built frames) and once
 (`scapy.send()` per packet). Latency is from the kernel's capture timestamp of the GET to right after
 the 302's send call returned. The race win rate is the share of requests whose client reads the 302
 before the origin's own answer, for an origin that answers after 1, 2, 5 and 10 ms.
+The "capture" row is the production path as `cachetap capture` runs it in redirect mode: LiveSource
+(kernel BPF) + Pipeline (byte-sliced decode, head parser, rules, cache key) + Redirector (a real
+HotIndex holding the keys of the bench's URLs, a real HealthGate on a real cache server, scope and loop
+guards) + Injector, at SCHED_FIFO as with capture_realtime (the default). The other rows use a minimal
+sniff loop (scapy's L2listen, no parsing) around the injector alone.
 Figures are printed side by side, never asserted. Roles (--role) run inside the namespaces.
 """
 
@@ -31,12 +36,17 @@ GET_FILTER = ("(ip and tcp dst port 80 and tcp[((tcp[12:1] & 0xf0) >> 2):4] = 0x
               " or (ip6 and tcp dst port 80)")
 RACE_DELAYS_MS = (1, 2, 5, 10)
 LATENCY_DELAY_MS = 200  # the origin answers late, so the client always waits for the redirect
+MAX_COUNT = 20_000      # requests per phase at most (the capture mode indexes the keys of all of them)
 LABELS = {"raw": "Injector (raw AF_PACKET)", "raw-fifo": "Injector, sniffer at SCHED_FIFO",
-          "scapy": "seed: scapy send() per packet"}
+          "capture": "cachetap capture path (FIFO)", "scapy": "seed: scapy send() per packet"}
 MODES = tuple(LABELS)
 
 
 # ---- roles (each runs in its own process inside a namespace) -------------------------------------
+
+def bench_path(delay_ms: float, i: int) -> str:
+    return f"/d/{delay_ms:g}/{i}.iso"
+
 
 def role_origin(port: int) -> None:
     """An HTTP origin that answers GET /d/<ms>/... after <ms> milliseconds."""
@@ -84,6 +94,9 @@ def role_router(mode: str, capture_if: str, origin_if: str, origin_mac: str, loc
         # Real-time priority: the kernel wakes the sniffer ahead of ordinary processes.
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
 
+    if mode == "capture":
+        role_capture(capture_if, origin_if, origin_mac, location_base, out, stop)
+        return
     if mode in ("raw", "raw-fifo"):
         injector = Injector(capture_if, origin_interface=origin_if, origin_mac=origin_mac)
 
@@ -123,12 +136,65 @@ def role_router(mode: str, capture_if: str, origin_if: str, origin_mac: str, loc
     Path(out).write_text(json.dumps(records))
 
 
+def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base: str, out: str,
+                 stop: threading.Event) -> None:
+    """The production fast path, composed as capture/live.py's FastPath does (minus the broker)."""
+    import tempfile
+
+    from cachetap.capture.bpf import request_filter
+    from cachetap.capture.health import HealthGate
+    from cachetap.capture.hotindex import HotIndex
+    from cachetap.capture.inject import Injector
+    from cachetap.capture.live import _addresses_of, _raise_priority
+    from cachetap.capture.pipeline import Pipeline
+    from cachetap.capture.redirector import RedirectScope, Redirector
+    from cachetap.capture.sniffer import LiveSource, interface_linktype
+    from cachetap.core.keys import cache_key, canonical_url
+    from cachetap.settings import load_settings
+
+    work = tempfile.mkdtemp(prefix="cachetap-bench-capture-")
+    host, port = location_base.split("//", 1)[1].rsplit(":", 1)
+    server = subprocess.Popen([sys.executable, "-m", "cachetap.web", "--dir", work, "--host", host, "--port", port],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        server.stdout.readline()  # "listening on ..."
+        delays = (LATENCY_DELAY_MS, LATENCY_DELAY_MS + 1, *RACE_DELAYS_MS)
+        keys = {cache_key(canonical_url(bench_path(d, i), "origin.test", 80), {})
+                for d in delays for i in range(MAX_COUNT)}
+        settings = load_settings(cache_dir=work, http_ports=[80], mode="redirect", interface=capture_if)
+        health = HealthGate(location_base, interval=settings.health_interval).start()
+        while not health.ok:
+            time.sleep(0.05)
+        redirector = Redirector(HotIndex(keys), health, location_base, RedirectScope(), _addresses_of(location_base))
+        injector = Injector(capture_if, origin_interface=origin_if, origin_mac=origin_mac)
+        pipeline = Pipeline(settings, redirector=redirector, injector=injector)
+        source = LiveSource(capture_if, request_filter([80], interface_linktype(capture_if)))
+        signal.signal(signal.SIGTERM, lambda *_: (stop.set(), source.stop()))
+        _raise_priority()
+        records: list[tuple[str, float, float]] = []
+        with source:
+            print("ready", flush=True)
+            for ts, linktype, frame in source:
+                received = time.time()
+                for obs in pipeline.feed(ts, linktype, frame):
+                    if obs.decision.kind == "redirect":
+                        sent_at = injector.last_sent_at
+                        records.append((obs.head.target, sent_at - ts, sent_at - received))
+        health.stop()
+        injector.close()
+        Path(out).write_text(json.dumps(records))
+        print(json.dumps({"summary": pipeline.summary()}), file=sys.stderr)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def role_client(host: str, delay_ms: float, count: int, out: str) -> None:
     """`count` GETs, one TCP connection each; records which answer arrived first."""
     outcome = {"redirect": 0, "origin": 0, "error": 0}
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for i in range(count):
-        request = f"GET /d/{delay_ms:g}/{i}-{os.getpid()}.iso HTTP/1.1\r\nHost: origin.test\r\n\r\n".encode()
+        request = f"GET {bench_path(delay_ms, i)} HTTP/1.1\r\nHost: origin.test\r\n\r\n".encode()
         try:
             with socket.socket(family, socket.SOCK_STREAM) as sock:
                 sock.settimeout(10)
@@ -159,7 +225,8 @@ def _me(role: str, *args: str) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), "--role", role, *args]
 
 
-def measure(requests: int, race_requests: int, seed_race_requests: int, work: Path) -> dict:
+def measure(requests: int, race_requests: int, seed_race_requests: int, work: Path,
+            modes: tuple[str, ...] = MODES) -> dict:
     from cachetap.testing.netns import Topology
 
     results: dict = {}
@@ -167,7 +234,7 @@ def measure(requests: int, race_requests: int, seed_race_requests: int, work: Pa
         origin = topo.origin.popen(_me("origin"), stdout=subprocess.PIPE, text=True)
         _ready(origin)
         origin_mac = topo.origin.mac(topo.origin_if)
-        for mode in MODES:
+        for mode in modes:
             records_file = work / f"router-{mode}.json"
             router = topo.router.popen(
                 _me("router", "--mode", mode, "--capture-if", topo.router_client_if, "--origin-if",
@@ -248,6 +315,8 @@ def report(results: dict, hot: dict) -> None:
     print("\nRace win rate: share of GETs whose client read the 302 before the origin's answer")
     print(f"{'origin answers after':<40}" + "".join(f"{d:>7} ms" for d in RACE_DELAYS_MS))
     for mode, label in LABELS.items():
+        if (mode, f"race{RACE_DELAYS_MS[0]}") not in results:
+            continue
         cells = []
         for d in RACE_DELAYS_MS:
             r = results[(mode, f"race{d}")]
@@ -275,6 +344,7 @@ def main() -> None:
     parser.add_argument("--seed-race-requests", type=int, default=100)
     parser.add_argument("--hot-keys", type=int, default=1_000_000)
     parser.add_argument("--mode", choices=list(MODES))
+    parser.add_argument("--modes", default=",".join(MODES), help="modes to measure, comma-separated")
     parser.add_argument("--capture-if"), parser.add_argument("--origin-if"), parser.add_argument("--origin-mac")
     parser.add_argument("--location-base"), parser.add_argument("--out"), parser.add_argument("--host")
     parser.add_argument("--delay", type=float), parser.add_argument("--count", type=int)
@@ -291,7 +361,11 @@ def main() -> None:
             sys.exit(f"cannot run: {problem}")
         import tempfile
         with tempfile.TemporaryDirectory(prefix="cachetap-bench-") as work:
-            results = measure(args.requests, args.race_requests, args.seed_race_requests, Path(work))
+            modes = tuple(m for m in args.modes.split(",") if m)
+            unknown = set(modes) - set(MODES)
+            if unknown or max(args.requests, args.race_requests, args.seed_race_requests) > MAX_COUNT:
+                sys.exit(f"unknown modes {sorted(unknown)} or more than {MAX_COUNT} requests per phase")
+            results = measure(args.requests, args.race_requests, args.seed_race_requests, Path(work), modes)
         report(results, hotindex_figures(args.hot_keys))
 
 

@@ -120,7 +120,8 @@ class Stack:
         env.update(CACHETAP_CONFIG=str(self.config), PYTHONUNBUFFERED="1")
         with open(self.log, "ab") as out:
             self.run_proc = self.topo.router.popen([sys.executable, "-m", "cachetap", "run"], env=env,
-                                                   stdout=out, stderr=subprocess.STDOUT)
+                                                   stdout=out, stderr=subprocess.STDOUT,
+                                                   preexec_fn=_terminate_with_parent)
         deadline = time.monotonic() + 120
         wanted = ("capturing on r-c", "analyze@", "download@", "redirect mode:")
         while time.monotonic() < deadline:
@@ -244,6 +245,13 @@ def _generated(path: str, size: int):
     return generated_chunks(path, 0, size)
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even by SIGKILL (no orphaned
+    `cachetap run` sniffing in a namespace nobody deletes any more). `ip netns exec` keeps it: it execs."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
 
@@ -346,18 +354,21 @@ def test_ffprobe_seeks_with_ranges_served_by_the_cache(stack):
     info = json.loads(result.stdout)["format"]
     assert float(info["duration"]) == pytest.approx(5.0, abs=0.1)
     assert int(info["size"]) == len(stack.content(VIDEO))
-    # ffmpeg goes back to the original URL for every seek, so each of its GETs reaches the origin
-    # (the tap is passive) and is answered by our 302; the origin's own answer meets our RST.
+    # ffmpeg 5.1 goes back to the original URL for every seek, so each of its GETs there reaches the
+    # origin (the tap is passive) and is answered by our 302 (the origin's own answer meets our RST);
+    # each is followed by the same request to the cache server, which serves the bytes.
     cache_path = urlsplit(stack.location_for(url)).path
     requests = [line.split("request: GET ", 1)[1].split()[0] for line in result.stderr.splitlines()
                 if "request: GET " in line]
-    assert len(requests) >= 4 and requests == [VIDEO, cache_path] * (len(requests) // 2), requests
-    assert stats.methods["GET"] - gets_before == len(requests) // 2
+    to_origin = [i for i, r in enumerate(requests) if r == VIDEO]
+    assert requests[0] == VIDEO and all(requests[i + 1:i + 2] == [cache_path] for i in to_origin), requests
+    assert set(requests) == {VIDEO, cache_path} and requests.count(cache_path) >= 2, requests  # it seeked
+    assert stats.methods["GET"] - gets_before == len(to_origin)
     # The origin answers ORIGIN_DELAY late: wait for its attempts (to a reset connection) to finish.
     deadline = time.monotonic() + 10
-    while _DualStackServer.resets - resets_before < len(requests) // 2 and time.monotonic() < deadline:
+    while _DualStackServer.resets - resets_before < len(to_origin) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _DualStackServer.resets - resets_before == len(requests) // 2
+    assert _DualStackServer.resets - resets_before == len(to_origin)
     assert stats.body_bytes == bytes_before, "the origin sent body bytes: a seek was not redirected"
 
 
@@ -428,8 +439,6 @@ def test_key_becomes_redirectable_within_1s_of_its_download_finishing(stack):
     assert delay <= 1.0 + SLACK
 
 
-@pytest.mark.xfail(strict=True, reason="purge/evict do not broadcast the 'removed' index event yet "
-                                       "(being wired): the capture only learns at its next reconcile (60 s)")
 def test_key_stops_being_redirected_within_1s_of_purge(stack):
     url = stack.url("/files/purge.bin")
     stack.admit(url)
