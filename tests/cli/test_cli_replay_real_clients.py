@@ -24,9 +24,14 @@ def start_tcpdump(interface, port, path):
     proc = subprocess.Popen(["tcpdump", "-i", interface, "-U", "--immediate-mode", "-s", "0", "-w", str(path), f"tcp dst port {port}"],
                             stderr=subprocess.PIPE, text=True)
     seen = []
-    while not seen or "listening on" not in seen[-1]:  # printed once the socket is open
-        seen.append(proc.stderr.readline())
-        assert seen[-1], seen
+    try:
+        while not seen or "listening on" not in seen[-1]:  # printed once the socket is open
+            seen.append(proc.stderr.readline())
+            assert seen[-1], seen
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     return proc
 
 
