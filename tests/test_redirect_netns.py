@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import psutil
 import pytest
@@ -198,8 +198,10 @@ class Stack:
         raise AssertionError(f"{url} never became ready: {entry}\n{self.log_text()[-3000:]}")
 
     def location_for(self, url: str) -> str:
-        key = cache_key(canonical_url(url, None, 80), {})
-        return f"http://{self.topo.router_client_ip4}:{SERVE_PORT}/c/{key}/{url.rsplit('/', 1)[-1]}"
+        canonical = canonical_url(url, None, 80)
+        key = cache_key(canonical, {})
+        return (f"http://{self.topo.router_client_ip4}:{SERVE_PORT}/c/{key}/{url.rsplit('/', 1)[-1]}"
+                f"?o={quote(canonical, safe='')}")
 
     # clients
     def curl(self, url: str, *args: str, out: Path | None = None, check: bool = True) -> Answer:

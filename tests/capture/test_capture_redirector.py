@@ -44,7 +44,8 @@ def redirector(gate, scope=RedirectScope(), servers=frozenset({("10.0.0.1", 8642
 def test_ready_key_redirects_to_the_cache_url_keeping_the_file_name(gate):
     r = redirector(gate)
     decision = r.decide(seg(), head("bytes=100-"), URL, KEY, "cdn.example.org", pipelined=False)
-    assert decision.location == f"http://10.0.0.1:8642/c/{KEY}/patch%201.pak"
+    assert decision.location == (f"http://10.0.0.1:8642/c/{KEY}/patch%201.pak"
+                                 "?o=http%3A%2F%2Fcdn.example.org%2Fgames%2Fpatch%25201.pak")
     assert decision.key == KEY
 
 
@@ -119,3 +120,12 @@ def test_location_name_keeps_the_request_name():
     assert location_name("http://h/a/b%20c.iso?x=1") == "b c.iso"
     assert location_name("http://h/dir/") == "download"
     assert location_name("http://h/%FF%FE.bin").endswith(".bin")
+
+
+def test_a_url_too_long_for_one_segment_drops_the_origin_hint(gate):
+    from cachetap.capture.inject import MAX_LOCATION
+    long_url = "http://cdn.example.org/" + "d/" * 400 + "f.iso"
+    key = cache_key(long_url, {})
+    r = Redirector(HotIndex([key]), gate, "http://10.0.0.1:8642", RedirectScope(), frozenset())
+    location = r.decide(seg(), head(), long_url, key, "cdn.example.org", False).location
+    assert location == f"http://10.0.0.1:8642/c/{key}/f.iso" and len(location) <= MAX_LOCATION

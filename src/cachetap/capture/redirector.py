@@ -15,6 +15,7 @@ from typing import Protocol
 from urllib.parse import unquote
 
 from cachetap.capture.hotindex import HotIndex
+from cachetap.capture.inject import MAX_LOCATION
 from cachetap.core.keys import path_of
 from cachetap.core.types import Redirect, RequestHead, Segment
 from cachetap.web.urls import object_url
@@ -72,7 +73,10 @@ class Redirector:
         if reason is not None:
             self.skipped[reason] += 1
             return None
-        return Redirect(key, object_url(self.base_url, key, location_name(url)))
+        location = object_url(self.base_url, key, location_name(url), origin=url)
+        if len(location) > MAX_LOCATION:  # the 302 must fit one segment: drop the fallback hint
+            location = object_url(self.base_url, key, location_name(url))
+        return Redirect(key, location)
 
     def sent(self, seg: Segment, head: RequestHead, key: str) -> None:
         self._remember(seg.src, key, head.range)

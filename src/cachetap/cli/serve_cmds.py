@@ -36,4 +36,5 @@ def serve(ctx: Context, host: str | None, port: int | None, processes: int | Non
     def announce(bound: int) -> None:
         click.echo(f"listening on http://{host}:{bound}", err=True)
 
-    run_server(host, port, lookup, processes=processes or settings.serve_processes, on_ready=announce)
+    run_server(host, port, lookup, processes=processes or settings.serve_processes, on_ready=announce,
+               strip_query_params=settings.strip_query_params)

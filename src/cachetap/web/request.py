@@ -48,6 +48,11 @@ class Request:
         return target.split("?", 1)[0]
 
     @property
+    def query(self) -> str:
+        """The query of the target (after the first '?'), '' when there is none."""
+        return self.target.partition("?")[2]
+
+    @property
     def keep_alive(self) -> bool:
         tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
         if self.version == "HTTP/1.1":

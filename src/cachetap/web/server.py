@@ -18,6 +18,7 @@ from typing import Any
 from cachetap.web import responses as resp
 from cachetap.web.lookup import ObjectLookup, ServedObject
 from cachetap.web.metrics import ServeMetrics
+from cachetap.web.urls import origin_hint
 from cachetap.web.request import MAX_HEAD_BYTES, BadRequest, Request, object_key, parse_request_head
 from cachetap.web.semantics import (UNSATISFIABLE, ByteRange, not_modified, parse_range, range_allowed,
                                     safe_location)
@@ -34,8 +35,9 @@ class CacheServer:
 
     def __init__(self, lookup: ObjectLookup, host: str = "127.0.0.1", port: int = 0, *,
                  head_timeout: float = 15.0, send_timeout: float = 60.0, grace: float = 10.0,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, strip_query_params: dict[str, list[str]] | None = None) -> None:
         self.lookup = lookup
+        self.strip_query_params = strip_query_params or {}  # to check origin hints against keys
         self.host = host
         self.port = port
         self.head_timeout = head_timeout    # whole head within this (slowloris), also keep-alive idle
@@ -190,7 +192,8 @@ class CacheServer:
                                     404, keep_alive)
         obj = self.lookup.find(key)
         if obj is None:
-            return await self._fall_back(writer, key, None, "not_servable", keep_alive, is_head)
+            hint = origin_hint(request.query, key, self.strip_query_params) if request.query else None
+            return await self._fall_back(writer, key, hint, "not_servable", keep_alive, is_head)
         try:
             # O_NOFOLLOW: a lookup's path is trusted, but a symlink swapped in later is not.
             fd = os.open(obj.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
