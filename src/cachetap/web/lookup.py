@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from cachetap.web.semantics import parse_http_date, valid_etag
+from cachetap.core.freshness import http_date
+from cachetap.web.semantics import valid_etag
 
 log = logging.getLogger(__name__)
 
@@ -240,4 +241,4 @@ def _epoch(value: Any) -> float | None:
         return None
     if isinstance(value, (int, float)):
         return float(value)
-    return parse_http_date(str(value))
+    return http_date(str(value))

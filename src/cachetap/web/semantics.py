@@ -8,8 +8,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import formatdate
 from urllib.parse import quote
+
+from cachetap.core.freshness import http_date as parse_http_date
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,18 +88,6 @@ def none_match(if_none_match: str, etag: str | None) -> bool:
         return False
     mine = _opaque(etag)
     return any(_opaque(tag) == mine for tag in _etag_list(if_none_match))
-
-
-def parse_http_date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        parsed = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if parsed.tzinfo is None:
-        return None  # "-0000" or no zone: not an HTTP-date we can trust
-    return parsed.timestamp()
 
 
 def http_date(epoch: float) -> str:
