@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from kombu import Connection, Consumer, Queue
+from kombu import Consumer, Queue
 
 from cachetap.capture.hotindex import BadKey, HotIndex
 from cachetap.tasks.index_events import INDEX_EXCHANGE, READY, REMOVED
@@ -72,8 +72,7 @@ class IndexSync:
         first = True
         while not self._stop.is_set():
             try:
-                with Connection(self.app.conf.broker_url,
-                                transport_options=self.app.conf.broker_transport_options or {}) as conn:
+                with self.app.connection_for_read() as conn:
                     channel = conn.channel()
                     bound = self.queue(channel)
                     bound.declare()

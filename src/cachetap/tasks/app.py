@@ -38,6 +38,7 @@ from celery.signals import celeryd_after_setup
 from kombu import Exchange, Queue
 
 from cachetap.settings import Settings
+from cachetap.tasks.embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.embedded_broker or not settings.result_backend or not settings.database_url:
         settings.cache_dir.mkdir(parents=True, exist_ok=True)
     if settings.embedded_broker:
+        conf["broker_transport"] = EMBEDDED_TRANSPORT  # filesystem://, with atomic message files
         conf["broker_transport_options"] = embedded_transport_options(settings.broker_dir,
                                                                       settings.broker_polling_interval)
         conf["worker_enable_remote_control"] = True

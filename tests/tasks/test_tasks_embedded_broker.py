@@ -1,0 +1,51 @@
+"""The embedded broker never hands out a half-written message, with producers in other processes."""
+
+import multiprocessing
+import time
+
+from kombu import Consumer, Exchange, Producer, Queue
+
+from cachetap.settings import load_settings
+from cachetap.tasks.app import create_app
+
+COUNT = 1500
+QUEUE = Queue("flood", Exchange("flood", type="direct"), routing_key="flood")
+
+
+def produce(cache_dir, start, count):
+    app = create_app(load_settings(cache_dir=cache_dir))
+    with app.connection_for_write() as conn:
+        producer = Producer(conn.channel())
+        for n in range(start, start + count):
+            producer.publish({"n": n, "pad": "x" * 4000}, exchange=QUEUE.exchange, routing_key="flood",
+                             declare=[QUEUE], serializer="json")
+
+
+def test_concurrent_producers_and_a_polling_consumer_lose_nothing(tmp_path):
+    app = create_app(load_settings(cache_dir=tmp_path, broker_polling_interval=0.001))
+    seen, errors = set(), []
+    ctx = multiprocessing.get_context("spawn")
+    producers = [ctx.Process(target=produce, args=(tmp_path, i * COUNT, COUNT)) for i in range(2)]
+    with app.connection_for_read() as conn:
+        channel = conn.channel()
+        QUEUE(channel).declare()
+
+        def on_message(body, message):
+            seen.add(body["n"])
+            message.ack()
+
+        with Consumer(channel, queues=[QUEUE], callbacks=[on_message], accept=["json"]):
+            for p in producers:
+                p.start()
+            deadline = time.monotonic() + 120
+            while len(seen) < 2 * COUNT and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=0.5)
+                except TimeoutError:
+                    pass
+                except Exception as exc:  # a torn message surfaces here as a decode error
+                    errors.append(repr(exc))
+    for p in producers:
+        p.join(timeout=60)
+    assert errors == []
+    assert seen == set(range(2 * COUNT))
