@@ -1,10 +1,16 @@
-"""The embedded broker: kombu's filesystem transport, with messages that appear whole.
+"""The embedded broker: kombu's filesystem transport, with messages that appear whole and
+bindings kept per broker folder.
 
 kombu's filesystem transport creates a message file in the queue folder and only then writes into
 it; a consumer polling the folder can take the file in between and read it empty or half-written
 (seen here under load as "Expecting value" JSON errors, and the message lost with it). Here a message
 is written under a dot-name the consumers skip, then renamed into place: rename is atomic on one
 filesystem, so a consumer sees either nothing or the whole message.
+
+kombu also keeps exchange bindings in one process-wide state and skips writing a binding to the
+folder's exchange table when that state has seen it before, even for another broker folder; a second
+broker folder in the same process (tests, a capture node re-pointed) then silently receives no
+fanout messages. The state is kept per control folder here.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import os
 import uuid
 from time import monotonic
 
-from kombu.transport import filesystem
+from kombu.transport import filesystem, virtual
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
 
@@ -40,3 +46,9 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+    _states: dict[str, virtual.BrokerState] = {}
+
+    def __init__(self, client, **kwargs):
+        super().__init__(client, **kwargs)
+        folder = os.path.abspath(client.transport_options.get("control_folder", "control"))
+        self.state = self._states.setdefault(folder, virtual.BrokerState())
