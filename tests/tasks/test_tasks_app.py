@@ -77,7 +77,7 @@ def test_bad_config_stops_the_worker_with_the_reason_not_a_traceback(tmp_path, e
 def test_celery_finds_the_app_from_the_package(tmp_path):
     result = _celery({"CACHETAP_CACHE_DIR": str(tmp_path)}, "report")
     assert result.returncode == 0, result.stderr
-    assert "transport:filesystem" in result.stdout
+    assert "transport:cachetap.tasks.embedded_broker:Transport" in result.stdout  # filesystem://, fixed
 
 
 def test_settings_travel_to_the_worker_as_environment(make_settings):
