@@ -4,7 +4,7 @@
 
 The origin is nginx on a free loopback port with `limit_rate` per connection (the Python test origin
 cannot serve 16 x 20 MB/s on two cores). Compared:
-  cachetap  download() from call to published (aria2 via RPC, sha256, re-HEAD, fsync, rename);
+  cachetap  download() from call to published (aria2 via RPC, BLAKE3 digest, re-HEAD, fsync, rename);
             the daemon is started beforehand, as in a running worker
   aria2c    a bare `aria2c` process with the same split/connection/allocation options
   curl      one connection
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cachetap.fetch.aria2 import ARIA2C, Aria2Daemon, Aria2Options
 from cachetap.fetch.download import download
-from cachetap.store.blobs import BlobStore, sha256_file
+from cachetap.store.blobs import BlobStore, file_digest
 from cachetap.testing.origin import generated_chunks
 
 NGINX_CONF = """\
@@ -107,7 +107,7 @@ def main() -> None:
     out_dir = work / "out"
     out_dir.mkdir()
     times: dict[str, list[float]] = {"cachetap download()": [], "bare aria2c": [], "curl (1 connection)": [],
-                                     "sha256 alone (floor)": []}
+                                     "digest alone (floor)": []}
     try:
         with Aria2Daemon(work / "aria2", options) as daemon:
             for run in range(args.runs):
@@ -116,7 +116,7 @@ def main() -> None:
                 result = {}
                 times["cachetap download()"].append(
                     timed(lambda: result.update(r=download(job, daemon, blobs, options))))
-                blobs.remove(result["r"].sha256)
+                blobs.remove(result["r"].digest)
 
                 target = out_dir / "aria2c.iso"
                 cmd = [ARIA2C, "--no-conf", "-q", f"-s{options.split}", f"-x{options.max_connection_per_server}",
@@ -132,7 +132,7 @@ def main() -> None:
                     timed(lambda: subprocess.run(["curl", "-sf", "-o", str(target), url], check=True)))
                 target.unlink()
                 # The content hash is the floor for download(): it cannot publish before it is known.
-                times["sha256 alone (floor)"].append(timed(lambda: sha256_file(work / "www" / "object.iso")))
+                times["digest alone (floor)"].append(timed(lambda: file_digest(work / "www" / "object.iso")))
                 print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
     finally:
         nginx.send_signal(signal.SIGQUIT)

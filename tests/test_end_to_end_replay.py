@@ -77,7 +77,7 @@ def test_replayed_requests_are_cached_and_served_byte_identical(tmp_path):
         (row,) = rows
         assert row["state"] == "ready", row
         assert row["url"] == f"http://files.test:{origin.port}/pub/image.iso" and row["hits"] == 2
-        assert row["blob"] == origin.expected_sha256("/pub/image.iso")
+        assert row["blob"] == origin.expected_digest("/pub/image.iso")
         assert origin.stats("/pub/image.iso").hosts[0] == f"files.test:{origin.port}"  # our own probe
         # One download, not one per client: a single request for the whole object (aria2's other
         # connections ask for ranges). Body bytes would overcount: unthrottled loopback sockets take

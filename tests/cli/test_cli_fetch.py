@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cachetap.settings import load_settings
-from cachetap.store.blobs import BlobStore, sha256_file
+from cachetap.store.blobs import BlobStore, file_digest
 from cachetap.testing.origin import Origin, Resource
 from cachetap.testing.workers import CeleryWorker, settings_env
 
@@ -47,16 +47,16 @@ def test_prefetch_shows_progress_until_ready_and_status_reports_it(tmp_path, ori
         done = cachetap(settings, "prefetch", url)
         assert done.returncode == 0, done.stderr + worker.log_text()[-3000:]
         task_id = done.stdout.splitlines()[0].strip()
-        expected = origin.expected_sha256("/tool.bin")
+        expected = origin.expected_digest("/tool.bin")
         assert done.stdout.splitlines()[-1].startswith(f"ready ") and expected in done.stdout
         assert "tool.bin" in done.stderr  # the progress bar's label
         status = cachetap(settings, "status", task_id, "--json")
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout)
-        assert report["state"] == "SUCCESS" and report["result"]["sha256"] == expected
+        assert report["state"] == "SUCCESS" and report["result"]["digest"] == expected
         plain = cachetap(settings, "status", task_id)
         assert plain.stdout.startswith(f"{task_id}: SUCCESS")
-    assert sha256_file(BlobStore(settings.cache_dir).path(expected)) == expected
+    assert file_digest(BlobStore(settings.cache_dir).path(expected)) == expected
     overall = cachetap(settings, "status")
     assert overall.returncode == 0 and "ready 1" in overall.stdout
     unknown = cachetap(settings, "status", "00000000-0000-0000-0000-000000000000")

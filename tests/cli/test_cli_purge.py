@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import blake3
 import pytest
 
 from cachetap.cli.catalog_cmds import open_catalog
@@ -47,27 +47,27 @@ def add_ready(catalog, blobs: BlobStore, url: str, content: bytes, hits: int = 2
     s = Sighting(ts=ts, client="10.0.0.5", client_port=4000, server="127.0.0.1", server_port=80, method="GET",
                  host="x", url=url, key=key, target="/")
     catalog.record_sightings([s] * hits, window=86_400, now=ts)
-    sha = hashlib.sha256(content).hexdigest()
+    digest = blake3.blake3(content).hexdigest()
     temp = blobs.new_temp_name(key)
     temp.write_bytes(content)
-    blobs.publish(temp, sha)
-    catalog.mark(key, "ready", blob=sha, size=len(content), stored_size=len(content), published_at=ts,
+    blobs.publish(temp, digest)
+    catalog.mark(key, "ready", blob=digest, size=len(content), stored_size=len(content), published_at=ts,
                  expires_at=time.time() + 86_400)
-    return key, sha
+    return key, digest
 
 
 def test_purge_by_url_uses_the_canonical_form_and_strip_rules(cache):
     env, catalog, blobs = cache
-    key, sha = add_ready(catalog, blobs, "http://dl.cdn.test/pkg/a.iso?token=abc", b"a" * 1234)
-    other, other_sha = add_ready(catalog, blobs, "http://dl.cdn.test/pkg/b.iso", b"b" * 10)
+    key, digest = add_ready(catalog, blobs, "http://dl.cdn.test/pkg/a.iso?token=abc", b"a" * 1234)
+    other, other_digest = add_ready(catalog, blobs, "http://dl.cdn.test/pkg/b.iso", b"b" * 10)
 
     # Another token, upper-case host, default port and a dot-segment: the same object.
     result = run_cli(env, "purge", "http://DL.cdn.test:80/pkg/x/../a.iso?token=zzz")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (f"removed {key} (ready, 1234 bytes, file deleted): "
                                      "http://dl.cdn.test/pkg/a.iso?token=abc")
-    assert catalog.get(key) is None and not blobs.exists(sha)
-    assert catalog.get(other).state == "ready" and blobs.exists(other_sha)
+    assert catalog.get(key) is None and not blobs.exists(digest)
+    assert catalog.get(other).state == "ready" and blobs.exists(other_digest)
 
     again = run_cli(env, "purge", "http://dl.cdn.test/pkg/a.iso")
     assert again.returncode == 1
@@ -76,15 +76,15 @@ def test_purge_by_url_uses_the_canonical_form_and_strip_rules(cache):
 
 def test_purge_by_key_and_shared_files(cache):
     env, catalog, blobs = cache
-    one, sha = add_ready(catalog, blobs, "http://files.test/one.iso", b"same")
+    one, digest = add_ready(catalog, blobs, "http://files.test/one.iso", b"same")
     two, _ = add_ready(catalog, blobs, "http://files.test/two.iso", b"same")
     result = run_cli(env, "purge", one.upper())
     assert result.returncode == 0, result.stderr
     assert "file kept: another entry has the same content" in result.stdout
-    assert blobs.exists(sha) and catalog.get(one) is None
+    assert blobs.exists(digest) and catalog.get(one) is None
     result = run_cli(env, "purge", two)
     assert result.returncode == 0 and "file deleted" in result.stdout
-    assert not blobs.exists(sha)
+    assert not blobs.exists(digest)
 
 
 @pytest.mark.parametrize("catalog_url", ["sqlite"], indirect=True)

@@ -11,7 +11,7 @@ import pytest
 from cachetap.fetch.aria2 import Aria2Daemon, Aria2Error, Aria2Options
 from cachetap.fetch.download import download
 from cachetap.settings import Settings
-from cachetap.store.blobs import BlobStore, sha256_file
+from cachetap.store.blobs import BlobStore, file_digest
 from cachetap.testing.origin import Origin, Resource
 
 MIB = 1 << 20
@@ -97,7 +97,7 @@ def test_sigkill_mid_download_resumes_and_completes(tmp_path, slow_origin):
         assert "error" not in result, result
         assert daemon.restarts == 1
     got = result["ok"]
-    assert got.sha256 == slow_origin.expected_sha256("/resume.iso") == sha256_file(got.path)
+    assert got.digest == slow_origin.expected_digest("/resume.iso") == file_digest(got.path)
     # Resumed, not restarted: far less than a second full copy crossed the wire.
     assert slow_origin.stats("/resume.iso").body_bytes < 8 * MIB + 5 * MIB
 
@@ -127,5 +127,5 @@ def test_new_daemon_picks_up_a_dead_workers_download_from_its_session(tmp_path, 
         assert len(restored) == 1  # from the session file
         got = download(_job(slow_origin), second, blobs, OPTIONS)
         assert second.client.tell_stopped(0, 10, ["gid"]) == []
-    assert got.sha256 == slow_origin.expected_sha256("/resume.iso") == sha256_file(got.path)
+    assert got.digest == slow_origin.expected_digest("/resume.iso") == file_digest(got.path)
     assert slow_origin.stats("/resume.iso").body_bytes < 8 * MIB + 5 * MIB

@@ -8,7 +8,7 @@ import pytest
 
 from cachetap.fetch.aria2 import Aria2Daemon, Aria2Options
 from cachetap.fetch.download import DownloadError, _complete_prefix, download
-from cachetap.store.blobs import BlobStore, sha256_file
+from cachetap.store.blobs import BlobStore, file_digest
 from cachetap.testing.origin import Origin, Resource
 
 MIB = 1 << 20
@@ -56,8 +56,8 @@ def test_happy_path_multi_connection_byte_identical(origin, daemon, blobs):
     progress = []
     got = download(_job(origin, "/ok.iso", "1" * 32), daemon, blobs, OPTIONS,
                    on_progress=lambda done, total, speed: progress.append((done, total)))
-    expected = origin.expected_sha256("/ok.iso")
-    assert got.sha256 == expected == sha256_file(got.path)
+    expected = origin.expected_digest("/ok.iso")
+    assert got.digest == expected == file_digest(got.path)
     assert got.size == 4 * MIB + 12345 and got.path == blobs.path(expected)
     assert got.content_type == "application/x-iso9660-image" and got.etag.startswith('"')
     ranged = [r for r in origin.stats("/ok.iso").ranges if r and r.startswith("bytes=")]
@@ -71,14 +71,14 @@ def test_single_connection_rate_limited_origin(origin, daemon, blobs):
     origin.add("/slow.zip", Resource(size=MIB, rate=1_000_000, delay=0.1))
     one = Aria2Options(split=1, max_connection_per_server=1, max_tries=2, retry_wait=0)
     got = download(_job(origin, "/slow.zip", "2" * 32), daemon, blobs, one)
-    assert got.sha256 == origin.expected_sha256("/slow.zip")
+    assert got.digest == origin.expected_digest("/slow.zip")
     assert origin.stats("/slow.zip").methods["GET"] == 1
 
 
 def test_origin_without_validators_and_job_without_size(origin, daemon, blobs):
     origin.add("/plain.bin", Resource(size=2 * MIB, etag=False, last_modified=False))
     got = download(_job(origin, "/plain.bin", "3" * 32, probe=False), daemon, blobs, OPTIONS)
-    assert got.sha256 == origin.expected_sha256("/plain.bin") and got.etag is None
+    assert got.digest == origin.expected_digest("/plain.bin") and got.etag is None
 
 
 def test_same_content_twice_is_one_blob(origin, daemon, blobs):
@@ -149,7 +149,7 @@ def test_pinned_addresses_connect_there_with_the_real_host(origin, daemon, blobs
     url = f"http://origin.invalid:{origin.port}/pinned.bin"  # .invalid never resolves
     job = _job(origin, "/pinned.bin", "d" * 32, url=url, addresses=["127.0.0.1"])
     got = download(job, daemon, blobs, OPTIONS)
-    assert got.sha256 == origin.expected_sha256("/pinned.bin")
+    assert got.digest == origin.expected_digest("/pinned.bin")
     assert set(origin.stats("/pinned.bin").hosts[1:]) == {f"origin.invalid:{origin.port}"}
 
 
@@ -157,7 +157,7 @@ def test_leftover_temp_without_control_file_is_not_trusted(origin, daemon, blobs
     origin.add("/stale.bin", Resource(size=MIB))
     blobs.new_temp_name("e" * 32).write_bytes(b"\0" * MIB)  # right size, wrong bytes, no .aria2 file
     got = download(_job(origin, "/stale.bin", "e" * 32), daemon, blobs, OPTIONS)
-    assert got.sha256 == origin.expected_sha256("/stale.bin") == sha256_file(got.path)
+    assert got.digest == origin.expected_digest("/stale.bin") == file_digest(got.path)
 
 
 BASE = {"key": "f" * 32, "url": "http://127.0.0.1:1/x.iso", "size": None, "etag": None,

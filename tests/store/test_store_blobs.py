@@ -1,9 +1,9 @@
-import hashlib
 import os
 
+import blake3
 import pytest
 
-from cachetap.store.blobs import BadDigest, BlobStore, sha256_file
+from cachetap.store.blobs import BadDigest, BlobStore, file_digest
 
 
 def _write_temp(store: BlobStore, key: str, data: bytes):
@@ -15,29 +15,31 @@ def _write_temp(store: BlobStore, key: str, data: bytes):
 def test_publish_places_blob_by_content_and_is_idempotent(tmp_path):
     store = BlobStore(tmp_path)
     data = os.urandom(3 << 20)
-    sha = hashlib.sha256(data).hexdigest()
+    digest = blake3.blake3(data).hexdigest()
     temp = _write_temp(store, "a" * 32, data)
-    assert sha256_file(temp) == sha
-    final = store.publish(temp, sha)
-    assert final == tmp_path / "blobs" / sha[:2] / sha[2:4] / sha
+    assert file_digest(temp) == digest
+    final = store.publish(temp, digest)
+    assert final == tmp_path / "blobs" / digest[:2] / digest[2:4] / digest
     assert final.read_bytes() == data and not temp.exists()
-    again = store.publish(_write_temp(store, "b" * 32, data), sha)
+    again = store.publish(_write_temp(store, "b" * 32, data), digest)
     assert again == final and list(store.iter_temp()) == []
-    assert list(store.iter_blobs()) == [(sha, len(data))]
-    assert store.remove(sha) and not final.exists() and not store.remove(sha)
+    assert list(store.iter_blobs()) == [(digest, len(data))]
+    assert store.remove(digest) and not final.exists() and not store.remove(digest)
 
 
-def test_sha256_file_of_empty_and_chunk_boundaries(tmp_path):
+def test_file_digest_of_empty_and_chunk_boundaries(tmp_path):
     for size in (0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1):
         data = os.urandom(size)
         p = tmp_path / f"f{size}"
         p.write_bytes(data)
-        assert sha256_file(p) == hashlib.sha256(data).hexdigest()
+        assert file_digest(p) == blake3.blake3(data).hexdigest()
+    # The content address is BLAKE3 (32 bytes, hex): the published test vector of the empty input.
+    assert file_digest(tmp_path / "f0") == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
 
 
 @pytest.mark.parametrize("bad", ["", "A" * 64, "g" * 64, "a" * 63, "a" * 65, "../" + "a" * 61,
                                  "a" * 32 + "/" + "a" * 31, None, 123, "a" * 63 + "\n"])
-def test_bad_sha256_never_becomes_a_path(tmp_path, bad):
+def test_bad_digest_never_becomes_a_path(tmp_path, bad):
     store = BlobStore(tmp_path)
     with pytest.raises(BadDigest):
         store.path(bad)
@@ -56,17 +58,17 @@ def test_publish_refuses_files_outside_temp_dir(tmp_path):
     outside = tmp_path / "elsewhere"
     outside.write_bytes(b"x")
     with pytest.raises(ValueError):
-        store.publish(outside, hashlib.sha256(b"x").hexdigest())
+        store.publish(outside, blake3.blake3(b"x").hexdigest())
     assert outside.exists() and list(store.iter_blobs()) == []
 
 
 def test_iter_blobs_skips_strays(tmp_path):
     store = BlobStore(tmp_path)
-    sha = hashlib.sha256(b"y").hexdigest()
-    store.publish(_write_temp(store, "c" * 32, b"y"), sha)
+    digest = blake3.blake3(b"y").hexdigest()
+    store.publish(_write_temp(store, "c" * 32, b"y"), digest)
     (store.blob_dir / "stray.txt").write_text("x")
-    (store.blob_dir / sha[:2] / sha[2:4] / ("0" * 64)).write_text("misplaced")
-    assert list(store.iter_blobs()) == [(sha, 1)]
+    (store.blob_dir / digest[:2] / digest[2:4] / ("0" * 64)).write_text("misplaced")
+    assert list(store.iter_blobs()) == [(digest, 1)]
 
 
 def test_prefix_hasher_follows_a_growing_file(tmp_path):
@@ -79,7 +81,7 @@ def test_prefix_hasher_follows_a_growing_file(tmp_path):
             fh.write(data[start:start + 700_000])
             fh.flush()
             hasher.advance(min(len(data), start + 700_000))
-    assert hasher.finish(len(data)) == hashlib.sha256(data).hexdigest()
+    assert hasher.finish(len(data)) == blake3.blake3(data).hexdigest()
 
 
 def test_prefix_hasher_reset_and_short_file(tmp_path):
@@ -90,7 +92,7 @@ def test_prefix_hasher_reset_and_short_file(tmp_path):
     hasher.advance(500)
     hasher.reset()
     path.write_bytes(b"b" * 1000)  # rewritten: only a fresh hash is right
-    assert hasher.finish(1000) == hashlib.sha256(b"b" * 1000).hexdigest()
+    assert hasher.finish(1000) == blake3.blake3(b"b" * 1000).hexdigest()
     with pytest.raises(ShortFile):
         PrefixHasher(path).finish(2000)
     longer = PrefixHasher(path)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
 
+import blake3
 import pytest
 
 from cachetap.core.keys import cache_key
@@ -36,40 +36,40 @@ def add_entry(catalog, name: str, state: str = "counting", hits: int = 1, ts: fl
 
 
 def store_blob(blobs: BlobStore, content: bytes) -> str:
-    sha = hashlib.sha256(content).hexdigest()
-    temp = blobs.temp_dir / f"upload-{sha[:8]}"
+    digest = blake3.blake3(content).hexdigest()
+    temp = blobs.temp_dir / f"upload-{digest[:8]}"
     temp.write_bytes(content)
-    blobs.publish(temp, sha)
-    return sha
+    blobs.publish(temp, digest)
+    return digest
 
 
 def add_ready(catalog, blobs: BlobStore, name: str, content: bytes, **fields) -> tuple[str, str]:
     key = add_entry(catalog, name)
-    sha = store_blob(blobs, content)
+    digest = store_blob(blobs, content)
     now = time.time()
-    catalog.mark(key, "ready", blob=sha, size=len(content), stored_size=len(content), published_at=now,
+    catalog.mark(key, "ready", blob=digest, size=len(content), stored_size=len(content), published_at=now,
                  expires_at=now + HOUR, **fields)
-    return key, sha
+    return key, digest
 
 
 # ---- evict ---------------------------------------------------------------------------------------
 
 def test_evict_removes_row_and_file(catalog, blobs):
-    key, sha = add_ready(catalog, blobs, "a.iso", b"a" * 1000)
+    key, digest = add_ready(catalog, blobs, "a.iso", b"a" * 1000)
     assert evict(catalog, blobs, key, "test") is True
     assert catalog.get(key) is None
-    assert not blobs.exists(sha)
+    assert not blobs.exists(digest)
     assert evict(catalog, blobs, key, "test") is False  # unknown now
 
 
 def test_evict_keeps_a_blob_another_row_names(catalog, blobs):
-    key1, sha = add_ready(catalog, blobs, "one.iso", b"same bytes")
-    key2, sha2 = add_ready(catalog, blobs, "two.iso", b"same bytes")
-    assert sha == sha2 and key1 != key2
+    key1, digest = add_ready(catalog, blobs, "one.iso", b"same bytes")
+    key2, digest2 = add_ready(catalog, blobs, "two.iso", b"same bytes")
+    assert digest == digest2 and key1 != key2
     assert evict(catalog, blobs, key1, "test")
-    assert blobs.exists(sha) and catalog.get(key2).state == "ready"
+    assert blobs.exists(digest) and catalog.get(key2).state == "ready"
     assert evict(catalog, blobs, key2, "test")
-    assert not blobs.exists(sha)
+    assert not blobs.exists(digest)
 
 
 def test_evict_with_expect_state_leaves_an_entry_that_moved_on(catalog, blobs):
@@ -91,32 +91,32 @@ def test_evict_removes_the_hits_too(catalog, blobs):
 # ---- reconcile: crash between the two steps, and files deleted behind our back -------------------
 
 def test_crash_after_row_removed_leaves_a_file_reconcile_deletes(catalog, blobs):
-    key, sha = add_ready(catalog, blobs, "crash.iso", b"x" * 4096)
+    key, digest = add_ready(catalog, blobs, "crash.iso", b"x" * 4096)
     entry = catalog.get(key)
     assert catalog.remove_if(key, "ready", entry.blob)  # step 1 done, then the process died
-    assert blobs.exists(sha)
+    assert blobs.exists(digest)
 
     young = reconcile(catalog, blobs, now=time.time(), grace=HOUR)
-    assert young.orphan_blobs == [] and young.kept_young == 1 and blobs.exists(sha)
+    assert young.orphan_blobs == [] and young.kept_young == 1 and blobs.exists(digest)
 
     report = reconcile(catalog, blobs, now=time.time() + 2 * HOUR, grace=HOUR)
-    assert report.orphan_blobs == [sha]
-    assert not blobs.exists(sha)
+    assert report.orphan_blobs == [digest]
+    assert not blobs.exists(digest)
     assert report.rows_missing_blob == []
 
 
 def test_file_deleted_behind_our_back_removes_the_row(catalog, blobs):
-    key, sha = add_ready(catalog, blobs, "gone.iso", b"y" * 2048)
-    other, other_sha = add_ready(catalog, blobs, "fine.iso", b"z" * 2048)
+    key, digest = add_ready(catalog, blobs, "gone.iso", b"y" * 2048)
+    other, other_digest = add_ready(catalog, blobs, "fine.iso", b"z" * 2048)
     lookup = CatalogLookup(catalog, blobs, ttl=0)
     assert lookup.find(key) is not None
-    blobs.path(sha).unlink()
+    blobs.path(digest).unlink()
     assert lookup.find(key) is None  # not served meanwhile: the server checks the file
 
     report = reconcile(catalog, blobs, now=time.time(), grace=HOUR)
     assert report.rows_missing_blob == [key]
     assert catalog.get(key) is None
-    assert catalog.get(other).state == "ready" and blobs.exists(other_sha)
+    assert catalog.get(other).state == "ready" and blobs.exists(other_digest)
     assert lookup.find(other) is not None
 
 
@@ -127,10 +127,10 @@ def test_ready_row_without_blob_is_removed(catalog, blobs):
 
 
 def test_reconcile_keeps_blobs_named_by_any_row(catalog, blobs):
-    key, sha = add_ready(catalog, blobs, "kept.iso", b"k" * 100)
+    key, digest = add_ready(catalog, blobs, "kept.iso", b"k" * 100)
     catalog.mark(key, "downloading")  # e.g. re-fetching: its row still names the blob
     report = reconcile(catalog, blobs, now=time.time() + 10 * HOUR, grace=HOUR)
-    assert report.orphan_blobs == [] and blobs.exists(sha)
+    assert report.orphan_blobs == [] and blobs.exists(digest)
 
 
 def test_temp_files_of_live_downloads_are_kept_others_age_out(catalog, blobs):
@@ -157,10 +157,10 @@ def test_reconcile_never_touches_anything_outside_the_cache_dir(catalog, blobs, 
     outside.mkdir()
     precious = outside / "precious.iso"
     precious.write_bytes(b"keep me")
-    sha = hashlib.sha256(b"keep me").hexdigest()
+    digest = blake3.blake3(b"keep me").hexdigest()
     # A symlink in tmp/ and one with a blob's name, both pointing out of the cache, and a directory.
     (blobs.temp_dir / "link.part").symlink_to(precious)
-    link_blob = blobs.path(sha)
+    link_blob = blobs.path(digest)
     link_blob.parent.mkdir(parents=True, exist_ok=True)
     link_blob.symlink_to(precious)
     (blobs.temp_dir / "somedir").mkdir()
@@ -185,18 +185,18 @@ def test_entry_stats_and_expired_queries(catalog, blobs):
     now = time.time()
     cold = add_entry(catalog, "cold.iso", hits=1, ts=now - 10 * 86_400)
     warm = add_entry(catalog, "warm.iso", hits=5, ts=now - 10 * 86_400)
-    key, sha = add_ready(catalog, blobs, "ready.iso", b"r" * 10)
+    key, digest = add_ready(catalog, blobs, "ready.iso", b"r" * 10)
     stats = catalog.entry_stats(["counting"], fewer_hits_than=3, last_hit_before=now - 86_400)
     assert [s.key for s in stats] == [cold]
     assert {s.key for s in catalog.entry_stats(["counting", "ready"])} == {cold, warm, key}
     ready = catalog.entry_stats(["ready"])[0]
-    assert (ready.blob, ready.stored_size, ready.state) == (sha, 10, "ready")
+    assert (ready.blob, ready.stored_size, ready.state) == (digest, 10, "ready")
 
     assert catalog.expired(now, 10) == []
     assert [e.key for e in catalog.expired(now + 2 * HOUR, 10)] == [key]
-    assert catalog.refresh(key, sha, now + 5 * HOUR, cache_control="max-age=60")
+    assert catalog.refresh(key, digest, now + 5 * HOUR, cache_control="max-age=60")
     assert catalog.expired(now + 2 * HOUR, 10) == []
     assert catalog.get(key).cache_control == "max-age=60"
     assert not catalog.refresh(key, "0" * 64, now)  # other blob: not ours to extend
-    assert not catalog.refresh(cold, sha, now)      # not ready
-    assert catalog.blob_references() == {sha} and catalog.blob_referenced(sha)
+    assert not catalog.refresh(cold, digest, now)      # not ready
+    assert catalog.blob_references() == {digest} and catalog.blob_referenced(digest)

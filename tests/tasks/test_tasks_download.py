@@ -11,7 +11,7 @@ import pytest
 from celery.exceptions import CeleryError
 
 from cachetap.fetch.probe import probe
-from cachetap.store.blobs import BlobStore, sha256_file
+from cachetap.store.blobs import BlobStore, file_digest
 from cachetap.tasks.analyze import download_job
 from cachetap.tasks.app import ANALYZE_BATCH, CAPTURE_REPLAY, DOWNLOAD_FETCH, SCHEDULE_RECLAIM, create_app
 from cachetap.tasks.capture import PathRefused, checked_capture_path
@@ -74,14 +74,14 @@ def test_download_publishes_a_verified_blob_served_byte_identical(make_settings,
         result = send(app, job).get(timeout=WAIT)
         aria2_dirs = list((settings.cache_dir / "aria2").iterdir())
         assert len(aria2_dirs) == 1, worker.log_text()[-3000:]  # one daemon for the worker process
-    expected = origin.expected_sha256("/big.iso")
-    assert result["key"] == job["key"] and result["sha256"] == expected and result["size"] == 3 * MiB + 4321
+    expected = origin.expected_digest("/big.iso")
+    assert result["key"] == job["key"] and result["digest"] == expected and result["size"] == 3 * MiB + 4321
     entry = app.catalog.get(job["key"])
     assert (entry.state, entry.blob, entry.stored_size, entry.claim_token) == ("ready", expected, 3 * MiB + 4321, None)
     assert entry.expires_at > time.time() and entry.published_at is not None and entry.etag == job["etag"]
     assert not (settings.cache_dir / "aria2").exists() or not any((settings.cache_dir / "aria2").iterdir())
     blobs = BlobStore(settings.cache_dir)
-    assert sha256_file(blobs.path(expected)) == expected and list(blobs.iter_temp()) == []
+    assert file_digest(blobs.path(expected)) == expected and list(blobs.iter_temp()) == []
     # A duplicate delivery of the same job finds the key ready and does nothing.
     with CeleryWorker(settings, ["download"]):
         assert send(app, job).get(timeout=WAIT)["outcome"] == "obsolete"
@@ -109,7 +109,7 @@ def test_origin_dropping_mid_body_retries_and_then_completes(make_settings, make
         assert list(BlobStore(settings.cache_dir).iter_blobs()) == []  # nothing partial published
         origin.add("/drop.iso", Resource(size=3 * MiB))  # same content and ETag, now served whole
         result = pending.get(timeout=WAIT)
-    assert result["sha256"] == origin.expected_sha256("/drop.iso")
+    assert result["digest"] == origin.expected_digest("/drop.iso")
     entry = app.catalog.get(job["key"])
     assert (entry.state, entry.reason, entry.attempts) == ("ready", None, 2)
 
@@ -177,9 +177,9 @@ def test_download_worker_killed_mid_transfer_is_completed_once(broker, make_sett
         wait_for(lambda: app.catalog.get(job["key"]).state == "ready", "the entry to be ready", second)
         log = second.log_text()
     entry = app.catalog.get(job["key"])
-    expected = origin.expected_sha256("/slow.iso")
+    expected = origin.expected_digest("/slow.iso")
     assert entry.blob == expected, log[-3000:]
-    assert sha256_file(BlobStore(settings.cache_dir).path(expected)) == expected
+    assert file_digest(BlobStore(settings.cache_dir).path(expected)) == expected
     # The second attempt continued the file: no second full download reached the origin.
     assert origin.stats("/slow.iso").body_bytes <= size * 1.5, origin.stats("/slow.iso")
     assert list(BlobStore(settings.cache_dir).iter_temp()) == []

@@ -3,10 +3,10 @@ the beat tasks executed by a real Celery worker on the schedule queue."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
+import blake3
 import httpx
 import pytest
 
@@ -42,14 +42,14 @@ def add_entry(catalog: Catalog, url: str, hits: int = 1, ts: float | None = None
 def make_ready(catalog: Catalog, blobs: BlobStore, url: str, content: bytes, hits: int = 1,
                last_hit: float | None = None, expires_at: float | None = None, **fields) -> tuple[str, str]:
     key = add_entry(catalog, url, hits=hits, ts=last_hit)
-    sha = hashlib.sha256(content).hexdigest()
+    digest = blake3.blake3(content).hexdigest()
     temp = blobs.new_temp_name(key)
     temp.write_bytes(content)
-    blobs.publish(temp, sha)
+    blobs.publish(temp, digest)
     now = time.time()
-    catalog.mark(key, "ready", blob=sha, size=len(content), stored_size=len(content), published_at=now,
+    catalog.mark(key, "ready", blob=digest, size=len(content), stored_size=len(content), published_at=now,
                  expires_at=now + DAY if expires_at is None else expires_at, **fields)
-    return key, sha
+    return key, digest
 
 
 @pytest.fixture
@@ -134,10 +134,10 @@ def _cache_from_origin(catalog: Catalog, blobs: BlobStore, resolver: Resolver, u
         answer = client.get(url.replace("files.test", "127.0.0.1"), headers={"Host": url.split("/")[2]})
     assert answer.status_code == 200
     seen = probe(url, resolver, timeout=30)
-    key, sha = make_ready(catalog, blobs, url, answer.content, hits=2,
+    key, digest = make_ready(catalog, blobs, url, answer.content, hits=2,
                           expires_at=time.time() - 1 if expired else time.time() + DAY,
                           etag=seen.etag, last_modified=seen.last_modified, cache_control=seen.cache_control)
-    return key, sha
+    return key, digest
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_revalidation_304_extends_freshness(reval):
     catalog, blobs, resolver, settings, origin = reval
     origin.add("/same.iso", Resource(size=64 * KiB))
     origin.add("/max-age.iso", Resource(size=64 * KiB, cache_control="max-age=5000"))
-    same, sha = _cache_from_origin(catalog, blobs, resolver, f"http://files.test:{origin.port}/same.iso")
+    same, digest = _cache_from_origin(catalog, blobs, resolver, f"http://files.test:{origin.port}/same.iso")
     max_age, _ = _cache_from_origin(catalog, blobs, resolver, f"http://files.test:{origin.port}/max-age.iso")
     not_due, _ = _cache_from_origin(catalog, blobs, resolver, f"http://files.test:{origin.port}/max-age.iso".replace(
         "max-age.iso", "max-age.iso?v=2"), expired=False)
@@ -167,7 +167,7 @@ def test_revalidation_304_extends_freshness(reval):
     heuristic = min(0.1 * (before - BASE_MTIME), 30 * DAY)
     assert before + heuristic - 1 <= entry.expires_at <= time.time() + heuristic
     assert before + 5000 - 5 <= catalog.get(max_age).expires_at <= time.time() + 5000
-    assert entry.blob == sha and lookup.find(same) is not None
+    assert entry.blob == digest and lookup.find(same) is not None
     assert catalog.get(not_due).state == "ready"
     assert run_revalidate(catalog, blobs, resolver, settings, time.time())["checked"] == 0
 
@@ -175,29 +175,29 @@ def test_revalidation_304_extends_freshness(reval):
 def test_revalidation_of_a_changed_object_evicts_it(reval):
     catalog, blobs, resolver, settings, origin = reval
     origin.add("/moving.iso", Resource(size=64 * KiB))
-    key, sha = _cache_from_origin(catalog, blobs, resolver, f"http://files.test:{origin.port}/moving.iso")
+    key, digest = _cache_from_origin(catalog, blobs, resolver, f"http://files.test:{origin.port}/moving.iso")
     origin.change("/moving.iso")
     assert run_revalidate(catalog, blobs, resolver, settings, time.time())["changed"] == 1
-    assert catalog.get(key) is None and not blobs.exists(sha)
+    assert catalog.get(key) is None and not blobs.exists(digest)
 
 
 def test_revalidation_of_a_vanished_object_evicts_it(reval):
     catalog, blobs, resolver, settings, origin = reval
     origin.add("/gone.iso", Resource(size=64 * KiB))
-    key, sha = _cache_from_origin(catalog, blobs, resolver, f"http://files.test:{origin.port}/gone.iso")
+    key, digest = _cache_from_origin(catalog, blobs, resolver, f"http://files.test:{origin.port}/gone.iso")
     origin.add("/gone.iso", Resource(size=64 * KiB, status=410))
     origin.add("/missing.iso", Resource(size=64 * KiB))
     missing, _ = _cache_from_origin(catalog, blobs, resolver, f"http://files.test:{origin.port}/missing.iso")
     origin.add("/missing.iso", Resource(size=64 * KiB, status=404))
     assert run_revalidate(catalog, blobs, resolver, settings, time.time())["gone"] == 2
-    assert catalog.get(key) is None and catalog.get(missing) is None and not blobs.exists(sha)
+    assert catalog.get(key) is None and catalog.get(missing) is None and not blobs.exists(digest)
 
 
 def test_revalidation_with_the_origin_down_keeps_the_entry_unserved(reval):
     catalog, blobs, resolver, settings, origin = reval
     origin.add("/down.iso", Resource(size=64 * KiB))
     origin.add("/broken.iso", Resource(size=64 * KiB))
-    key, sha = _cache_from_origin(catalog, blobs, resolver, f"http://files.test:{origin.port}/down.iso")
+    key, digest = _cache_from_origin(catalog, blobs, resolver, f"http://files.test:{origin.port}/down.iso")
     broken, _ = _cache_from_origin(catalog, blobs, resolver, f"http://files.test:{origin.port}/broken.iso")
     origin.add("/broken.iso", Resource(size=64 * KiB, status=503))
     expired_at = catalog.get(key).expires_at
@@ -209,7 +209,7 @@ def test_revalidation_with_the_origin_down_keeps_the_entry_unserved(reval):
     assert run_revalidate(catalog, blobs, resolver, settings, time.time()) == {
         "checked": 2, "fresh": 0, "changed": 0, "gone": 0, "error": 2}
     entry = catalog.get(key)
-    assert (entry.state, entry.expires_at, entry.blob) == ("ready", expired_at, sha) and blobs.exists(sha)
+    assert (entry.state, entry.expires_at, entry.blob) == ("ready", expired_at, digest) and blobs.exists(digest)
     lookup = CatalogLookup(catalog, blobs, ttl=0)
     assert lookup.find(key) is None and lookup.find(broken) is None
 

@@ -2,10 +2,11 @@ import base64
 import hashlib
 import socket
 
+import blake3
 import httpx
 import pytest
 
-from cachetap.testing.origin import Origin, Resource, generated_sha256
+from cachetap.testing.origin import Origin, Resource, generated_digest
 
 SIZE = 3 * 1_000_003 // 2  # spans a pattern wrap
 
@@ -20,14 +21,14 @@ def test_get_full_matches_expected_sha_and_counts(origin):
     origin.add("/a.iso", Resource(size=SIZE))
     r = httpx.get(origin.url("/a.iso"))
     assert r.status_code == 200 and len(r.content) == SIZE
-    assert hashlib.sha256(r.content).hexdigest() == origin.expected_sha256("/a.iso")
+    assert blake3.blake3(r.content).hexdigest() == origin.expected_digest("/a.iso")
     assert r.headers["accept-ranges"] == "bytes" and r.headers["etag"].startswith('"')
     st = origin.stats("/a.iso")
     assert st.methods["GET"] == 1 and st.body_bytes == SIZE and st.ranges == [None]
 
 
 def test_content_differs_per_path(origin):
-    assert generated_sha256("/a", 1000) != generated_sha256("/b", 1000)
+    assert generated_digest("/a", 1000) != generated_digest("/b", 1000)
 
 
 @pytest.mark.parametrize("header,start,end", [
@@ -66,11 +67,11 @@ def test_head_conditional_and_headers(origin):
 
 def test_change_after_first_request_changes_content_and_etag(origin):
     origin.add("/c.bin", Resource(size=4000, change_after=1))
-    before = origin.expected_sha256("/c.bin")
+    before = origin.expected_digest("/c.bin")
     h = httpx.head(origin.url("/c.bin"))
     g = httpx.get(origin.url("/c.bin"))
     assert g.headers["etag"] != h.headers["etag"]
-    assert hashlib.sha256(g.content).hexdigest() == origin.expected_sha256("/c.bin") != before
+    assert blake3.blake3(g.content).hexdigest() == origin.expected_digest("/c.bin") != before
     origin.change("/c.bin")
     assert httpx.head(origin.url("/c.bin")).headers["etag"] not in (h.headers["etag"], g.headers["etag"])
 
@@ -113,7 +114,7 @@ def test_lying_content_length(origin):
 def test_rate_and_delay_still_deliver_everything(origin):
     origin.add("/s.bin", Resource(size=200_000, rate=2_000_000, delay=0.05))
     r = httpx.get(origin.url("/s.bin"))
-    assert hashlib.sha256(r.content).hexdigest() == origin.expected_sha256("/s.bin")
+    assert blake3.blake3(r.content).hexdigest() == origin.expected_digest("/s.bin")
 
 
 def test_directory_serving_refuses_traversal(tmp_path):

@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import blake3
 import pytest
 
 from cachetap.core.types import Sighting
@@ -33,7 +34,7 @@ def stored(tmp_path: Path):
                                        target="/files/Ubuntu%20Caf%C3%A9.iso")], 86_400, now)
     temp = blobs.new_temp_name(KEY)
     temp.write_bytes(DATA)
-    digest = hashlib.sha256(DATA).hexdigest()
+    digest = blake3.blake3(DATA).hexdigest()
     blobs.publish(temp, digest)
     return catalog, blobs, digest
 

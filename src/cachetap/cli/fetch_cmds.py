@@ -92,7 +92,7 @@ def _follow(catalog, key: str) -> None:
         raise click.ClickException(f"{key} vanished from the catalog")
     if entry.state != "ready":
         raise click.ClickException(f"{key} {entry.state}: {entry.reason}")
-    click.echo(f"ready {key} {entry.stored_size} bytes sha256 {entry.blob}")
+    click.echo(f"ready {key} {entry.stored_size} bytes digest {entry.blob}")
 
 
 @cli.command()

@@ -340,14 +340,14 @@ class Catalog:
         )
 
     def blob_references(self) -> set[str]:
-        """Every sha256 some entry (in any state) names as its blob."""
+        """Every blob digest some entry (in any state) names."""
         with self.engine.connect() as conn:
             return {b for (b,) in conn.execute(sa.select(ENTRIES.c.blob).where(ENTRIES.c.blob.is_not(None))
                                                .distinct())}
 
-    def blob_referenced(self, sha256: str) -> bool:
+    def blob_referenced(self, digest: str) -> bool:
         with self.engine.connect() as conn:
-            stmt = sa.select(ENTRIES.c.id).where(ENTRIES.c.blob == sha256).limit(1)
+            stmt = sa.select(ENTRIES.c.id).where(ENTRIES.c.blob == digest).limit(1)
             return conn.execute(stmt).first() is not None
 
     def remove_if(self, key: str, state: str, blob: str | None) -> bool:

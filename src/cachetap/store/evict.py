@@ -3,7 +3,7 @@
 Order of `evict`: the catalog row goes first, then the blob. A crash in between leaves a file no row
 names (harmless: reconcile deletes it after `grace`), never a row that names a missing file. Even
 then nothing broken is served: CatalogLookup stats the blob before serving and sends the client to
-the origin when it is gone. A blob is shared by every key whose content has the same sha256, so it
+the origin when it is gone. A blob is shared by every key whose content has the same digest, so it
 is deleted only when no other row names it.
 
 `reconcile` heals what a crash or an operator left behind:
@@ -15,7 +15,7 @@ is deleted only when no other row names it.
   * a temp file (`tmp/<key>.part`, aria2's `.aria2` control file, anything else in tmp/) older than
     `grace` whose key is not queued or downloading: deleted. Files of live downloads are kept
     whatever their age: aria2 resumes from them.
-Paths come only from BlobStore (validated sha256 names under cache_dir/blobs, entries of
+Paths come only from BlobStore (validated digest names under cache_dir/blobs, entries of
 cache_dir/tmp), so nothing outside the cache directory is ever touched; symlinks are unlinked, never
 followed.
 """
@@ -42,7 +42,7 @@ _TEMP_KEY = re.compile(r"([0-9a-f]{32})\.")
 @dataclass
 class ReconcileReport:
     rows_missing_blob: list[str] = field(default_factory=list)   # keys whose row was removed
-    orphan_blobs: list[str] = field(default_factory=list)        # sha256 of deleted blob files
+    orphan_blobs: list[str] = field(default_factory=list)        # digests of deleted blob files
     temp_files: list[str] = field(default_factory=list)          # names of deleted temp files
     kept_young: int = 0                                          # unreferenced files inside grace
 
@@ -56,7 +56,7 @@ class ReconcileReport:
 
 def evict(catalog: Catalog, blobs: BlobStore, key: str, reason: str, expect_state: str | None = None,
           on_removed: OnRemoved | None = None) -> bool:
-    """Remove `key`'s row, then its blob unless another row names the same sha256.
+    """Remove `key`'s row, then its blob unless another row names the same digest.
 
     With `expect_state`, only an entry still in that state is removed (the caller decided on a
     snapshot). `on_removed(key)` runs once the row is gone (capture nodes stop redirecting it).
@@ -93,15 +93,15 @@ def reconcile(catalog: Catalog, blobs: BlobStore, now: float, grace: float,
     #    recorded meanwhile is seen as referenced; one published but not yet recorded is young.
     on_disk = list(blobs.iter_blobs())
     referenced = catalog.blob_references()
-    for sha256, _size in on_disk:
-        if sha256 in referenced:
+    for digest, _size in on_disk:
+        if digest in referenced:
             continue
-        if _age(blobs.path(sha256), now) < grace:
+        if _age(blobs.path(digest), now) < grace:
             report.kept_young += 1
             continue
-        if blobs.remove(sha256):
-            report.orphan_blobs.append(sha256)
-            log.info("deleted blob %s: no catalog entry names it", sha256)
+        if blobs.remove(digest):
+            report.orphan_blobs.append(digest)
+            log.info("deleted blob %s: no catalog entry names it", digest)
     # 3. Leftover temp files of downloads that are no longer running.
     live = {s.key for s in catalog.entry_stats(LIVE_DOWNLOAD_STATES)}
     for path in blobs.iter_temp():

@@ -61,7 +61,7 @@ class Entry(Base):
     claimed_at: Mapped[float | None] = mapped_column(sa.Double)
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default=sa.text("0"))
     # the stored content
-    blob: Mapped[str | None] = mapped_column(sa.String(64))  # sha256 hex
+    blob: Mapped[str | None] = mapped_column(sa.String(64))  # BLAKE3 content digest, 64 hex chars
     stored_size: Mapped[int | None] = mapped_column(sa.BigInteger)
     published_at: Mapped[float | None] = mapped_column(sa.Double)
     # download progress

@@ -85,7 +85,7 @@ def stop_worker_daemon(**_: Any) -> None:
 
 @shared_task(bind=True, name=DOWNLOAD_FETCH)
 def fetch(self: Any, job: dict) -> dict[str, Any]:
-    """Download one admitted object; returns {key, sha256, size, seconds} (or {key, outcome})."""
+    """Download one admitted object; returns {key, digest, size, seconds} (or {key, outcome})."""
     app, settings = self.app, self.app.settings
     catalog = app.catalog
     key, claim = _identity(job)
@@ -115,17 +115,17 @@ def fetch(self: Any, job: dict) -> dict[str, Any]:
     now = time.time()
     entry = catalog.get(key)
     published = catalog.mark(
-        key, "ready", token=claim, blob=result.sha256, size=result.size, stored_size=result.size,
+        key, "ready", token=claim, blob=result.digest, size=result.size, stored_size=result.size,
         published_at=now, etag=result.etag, content_type=result.content_type,
         expires_at=freshness_deadline(settings, entry, now), bytes_done=result.size, speed=0,
         claim_token=None, claimed_at=None)
     if not published:
         log.warning("%s downloaded but its claim was taken over meanwhile; not marked by us", key)
-        return {"key": key, "outcome": "taken_over", "sha256": result.sha256}
-    log.info("downloaded %s: %d bytes in %.1fs, sha256 %s", job.get("url"), result.size, seconds, result.sha256)
+        return {"key": key, "outcome": "taken_over", "digest": result.digest}
+    log.info("downloaded %s: %d bytes in %.1fs, digest %s", job.get("url"), result.size, seconds, result.digest)
     # Capture nodes add the key to their redirect index now (best effort: they also reconcile).
     publish_index_event(app, READY, [key])
-    return {"key": key, "sha256": result.sha256, "size": result.size, "seconds": seconds}
+    return {"key": key, "digest": result.digest, "size": result.size, "seconds": seconds}
 
 
 def _identity(job: Any) -> tuple[str | None, str | None]:

@@ -3,7 +3,7 @@
     with Origin() as origin:
         origin.add("/big.iso", Resource(size=8 << 20, rate=20_000_000))
         url = origin.url("/big.iso")
-        expected = origin.expected_sha256("/big.iso")
+        expected = origin.expected_digest("/big.iso")   # the blob store's BLAKE3 address
 
 Generated content is a seeded pseudo-random pattern repeated with a prime period, so any byte can
 be produced from its offset (Range is cheap, memory does not grow with size) and a shifted or
@@ -25,6 +25,8 @@ from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+import blake3
 
 PATTERN_LEN = 1_000_003  # prime: a range served from the wrong offset never lines up with the pattern
 CHUNK = 64 << 10
@@ -49,11 +51,20 @@ def generated_chunks(seed: str, start: int, end: int, chunk: int = CHUNK):
         pos += n
 
 
-def generated_sha256(seed: str, size: int) -> str:
-    digest = hashlib.sha256()
+def generated_digest(seed: str, size: int) -> str:
+    """BLAKE3 digest (the blob store's content address) of the generated content, chunk by chunk."""
+    hasher = blake3.blake3()
     for piece in generated_chunks(seed, 0, size):
-        digest.update(piece)
-    return digest.hexdigest()
+        hasher.update(piece)
+    return hasher.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    hasher = blake3.blake3()
+    with open(path, "rb") as fh:
+        while piece := fh.read(1 << 20):
+            hasher.update(piece)
+    return hasher.hexdigest()
 
 
 @dataclass
@@ -309,12 +320,13 @@ class Origin:
         with self._lock:
             self._resources[path].version += 1
 
-    def expected_sha256(self, path: str) -> str:
+    def expected_digest(self, path: str) -> str:
+        """The content address (BLAKE3, as BlobStore names it) of what `path` serves now."""
         res = self._resources[path]
         if res.file is not None:
-            return hashlib.sha256(res.file.read_bytes()).hexdigest()
+            return _file_digest(res.file)
         assert res.size is not None
-        return generated_sha256(_seed(res, path, res.version), res.size)
+        return generated_digest(_seed(res, path, res.version), res.size)
 
     def stats(self, path: str) -> PathStats:
         return self._stats_for(path)
