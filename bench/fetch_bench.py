@@ -6,6 +6,8 @@ The origin is nginx on a free loopback port with `limit_rate` per connection (th
 cannot serve 16 x 20 MB/s on two cores). Compared:
   cachetap  download() from call to published (aria2 via RPC, BLAKE3 digest, re-HEAD, fsync, rename);
             the daemon is started beforehand, as in a running worker
+  queued    the whole path: a real download worker (embedded broker), from send_task of the job the
+            analyze stage queues to the worker's published_at in the catalog
   aria2c    a bare `aria2c` process with the same split/connection/allocation options
   curl      one connection
 """
@@ -22,12 +24,21 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from cachetap.fetch.aria2 import ARIA2C, Aria2Daemon, Aria2Options
 from cachetap.fetch.download import download
 from cachetap.store.blobs import BlobStore, file_digest
+from cachetap.core.keys import cache_key, host_of
+from cachetap.core.types import Sighting
+from cachetap.fetch.probe import probe
+from cachetap.settings import load_settings
+from cachetap.store.evict import evict
+from cachetap.tasks.analyze import download_job
+from cachetap.tasks.app import DOWNLOAD_FETCH, create_app
 from cachetap.testing.origin import generated_chunks
+from cachetap.testing.workers import CeleryWorker
 
 NGINX_CONF = """\
 worker_processes 1;
@@ -83,6 +94,39 @@ def write_object(path: Path, size: int) -> None:
             fh.write(piece)
 
 
+class QueuedFetch:
+    """A real `celery worker -Q download` and the catalog; `run(url)` queues as analyze does."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.settings = load_settings(cache_dir=cache_dir, min_size=0)
+        self.app = create_app(self.settings)
+        self.catalog = self.app.catalog
+        self.worker = CeleryWorker(self.settings, ["download"], pool="threads").start()
+
+    def run(self, url: str) -> float:
+        key = cache_key(url, {})
+        now = time.time()
+        self.catalog.record_sightings([Sighting(now, "10.0.0.5", 1, "127.0.0.1", 80, "GET", host_of(url), url,
+                                                key, url)], window=3600, now=now)
+        token = str(uuid.uuid4())
+        assert self.catalog.claim(key, ["counting"], "probing", token, now=now, stale_after=600)
+        result = probe(url, self.app.resolver, 30)
+        self.catalog.set_probe(key, result, state="queued", token=token)
+        self.catalog.mark(key, "queued", token=token, claimed_at=time.time())
+        sent_at = time.time()
+        self.app.send_task(DOWNLOAD_FETCH, args=[download_job(key, url, result, token)], queue="download")
+        deadline = time.monotonic() + 600
+        while (entry := self.catalog.get(key)).state != "ready":
+            if entry.state == "failed" or time.monotonic() > deadline:
+                raise RuntimeError(f"queued download did not finish: {entry.state} {entry.reason}")
+            time.sleep(0.01)
+        evict(self.catalog, BlobStore(self.settings.cache_dir), key, "bench")
+        return entry.published_at - sent_at
+
+    def close(self) -> None:
+        self.worker.stop()
+
+
 def timed(fn) -> float:
     began = time.perf_counter()
     fn()
@@ -106,10 +150,12 @@ def main() -> None:
     blobs = BlobStore(work / "cache")
     out_dir = work / "out"
     out_dir.mkdir()
-    times: dict[str, list[float]] = {"cachetap download()": [], "bare aria2c": [], "curl (1 connection)": [],
-                                     "digest alone (floor)": []}
+    times: dict[str, list[float]] = {"cachetap download()": [], "cachetap queued": [], "bare aria2c": [],
+                                     "curl (1 connection)": [], "digest alone (floor)": []}
+    queued = QueuedFetch(work / "queued")
     try:
         with Aria2Daemon(work / "aria2", options) as daemon:
+            queued.run(f"{url}?warm-up")  # the worker starts its aria2c on its first job
             for run in range(args.runs):
                 job = {"key": f"{run:032x}", "url": url, "size": size, "etag": None,
                        "last_modified": None, "content_type": None, "claim": "bench"}
@@ -117,6 +163,7 @@ def main() -> None:
                 times["cachetap download()"].append(
                     timed(lambda: result.update(r=download(job, daemon, blobs, options))))
                 blobs.remove(result["r"].digest)
+                times["cachetap queued"].append(queued.run(f"{url}?run={run}"))
 
                 target = out_dir / "aria2c.iso"
                 cmd = [ARIA2C, "--no-conf", "-q", f"-s{options.split}", f"-x{options.max_connection_per_server}",
@@ -135,6 +182,7 @@ def main() -> None:
                 times["digest alone (floor)"].append(timed(lambda: file_digest(work / "www" / "object.iso")))
                 print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
     finally:
+        queued.close()
         nginx.send_signal(signal.SIGQUIT)
         nginx.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
@@ -148,6 +196,8 @@ def main() -> None:
         print(f"{name:<22}{min(values):>9.2f}{med:>10.2f}{size / med / 1e6:>15.0f}")
     ratio = statistics.median(times["cachetap download()"]) / statistics.median(times["bare aria2c"])
     print(f"cachetap / bare aria2c (median): {ratio:.3f}x  (target <= 1.05x)")
+    ratio = statistics.median(times["cachetap queued"]) / statistics.median(times["bare aria2c"])
+    print(f"cachetap queued / bare aria2c (median): {ratio:.3f}x")
 
 
 if __name__ == "__main__":
