@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,8 +47,12 @@ def workers(sparse_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
         yield process, line.split()[-1]
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.terminate()  # a graceful stop takes the workers down too
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def curl(*args: str) -> str:
@@ -97,3 +103,23 @@ def test_a_dead_worker_is_replaced(workers):
     assert len(children(process.pid)) == 2 and victim not in children(process.pid)
     small = f"{base}/c/{directory_key('small.bin')}/small.bin"
     assert all(curl("-o", "/dev/null", "-w", "%{http_code}", small) == "200" for _ in range(10))
+
+
+def test_workers_die_with_a_master_killed_outright(workers):
+    process, _base = workers
+    pids = children(process.pid)
+    assert len(pids) == 2
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 30
+    while any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -11,12 +11,10 @@ lets aria2 continue where it stopped (`--continue`).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -28,14 +26,14 @@ from typing import TYPE_CHECKING
 import aria2p
 import requests
 
+from cachetap.lifetime import die_with_parent
+
 if TYPE_CHECKING:
     from cachetap.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ARIA2C = "/usr/bin/aria2c"
-PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
 SESSION_FILE = "aria2.session"
 LOG_FILE = "aria2.log"
 
@@ -92,11 +90,7 @@ def _die_with_parent(parent_pid: int):
     *thread* that spawned aria2c, so start the daemon from a thread that lives as long as the process
     (a prefork pool child's main thread; a threads pool's long-lived workers).
     """
-    def preexec() -> None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died before prctl: no signal will come
-            os.kill(os.getpid(), signal.SIGTERM)
-    return preexec
+    return lambda: die_with_parent(parent_pid)
 
 
 def _free_loopback_port() -> int:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cachetap.lifetime import die_with_parent
 from cachetap.web.lookup import ObjectLookup
 from cachetap.web.metrics import enable_multiprocess
 from cachetap.web.server import CacheServer
@@ -65,7 +66,9 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def _worker(lookup: ObjectLookup, host: str, port: int, options: dict[str, Any], ready: Any) -> None:
+def _worker(lookup: ObjectLookup, host: str, port: int, options: dict[str, Any], ready: Any,
+            master: int) -> None:
+    die_with_parent(master)  # a master killed with SIGKILL must not leave workers holding the port
     server = CacheServer(lookup, host, port, reuse_port=True, **options)
     asyncio.run(_serve_with_signals(server, lambda _port: ready.put(os.getpid())))
 
@@ -84,7 +87,7 @@ def _run_workers(host: str, port: int, lookup: ObjectLookup, processes: int,
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def spawn() -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=_worker, args=(lookup, host, port, options, ready),
+        process = context.Process(target=_worker, args=(lookup, host, port, options, ready, os.getpid()),
                                   name="cachetap-serve", daemon=True)
         process.start()
         return process
