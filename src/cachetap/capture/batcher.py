@@ -162,3 +162,10 @@ def make_analyze_sender(app: Any) -> Send:
         app.send_task(ANALYZE_BATCH, args=[batch], queue=queue)
 
     return send
+
+
+def analyze_batch_sender(app: Any) -> BatchSender:
+    """A BatchSender to `app`'s analyze queue, sized by its settings (live capture, replay, replay task)."""
+    settings = app.settings
+    return BatchSender(make_analyze_sender(app), size=settings.batch_size, interval=settings.batch_interval,
+                       buffer=settings.batch_buffer)

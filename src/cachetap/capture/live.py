@@ -19,7 +19,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from cachetap.capture.batcher import BatchSender, make_analyze_sender
+from cachetap.capture.batcher import analyze_batch_sender
 from cachetap.capture.bpf import request_filter
 from cachetap.capture.health import HealthGate
 from cachetap.capture.hotindex import HotIndex
@@ -42,8 +42,7 @@ def run_live_capture(settings: Settings, stop: threading.Event | None = None) ->
 
     stop = stop or threading.Event()
     app = create_app(settings)
-    sender = BatchSender(make_analyze_sender(app), size=settings.batch_size,
-                         interval=settings.batch_interval, buffer=settings.batch_buffer)
+    sender = analyze_batch_sender(app)
     fast_path = FastPath.start(settings, app) if settings.mode == "redirect" else None
     pipeline = Pipeline(settings, sink=lambda s: sender.add(s.to_dict()),
                         redirector=fast_path.redirector if fast_path else None,

@@ -30,7 +30,10 @@ def replay(ctx: Context, capture_file: Path, dry_run: bool, quiet: bool) -> None
     setup_logging(settings.log_level)
     sender = None
     if not dry_run:
-        sender = _analyze_sender(settings)
+        from cachetap.capture.batcher import analyze_batch_sender
+        from cachetap.tasks.app import create_app
+
+        sender = analyze_batch_sender(create_app(settings))
     pipeline = Pipeline(settings, sink=(lambda s: sender.add(s.to_dict())) if sender else None)
     out = sys.stdout
     try:
@@ -67,12 +70,3 @@ def capture(ctx: Context, interface: str | None) -> None:
     if not settings.interface:
         raise click.ClickException("no interface: set `interface` in the config, CACHETAP_INTERFACE, or -i")
     run_live_capture(settings)
-
-
-def _analyze_sender(settings):  # replay: the same batching the live capture uses
-    from cachetap.capture.batcher import BatchSender, make_analyze_sender
-    from cachetap.tasks.app import create_app
-
-    app = create_app(settings)
-    return BatchSender(make_analyze_sender(app), size=settings.batch_size,
-                       interval=settings.batch_interval, buffer=settings.batch_buffer)

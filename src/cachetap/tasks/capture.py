@@ -43,7 +43,7 @@ def checked_capture_path(path: Any, settings: Settings) -> Path:
 @shared_task(bind=True, name=CAPTURE_REPLAY)
 def replay(self: Any, path: str) -> dict[str, Any]:
     """Run one capture file through the pipeline, sending sightings to analyze; returns the summary."""
-    from cachetap.capture.batcher import BatchSender, make_analyze_sender
+    from cachetap.capture.batcher import analyze_batch_sender
     from cachetap.capture.pcapfile import CaptureFileError, read_frames
     from cachetap.capture.pipeline import Pipeline
 
@@ -53,8 +53,7 @@ def replay(self: Any, path: str) -> dict[str, Any]:
     except PathRefused as exc:
         log.error("replay refused: %s", exc)
         return {"file": str(path)[:200], "error": f"refused: {exc}"}
-    sender = BatchSender(make_analyze_sender(self.app), size=settings.batch_size,
-                         interval=settings.batch_interval, buffer=settings.batch_buffer)
+    sender = analyze_batch_sender(self.app)
     pipeline = Pipeline(settings, sink=lambda s: sender.add(s.to_dict()))
     error = None
     try:
