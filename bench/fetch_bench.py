@@ -1,9 +1,12 @@
 """Fetch one big object three ways and print the times side by side (never asserted).
 
-    .venv/bin/python bench/fetch_bench.py [--size-mib 256] [--rate 20m] [--runs 3]
+    .venv/bin/python bench/fetch_bench.py [--size-mib 256] [--rate-mb 20] [--runs 3]
 
-The origin is nginx on a free loopback port with `limit_rate` per connection (the Python test origin
-cannot serve 16 x 20 MB/s on two cores). Compared:
+The origin is cachetap's test origin (testing/origin.py) in a process of its own on a free loopback
+port, serving the file with sendfile; the kernel paces every connection to `--rate-mb` MB/s from its
+first byte (SO_MAX_PACING_RATE). nginx's `limit_rate`, used before, grants every request a second's
+worth of data up front, and aria2 fetches 1 MiB pieces with a request each, so it never limited
+anything: the "20 MB/s" origin ran at loopback speed. Compared:
   cachetap  download() from call to published (aria2 via RPC, BLAKE3 digest, re-HEAD, fsync, rename);
             the daemon is started beforehand, as in a running worker
   queued    the whole path: a real download worker (embedded broker), from send_task of the job the
@@ -18,7 +21,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,52 +42,15 @@ from cachetap.tasks.app import DOWNLOAD_FETCH, create_app
 from cachetap.testing.origin import generated_chunks
 from cachetap.testing.workers import CeleryWorker
 
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-{user}
-events {{ worker_connections 512; }}
-http {{
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  default_type application/octet-stream;
-  client_body_temp_path {d}/client_body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  server {{
-    listen 127.0.0.1:{port};
-    root {d}/www;
-    limit_rate {rate};
-  }}
-}}
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_nginx(workdir: Path, rate: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    user = "user root;" if os.geteuid() == 0 else ""  # workers must read files in our 0700 temp dir
-    conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(d=workdir, port=port, rate=rate, user=user))
-    proc = subprocess.Popen(["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"nginx did not start: {(workdir / 'error.log').read_text()[-500:]}")
+def start_origin(www: Path, rate: int) -> tuple[subprocess.Popen[str], int]:
+    """The test origin in a process of its own, each connection paced to `rate` by the kernel."""
+    proc = subprocess.Popen([sys.executable, "-m", "cachetap.testing.origin", "--dir", str(www),
+                             "--rate", str(rate)], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise SystemExit(f"the origin did not start: {line!r}")
+    return proc, int(line.rsplit(":", 1)[1].strip("/\n"))
 
 
 def write_object(path: Path, size: int) -> None:
@@ -136,7 +101,7 @@ def timed(fn) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=256)
-    ap.add_argument("--rate", default="20m", help="nginx limit_rate per connection (20m = 20 MiB/s)")
+    ap.add_argument("--rate-mb", type=float, default=20.0, help="per-connection limit, MB/s (10^6 bytes)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--piece-selector", default="inorder", help="aria2 --stream-piece-selector")
     args = ap.parse_args()
@@ -145,7 +110,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cachetap-bench-"))
     (work / "www").mkdir()
     write_object(work / "www" / "object.iso", size)
-    nginx, port = start_nginx(work, args.rate)
+    origin, port = start_origin(work / "www", int(args.rate_mb * 1e6))
     url = f"http://127.0.0.1:{port}/object.iso"
     blobs = BlobStore(work / "cache")
     out_dir = work / "out"
@@ -183,11 +148,11 @@ def main() -> None:
                 print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
     finally:
         queued.close()
-        nginx.send_signal(signal.SIGQUIT)
-        nginx.wait(timeout=10)
+        origin.send_signal(signal.SIGTERM)
+        origin.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{args.size_mib} MiB from nginx limit_rate {args.rate} per connection, "
+    print(f"\n{args.size_mib} MiB from an origin paced to {args.rate_mb:g} MB/s per connection, "
           f"aria2 -s{options.split} -x{options.max_connection_per_server} -k{options.min_split_size >> 20}M, "
           f"{args.runs} runs, {os.cpu_count()} CPUs")
     print(f"{'method':<22}{'best s':>9}{'median s':>10}{'MB/s (median)':>15}")
