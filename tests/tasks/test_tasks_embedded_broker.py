@@ -49,3 +49,51 @@ def test_concurrent_producers_and_a_polling_consumer_lose_nothing(tmp_path):
         p.join(timeout=60)
     assert errors == []
     assert seen == set(range(2 * COUNT))
+
+
+WAKE = Queue("wake", Exchange("wake", type="direct"), routing_key="wake")
+
+
+def _deliver_one(app, send):
+    """Consume from WAKE while `send()` runs in a thread; return the bodies that arrived within 10 s."""
+    import threading
+
+    got = []
+    with app.connection_for_read() as conn:
+        channel = conn.channel()
+        WAKE(channel).declare()
+        with Consumer(channel, queues=[WAKE], callbacks=[lambda body, m: (got.append(body), m.ack())],
+                      accept=["json"]):
+            timer = threading.Timer(0.5, send)
+            timer.start()
+            try:
+                conn.drain_events(timeout=10)
+            except TimeoutError:
+                pass
+            timer.join()
+    return got
+
+
+def _send(app):
+    def send():
+        with app.connection_for_write() as conn:
+            Producer(conn.channel()).publish({"n": 1}, exchange=WAKE.exchange, routing_key="wake",
+                                             declare=[WAKE], serializer="json")
+    return send
+
+
+def test_a_waiting_consumer_wakes_when_a_message_arrives_not_at_its_next_poll(tmp_path):
+    # A poll interval far beyond the wait: only the folder watch can deliver in time.
+    app = create_app(load_settings(cache_dir=tmp_path, broker_polling_interval=10))
+    assert _deliver_one(app, _send(app)) == [{"n": 1}]
+
+
+def test_without_inotify_the_consumer_still_polls(tmp_path, monkeypatch):
+    from cachetap.tasks import embedded_broker
+
+    def no_inotify(self, folder):
+        raise OSError("no inotify here")
+
+    monkeypatch.setattr(embedded_broker.FolderWatch, "__init__", no_inotify)
+    app = create_app(load_settings(cache_dir=tmp_path, broker_polling_interval=0.05))
+    assert _deliver_one(app, _send(app)) == [{"n": 1}]

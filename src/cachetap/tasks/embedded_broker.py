@@ -11,11 +11,21 @@ kombu also keeps exchange bindings in one process-wide state and skips writing a
 folder's exchange table when that state has seen it before, even for another broker folder; a second
 broker folder in the same process (tests, a capture node re-pointed) then silently receives no
 fanout messages. The state is kept per control folder here.
+
+kombu's consumer finds new messages by listing the folder every `polling_interval`, so a task
+waits half an interval on average before it starts. Here a consumer with nothing to do waits on an
+inotify watch of the queue folder instead, and wakes as soon as a message is renamed into it; the
+interval stays as the upper bound of a wait (a missed event, a folder on a filesystem without
+inotify, a platform without it).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import select
+import socket
 import uuid
 from time import monotonic
 
@@ -44,6 +54,46 @@ class Channel(filesystem.Channel):
             raise filesystem.ChannelError(f"Cannot add message {name!r} to {self.data_folder_out}") from exc
 
 
+class FolderWatch:
+    """Waits until a file is created in or moved into a folder (Linux inotify, through libc)."""
+
+    IN_CREATE, IN_MOVED_TO = 0x100, 0x80
+    IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+    _libc = None
+
+    def __init__(self, folder: str) -> None:
+        libc = self._load_libc()
+        self.fd = libc.inotify_init1(self.IN_NONBLOCK | self.IN_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        if libc.inotify_add_watch(self.fd, os.fsencode(folder), self.IN_CREATE | self.IN_MOVED_TO) < 0:
+            err = ctypes.get_errno()
+            os.close(self.fd)
+            raise OSError(err, f"inotify_add_watch {folder}")
+
+    @classmethod
+    def _load_libc(cls):
+        if cls._libc is None:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            if not hasattr(libc, "inotify_init1"):
+                raise OSError("no inotify in this C library")
+            cls._libc = libc
+        return cls._libc
+
+    def wait(self, timeout: float) -> None:
+        """Return when something arrived since the last wait (at once if it already did) or after timeout."""
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+        if ready:
+            try:
+                while os.read(self.fd, 65536):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class Transport(filesystem.Transport):
     Channel = Channel
     _states: dict[str, virtual.BrokerState] = {}
@@ -52,3 +102,37 @@ class Transport(filesystem.Transport):
         super().__init__(client, **kwargs)
         folder = os.path.abspath(client.transport_options.get("control_folder", "control"))
         self.state = self._states.setdefault(folder, virtual.BrokerState())
+        self._queue_folder = client.transport_options.get("data_folder_in", "data_in")
+        self._watch: FolderWatch | None = None
+        self._watch_failed = False
+
+    def _folder_watch(self) -> FolderWatch | None:
+        if self._watch is None and not self._watch_failed:
+            try:
+                self._watch = FolderWatch(self._queue_folder)
+            except OSError:
+                self._watch_failed = True  # polling alone, as kombu does
+        return self._watch
+
+    def drain_events(self, connection, timeout=None):
+        """kombu's loop, with the sleep between empty polls replaced by a wait on the folder."""
+        watch = self._folder_watch()
+        if watch is None:
+            return super().drain_events(connection, timeout)
+        started = monotonic()
+        while True:
+            try:
+                self.cycle.get(self._deliver, timeout=timeout)
+                return
+            except virtual.Empty:
+                elapsed = monotonic() - started
+                if timeout is not None and elapsed >= timeout:
+                    raise socket.timeout()
+                wait = self.polling_interval or 1.0
+                watch.wait(wait if timeout is None else min(wait, timeout - elapsed))
+
+    def close_connection(self, connection):
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        super().close_connection(connection)
