@@ -8,6 +8,7 @@ set up by run_server) and /metrics sums all workers, whichever worker answers th
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -33,6 +34,15 @@ class ServeMetrics:
                                  ["reason"], registry=self.registry)
         self.bad_requests = Counter("cachetap_serve_bad_requests", "Malformed requests, by reason.",
                                     ["reason"], registry=self.registry)
+
+        self._by_status: dict[int, Any] = {}
+
+    def answered(self, status: int) -> None:
+        """Count one response; the labelled child is looked up once per status (hot path)."""
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self.requests.labels(str(status))
+        child.inc()
 
     def exposition(self) -> bytes:
         directory = os.environ.get(MULTIPROC_ENV)

@@ -160,7 +160,7 @@ class CacheServer:
         """Answer a malformed request and close, reading what the client still sends first:
         closing with unread data makes the kernel send RST, which can destroy our answer."""
         self.metrics.bad_requests.labels(bad.reason).inc()
-        self.metrics.requests.labels(str(bad.status)).inc()
+        self.metrics.answered(bad.status)
         writer.write(resp.simple(bad.status, f"bad request: {bad.reason}\n".encode(), keep_alive=False))
         try:
             await writer.drain()
@@ -240,37 +240,42 @@ class CacheServer:
             writer.write(resp.head(status, fields, keep_alive))
             await self._sendfile(writer, file, offset, length)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-        self.metrics.requests.labels(str(status)).inc()
+        self.metrics.answered(status)
         return keep_alive
 
     async def _sendfile(self, writer: asyncio.StreamWriter, file: Any, offset: int, length: int) -> None:
         """os.sendfile straight from the file to the socket until done.
 
         Our own loop instead of loop.sendfile(): that one re-registers the socket with epoll and
-        returns to the event loop after every partial send (measured ~0.7x nginx); here the socket
-        stays registered for the whole body and we only yield when the kernel buffer is full.
+        returns to the event loop after every partial send (measured ~0.7x nginx). Here the body goes
+        out without the event loop while the socket buffer takes it (a loopback or LAN client often
+        takes a 4 MiB range in one call); only when the buffer is full is a duplicate of the socket
+        watched, once for the rest of the body.
         """
         transport = writer.transport
         if transport.get_write_buffer_size():
             transport.set_write_buffer_limits(high=0)  # the head must be out before the body
             await writer.drain()
-        loop = asyncio.get_running_loop()
-        # The transport owns its fd in the event loop; a duplicate of it may be watched for us.
-        sock_fd = os.dup(transport.get_extra_info("socket").fileno())
         file_fd = file.fileno()
+        sock_fd = transport.get_extra_info("socket").fileno()
+        start, end = offset, offset + length
+        watched: int | None = None  # our duplicate of the socket, once the buffer ran full
+        loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] | None = None
 
         def writable() -> None:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-        end = offset + length
-        loop.add_writer(sock_fd, writable)
         try:
             while offset < end:
                 try:
                     sent = os.sendfile(sock_fd, file_fd, offset, end - offset)
                 except BlockingIOError:
+                    if watched is None:
+                        # The transport owns its fd in the event loop; a duplicate may be watched for us.
+                        watched = os.dup(sock_fd)
+                        loop.add_writer(watched, writable)
                     waiter = loop.create_future()
                     async with asyncio.timeout(self.send_timeout):
                         await waiter
@@ -278,13 +283,14 @@ class CacheServer:
                 if sent == 0:
                     raise ConnectionError("file ended early: truncated behind our back")
                 offset += sent
-                self.metrics.bytes_sent.inc(sent)
         except BaseException:
             transport.abort()  # a half-sent body cannot be repaired on this connection
             raise
         finally:
-            loop.remove_writer(sock_fd)
-            os.close(sock_fd)
+            self.metrics.bytes_sent.inc(offset - start)
+            if watched is not None:
+                loop.remove_writer(watched)
+                os.close(watched)
 
     async def _fall_back(self, writer: asyncio.StreamWriter, key: str, url: str | None, reason: str,
                          keep_alive: bool, is_head: bool) -> bool:
@@ -300,7 +306,7 @@ class CacheServer:
     async def _send(self, writer: asyncio.StreamWriter, data: bytes, status: int, keep_alive: bool) -> bool:
         writer.write(data)
         await writer.drain()
-        self.metrics.requests.labels(str(status)).inc()
+        self.metrics.answered(status)
         return keep_alive
 
 
