@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
 
 import pytest
 
 from conftest import Served, exchange, parse_responses
+from cachetap.web.connection import Connection
 from cachetap.web.lookup import DirectoryLookup
 from cachetap.web.server import CacheServer
 
@@ -146,3 +149,56 @@ def test_stop_lets_a_running_download_finish_and_closes_idle_connections(served:
     stopper.join()
     assert received == 64 << 20
     idle.close(), busy.close()
+
+
+def test_a_body_waits_for_the_answers_queued_before_it(served: Served):
+    """Small answers that the socket could not take wait in the server's write buffer; the body of
+    the next request must go out after them, never between them (sendfile bypasses that buffer)."""
+    server = served.server
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.settimeout(30)
+    client.connect(listener.getsockname())
+    accepted, _ = listener.accept()
+    listener.close()
+    accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # loopback's own buffers hold megabytes
+    accepted.setblocking(False)
+    attach = server._loop.connect_accepted_socket(lambda: Connection(server), accepted)
+    asyncio.run_coroutine_threadsafe(attach, server._loop).result(10)
+    path = served.path()
+    with client:
+        client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 200
+                       + f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode() * 2
+                       + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.5)  # every buffer fills: the socket's, then the transport's
+        chunks = []
+        while chunk := client.recv(1 << 16):
+            chunks.append(chunk)
+    responses = parse_responses(b"".join(chunks))
+    assert [r.status for r in responses] == [200] * 203
+    assert all(r.body.startswith(b"# HELP") for r in responses[:200])
+    assert responses[200].body == served.data and responses[201].body == served.data
+    assert responses[202].body == b"ok"
+
+
+def test_a_client_that_stops_reading_is_dropped_after_send_timeout(served: Served):
+    size = 64 << 20  # far more than the socket buffers on both ends hold
+    with open(served.root / "sparse.bin", "wb") as fh:
+        fh.truncate(size)
+    lookup = DirectoryLookup(served.root)
+    with CacheServer(lookup, send_timeout=1.0) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)
+            sock.sendall(f"GET {served.path('sparse.bin')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            time.sleep(3.0)  # take nothing for three times the send timeout
+            received = 0
+            try:
+                while chunk := sock.recv(1 << 16):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+        assert received < size  # cut off, not finished
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as other:
+            other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert other.recv(100).startswith(b"HTTP/1.1 200")  # and the server serves on

@@ -8,6 +8,8 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
+
 from conftest import UTF8_NAME, Served, sha256
 
 
@@ -187,3 +189,13 @@ def test_many_urls_over_one_keep_alive_connection(served: Served, tmp_path: Path
     done = curl("-w", "%{num_connects}\n", *args)
     assert done.stdout.decode().split() == ["1"] + ["0"] * 19  # one connection reused
     assert all(out.read_bytes() == served.data for out in outputs)
+
+
+def test_a_file_rewritten_with_another_size_is_served_as_it_is_now(served: Served):
+    """The lookup keeps what it found for a second; the server notices the file changed and asks again."""
+    first = httpx.get(served.url())
+    assert first.status_code == 200 and first.content == served.data
+    (served.root / "big.iso").write_bytes(b"new content")
+    second = httpx.get(served.url())
+    assert second.status_code == 200 and second.content == b"new content"
+    assert second.headers["etag"] != first.headers["etag"]
