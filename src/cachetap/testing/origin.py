@@ -228,7 +228,6 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
 
-
     def _pace(self, rate: int | None) -> None:
         with contextlib.suppress(OSError):  # not TCP, or a kernel without pacing: user-space limit only
             value = min(rate, UNLIMITED_PACING - 1) if rate else UNLIMITED_PACING

@@ -235,10 +235,6 @@ class Connection(asyncio.Protocol):
 
     # ---- ending ----------------------------------------------------------------------------------
 
-    def idle(self) -> bool:
-        """Waiting for a request that has not begun: safe to close when the server stops."""
-        return self.state == READING and not self.buffer
-
     def close(self) -> None:
         """Close after what is queued has been sent."""
         if self.state != CLOSED:

@@ -196,7 +196,7 @@ class CatalogLookup:
         if cached is not None and cached[0] > now:
             return cached[1], cached[2]
         entry = self.catalog.get(key)
-        obj = self._served(entry)
+        obj = self._served(key, entry)
         self._cache[key] = (now + self.ttl, entry, obj)
         self._cache.move_to_end(key)
         while len(self._cache) > self.max_cached:
@@ -214,7 +214,7 @@ class CatalogLookup:
             return None
         return obj
 
-    def _served(self, entry: Any) -> ServedObject | None:
+    def _served(self, key: str, entry: Any) -> ServedObject | None:
         """The object a ready entry serves, or None; built once per cached row (stat included)."""
         if entry is None or entry.state != "ready" or not entry.blob:
             return None
@@ -224,7 +224,8 @@ class CatalogLookup:
         except OSError:
             return None
         if entry.size is not None and st.st_size != entry.size:
-            log.warning("blob %s has %d bytes, catalog says %d: not served", entry.blob, st.st_size, entry.size)
+            log.warning("blob %s of %s has %d bytes, catalog says %d: not served",
+                        entry.blob, key, st.st_size, entry.size)
             return None
         etag = entry.etag if valid_etag(entry.etag) else f'"{entry.blob[:32]}"'
         return ServedObject(path, st.st_size, entry.filename or "download",

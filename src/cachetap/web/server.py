@@ -84,7 +84,10 @@ class CacheServer:
             while any(c.state == SENDING for c in self._connections) and self._loop.time() < deadline:
                 await asyncio.sleep(0.05)
             for connection in list(self._connections):
-                connection.abort() if connection.state == SENDING else connection.close()
+                if connection.state == SENDING:
+                    connection.abort()  # grace is over
+                else:
+                    connection.close()
             self._sweeper.cancel()
             await server.wait_closed()
 
