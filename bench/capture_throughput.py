@@ -12,7 +12,7 @@ Two consumers sniff `r-c` in the same run, side by side:
             byte-sliced decode, head parser, rules, cache key), at SCHED_FIFO like `cachetap capture`
             (capture_realtime, on by default; --no-realtime to compare).
   scapy:    plain `AsyncSniffer` with full dissection of every packet and no BPF, counting GETs in the
-            callback (the seed's way), at normal priority.
+            callback (the straightforward scapy way), at normal priority.
 Each rate (tcpreplay --mbps; 0 = --topspeed) gets fresh consumers; a rate's GETs count as missed when a
 consumer reports fewer than were sent. The highest achieved rate with zero missed GETs is reported for
 each. `--alone` also runs each consumer without the other (2 cores: they compete with tcpreplay too).
@@ -127,7 +127,7 @@ def consumer_scapy(interface: str) -> None:
 
     counts = {"gets": 0, "frames": 0}
 
-    def on_packet(pkt) -> None:  # the seed's way: every packet dissected, the test in Python
+    def on_packet(pkt) -> None:  # the straightforward way: every packet dissected, the test in Python
         counts["frames"] += 1
         if TCP in pkt and pkt[TCP].dport == 80 and Raw in pkt and pkt[Raw].load.startswith(b"GET "):
             counts["gets"] += 1

@@ -37,8 +37,8 @@ from cachetap.core.types import Sighting
 from cachetap.fetch.probe import probe
 from cachetap.settings import load_settings
 from cachetap.store.evict import evict
-from cachetap.tasks.analyze import download_job
-from cachetap.tasks.app import DOWNLOAD_FETCH, create_app
+from cachetap.tasks.app import create_app
+from cachetap.wire import DOWNLOAD_FETCH, DownloadJob
 from cachetap.testing.origin import generated_chunks
 from cachetap.testing.workers import CeleryWorker
 
@@ -79,7 +79,7 @@ class QueuedFetch:
         self.catalog.set_probe(key, result, state="queued", token=token)
         self.catalog.mark(key, "queued", token=token, claimed_at=time.time())
         sent_at = time.time()
-        self.app.send_task(DOWNLOAD_FETCH, args=[download_job(key, url, result, token)], queue="download")
+        self.app.send_task(DOWNLOAD_FETCH, args=[DownloadJob.from_probe(key, url, result, token).to_message()], queue="download")
         deadline = time.monotonic() + 600
         while (entry := self.catalog.get(key)).state != "ready":
             if entry.state == "failed" or time.monotonic() > deadline:

@@ -4,8 +4,8 @@
 
 In a namespace topology (client <-> router <-> origin, testing/netns.py) a client makes real TCP
 connections one after the other; a sniff loop on the router's client-side interface answers every GET
-with a 302, once with our `Injector` (raw AF_PACKET, hand-built frames) and once the seed's way
-(`scapy.send()` per packet). Latency is from the kernel's capture timestamp of the GET to right after
+with a 302, once with our `Injector` (raw AF_PACKET, hand-built frames) and once the straightforward
+scapy way (`scapy.send()` per packet). Latency is from the kernel's capture timestamp of the GET to right after
 the 302's send call returned. The race win rate is the share of requests whose client reads the 302
 before the origin's own answer, for an origin that answers after 1, 2, 5 and 10 ms.
 The "capture" row is the production path as `cachetap capture` runs it in redirect mode: LiveSource
@@ -38,7 +38,7 @@ RACE_DELAYS_MS = (1, 2, 5, 10)
 LATENCY_DELAY_MS = 200  # the origin answers late, so the client always waits for the redirect
 MAX_COUNT = 20_000      # requests per phase at most (the capture mode indexes the keys of all of them)
 LABELS = {"raw": "Injector (raw AF_PACKET)", "raw-fifo": "Injector, sniffer at SCHED_FIFO",
-          "capture": "cachetap capture path (FIFO)", "scapy": "seed: scapy send() per packet"}
+          "capture": "cachetap capture path (FIFO)", "scapy": "scapy send() per packet"}
 MODES = tuple(LABELS)
 
 
@@ -107,7 +107,7 @@ def role_router(mode: str, capture_if: str, origin_if: str, origin_mac: str, loc
         from scapy.all import IP, TCP, IPv6, send
 
         def answer(seg: Segment, frame: bytes, location: str) -> float:
-            # The seed's way: scapy builds each packet and send() opens a socket and routes per call.
+            # The straightforward way: scapy builds each packet and send() opens a socket and routes per call.
             l3 = IPv6 if ":" in seg.src else IP
             payload = redirect_payload(location)
             end = seg.seq + len(seg.payload)
@@ -138,14 +138,17 @@ def role_router(mode: str, capture_if: str, origin_if: str, origin_mac: str, loc
 
 def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base: str, out: str,
                  stop: threading.Event) -> None:
-    """The production fast path, composed as capture/live.py's FastPath does (minus the broker)."""
+    """The production fast path, composed as capture/live.py's FastPath does, and acted on by its `act`
+    (302 first, then the sighting to a real BatchSender whose batches go nowhere instead of a broker)."""
     import tempfile
 
     from cachetap.capture.bpf import request_filter
     from cachetap.capture.health import HealthGate
     from cachetap.capture.hotindex import HotIndex
     from cachetap.capture.inject import Injector
-    from cachetap.capture.live import _addresses_of, _raise_priority
+    from cachetap.capture.batcher import BatchSender
+    from cachetap.capture.live import _addresses_of, _raise_priority, act
+    from cachetap.wire import encode_sighting
     from cachetap.capture.pipeline import Pipeline
     from cachetap.capture.redirector import RedirectScope, Redirector
     from cachetap.capture.sniffer import LiveSource, interface_linktype
@@ -167,7 +170,13 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
             time.sleep(0.05)
         redirector = Redirector(HotIndex(keys), health, location_base, RedirectScope(), _addresses_of(location_base))
         injector = Injector(capture_if, origin_interface=origin_if, origin_mac=origin_mac)
-        pipeline = Pipeline(settings, redirector=redirector, injector=injector)
+        pipeline = Pipeline(settings, redirector=redirector)
+        sender = BatchSender(lambda batch: None, size=settings.batch_size, interval=settings.batch_interval,
+                             buffer=settings.batch_buffer)
+
+        def queue(sighting) -> None:
+            sender.add(encode_sighting(sighting))
+
         source = LiveSource(capture_if, request_filter([80], interface_linktype(capture_if)))
         signal.signal(signal.SIGTERM, lambda *_: (stop.set(), source.stop()))
         _raise_priority()
@@ -176,12 +185,15 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
             print("ready", flush=True)
             for ts, linktype, frame in source:
                 received = time.time()
-                for obs in pipeline.feed(ts, linktype, frame):
+                observations = pipeline.feed(ts, linktype, frame)
+                act(observations, frame, pipeline, injector, queue)
+                for obs in observations:
                     if obs.decision.kind == "redirect":
                         sent_at = injector.last_sent_at
                         records.append((obs.head.target, sent_at - ts, sent_at - received))
         health.stop()
         injector.close()
+        sender.close()
         Path(out).write_text(json.dumps(records))
         print(json.dumps({"summary": pipeline.summary()}), file=sys.stderr)
     finally:

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cachetap.testing.waiting import free_port
 from cachetap.web.lookup import directory_key
 
 BIG = 256 << 20
@@ -56,12 +57,6 @@ http {
   server { listen 127.0.0.1:%(port)d; root %(root)s; }
 }
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_port(port: int) -> None:

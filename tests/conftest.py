@@ -16,7 +16,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cachetap.tasks.app import QUEUE_NAMES
+from cachetap.wire import QUEUE_NAMES
 from cachetap.testing import services
 
 CATALOG_BACKENDS = [
@@ -84,13 +84,11 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path, server_databases) -> s
 @pytest.fixture
 def catalog(catalog_url):
     """A `Catalog` on a freshly migrated `catalog_url` database."""
-    from cachetap.store.catalog import Catalog
-    from cachetap.store.db import make_engine, upgrade
+    from cachetap.store.catalog import open_catalog
 
-    engine = make_engine(catalog_url)
-    upgrade(engine)
-    yield Catalog(engine)
-    engine.dispose()
+    catalog = open_catalog(catalog_url)
+    yield catalog
+    catalog.engine.dispose()
 
 
 # ---- brokers: the embedded one, an isolated Redis database, a RabbitMQ vhost of our own ----------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,13 @@ import httpx
 from cachetap.settings import load_settings
 from cachetap.testing.origin import Origin, Resource, generated_chunks
 from cachetap.testing.pcaps import http_get_packets, write_capture
+from cachetap.testing.waiting import free_port
 from cachetap.testing.workers import CeleryWorker, settings_env
-from cachetap.web.urls import object_path
+from cachetap.core.urls import object_path
 
 MiB = 1 << 20
 SIZE = 3 * MiB + 999
 WAIT = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli_env(settings) -> dict[str, str]:

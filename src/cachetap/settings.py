@@ -81,7 +81,7 @@ class Settings(BaseSettings):
 
     # --- keys and admission --------------------------------------------------------------------
     strip_query_params: dict[str, list[str]] = Field({}, description="Host glob -> query parameters dropped from the cache key (signed-URL tokens), like Squid's Store-ID.")
-    admission_threshold: int = Field(1, ge=0, description="Cache an object once it was requested more than this many times within admission_window (the seed's cache_threshold); 0 fetches on first sight.")
+    admission_threshold: int = Field(1, ge=0, description="Cache an object once it was requested more than this many times within admission_window; 0 fetches on first sight.")
     admission_window: int = Field(86_400, gt=0, description="Seconds over which requests are counted for admission.")
     probe_timeout: float = Field(10.0, gt=0, le=300, description="Seconds for the HEAD probe of a candidate object.")
     claim_timeout: int = Field(600, gt=0, description="Seconds after which a probe or download claim whose worker vanished may be taken again.")
@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     max_ttl: int = Field(90 * 86_400, ge=0, description="Seconds a stored object stays fresh at most, whatever the origin says; then it is revalidated.")
     revalidate_interval: int = Field(600, ge=10, description="Seconds between revalidation runs (conditional HEAD of entries past their freshness).")
     revalidate_batch: int = Field(200, ge=1, le=100_000, description="Entries revalidated per run at most (the oldest expiries first).")
-    cleanup_min_hits: int = Field(3, ge=0, description="Cleanup removes entries with fewer than this many hits that were idle for cleanup_idle seconds (the seed's rule); 0 disables it.")
+    cleanup_min_hits: int = Field(3, ge=0, description="Cleanup removes entries with fewer than this many hits that were idle for cleanup_idle seconds; 0 disables it.")
     cleanup_idle: int = Field(7 * 86_400, gt=0, description="Seconds without a request after which a rarely requested entry is cleaned up.")
     disk_quota: int = Field(0, ge=0, description="Bytes the stored objects may use at most (sum of ready entries); least recently requested go first. 0: no quota.")
     min_free_bytes: int = Field(1 << 30, ge=0, description="Bytes to keep free on the cache_dir filesystem; the quota pass evicts until they are.")

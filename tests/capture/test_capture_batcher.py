@@ -5,24 +5,21 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
-import time
 
 import pytest
 
 from cachetap.capture.batcher import BatchSender, make_analyze_sender
 from cachetap.settings import load_settings
-from cachetap.tasks.app import ANALYZE_BATCH, create_app
+from cachetap.tasks.app import create_app
+from cachetap.testing.waiting import wait_for
 from cachetap.testing.workers import take_tasks
+from cachetap.wire import ANALYZE_BATCH
 
 WAIT = 60.0
 
 
-def wait_until(predicate, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
+def wait_until(predicate) -> None:
+    wait_for(predicate, timeout=WAIT, step=0.01)
 
 
 class Collect:

@@ -11,6 +11,7 @@ from cachetap.core.types import Sighting
 from cachetap.settings import load_settings
 from cachetap.tasks.app import create_app
 from cachetap.tasks.index_events import publish_index_event
+from cachetap.testing.waiting import WaitTimeout, wait_for
 
 
 def key_for(name):
@@ -26,13 +27,12 @@ def make_ready(catalog, name, expires_at):
     return key
 
 
-def wait_until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+def wait_until(predicate, timeout=20.0) -> bool:
+    """Whether `predicate` came true within `timeout` (False instead of raising: callers retry)."""
+    try:
+        return bool(wait_for(predicate, timeout=timeout))
+    except WaitTimeout:
+        return False
 
 
 @pytest.fixture

@@ -4,28 +4,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import psutil
 import pytest
 
-
-def wait_for(predicate, timeout=120.0, step=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from cachetap.testing.waiting import free_port, wait_for
 
 
 def test_run_starts_everything_and_stops_cleanly_on_sigterm(tmp_path):
@@ -41,10 +25,11 @@ def test_run_starts_everything_and_stops_cleanly_on_sigterm(tmp_path):
                 return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
             except httpx.HTTPError:
                 return False
-        assert wait_for(healthy), "cache server never answered"
+        wait_for(healthy, "the cache server to answer", timeout=120, step=0.5)
         parent = psutil.Process(proc.pid)
         cmdlines = lambda: [" ".join(p.cmdline()) for p in parent.children(recursive=True)]  # noqa: E731
-        assert wait_for(lambda: sum("worker" in c for c in cmdlines()) >= 3 and any(" beat" in c for c in cmdlines()))
+        wait_for(lambda: sum("worker" in c for c in cmdlines()) >= 3 and any(" beat" in c for c in cmdlines()),
+                 "three workers and beat", timeout=120, step=0.5)
         children = parent.children(recursive=True)
         assert (tmp_path / "cache" / "catalog.sqlite").exists()
         proc.send_signal(signal.SIGTERM)

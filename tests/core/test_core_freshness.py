@@ -6,7 +6,9 @@ from email.utils import formatdate
 
 import pytest
 
-from cachetap.core.freshness import (expires_at, http_date, parse_cache_control, revalidation_headers,
+from cachetap.core.semantics import format_http_date, parse_http_date
+
+from cachetap.core.freshness import (expires_at, parse_cache_control, revalidation_headers,
                                      revalidation_outcome)
 
 NOW = 1_700_000_000.0
@@ -133,10 +135,11 @@ def test_quoted_arguments_keep_their_commas():
 
 
 def test_http_date_forms():
-    assert http_date("Sun, 06 Nov 1994 08:49:37 GMT") == 784111777
-    assert http_date("Sunday, 06-Nov-94 08:49:37 GMT") == 784111777
-    assert http_date("Sun Nov  6 08:49:37 1994") is None  # asctime has no zone: not trusted
-    assert http_date(None) is None and http_date("  ") is None
+    assert parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT") == 784111777
+    assert parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT") == 784111777
+    assert parse_http_date("Sun Nov  6 08:49:37 1994") is None  # asctime has no zone: not trusted
+    assert parse_http_date(None) is None and parse_http_date("  ") is None
+    assert parse_http_date(format_http_date(784111777)) == 784111777
 
 
 # ---- revalidation --------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 import os
 import signal
 import threading
-import time
 
 import aria2p
 import pytest
@@ -13,18 +12,10 @@ from cachetap.fetch.download import download
 from cachetap.settings import Settings
 from cachetap.store.blobs import BlobStore, file_digest
 from cachetap.testing.origin import Origin, Resource
+from cachetap.testing.waiting import wait_for
 
 MIB = 1 << 20
 OPTIONS = Aria2Options(split=4, max_connection_per_server=4, max_tries=3, retry_wait=0, timeout=10)
-
-
-def _wait_for(predicate, what, limit=60.0):
-    # A generous limit only guards against hanging forever; nothing here measures time.
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_start_answers_rpc_with_secret_and_stops(tmp_path):
@@ -47,7 +38,7 @@ def test_ensure_running_restarts_after_sigkill(tmp_path):
         assert daemon.ensure_running() is False
         first = daemon.pid
         os.kill(first, signal.SIGKILL)
-        _wait_for(lambda: not daemon.running(), "aria2c to die")
+        wait_for(lambda: not daemon.running(), "aria2c to die")
         assert daemon.ensure_running() is True
         assert daemon.pid != first and daemon.restarts == 1
         daemon.client.get_version()
@@ -90,7 +81,7 @@ def test_sigkill_mid_download_resumes_and_completes(tmp_path, slow_origin):
                 result["error"] = exc
         worker = threading.Thread(target=run)
         worker.start()
-        _wait_for(lambda: control.exists() and slow_origin.stats("/resume.iso").body_bytes > 3 * MIB,
+        wait_for(lambda: control.exists() and slow_origin.stats("/resume.iso").body_bytes > 3 * MIB,
                   "a control file and 3 MiB on the wire")
         os.kill(daemon.pid, signal.SIGKILL)
         worker.join(timeout=120)
@@ -117,10 +108,10 @@ def test_new_daemon_picks_up_a_dead_workers_download_from_its_session(tmp_path, 
     first = Aria2Daemon(work, OPTIONS).start()
     with pytest.raises(WorkerKilled):
         download(_job(slow_origin), first, blobs, OPTIONS, on_progress=die_after_3mib)
-    _wait_for(lambda: "0" * 32 + ".part" in first.session_file.read_text() if first.session_file.exists() else False,
+    wait_for(lambda: "0" * 32 + ".part" in first.session_file.read_text() if first.session_file.exists() else False,
               "the session file to name the download")
     os.kill(first.pid, signal.SIGKILL)
-    _wait_for(lambda: not first.running(), "the first aria2c to die")
+    wait_for(lambda: not first.running(), "the first aria2c to die")
     first.stop()
     with Aria2Daemon(work, OPTIONS) as second:
         restored = second.client.tell_active(["gid"]) + second.client.tell_waiting(0, 10, ["gid"])

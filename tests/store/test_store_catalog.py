@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from cachetap.core.keys import url_filename
 from cachetap.core.types import Sighting
 from cachetap.store.catalog import Catalog, EntryView
-from cachetap.store.models import EntryState, Hit
+from cachetap.core.lifecycle import EntryState
+from cachetap.store.models import Hit
 
 T0 = 1_700_000_000.0
 DAY = 86_400.0

@@ -12,9 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cachetap.tasks.app import ANALYZE_BATCH, DOWNLOAD_FETCH, create_app
+from cachetap.tasks.app import create_app
 from cachetap.testing.origin import Origin, Resource
 from cachetap.testing.workers import CeleryWorker, take_tasks
+from cachetap.wire import ANALYZE_BATCH, DOWNLOAD_FETCH
 
 MiB = 1 << 20
 WAIT = 180

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cachetap.tasks.app import QUEUE_NAMES, ROUTES, create_app, retry_countdown
+from cachetap.tasks.app import create_app, retry_countdown
+
+from cachetap.wire import QUEUE_NAMES, ROUTES
 from cachetap.testing.workers import CELERY, CeleryWorker, WorkerFailed, settings_env
 
 

@@ -12,15 +12,16 @@ from celery.exceptions import CeleryError
 
 from cachetap.fetch.probe import probe
 from cachetap.store.blobs import BlobStore, file_digest
-from cachetap.tasks.analyze import download_job
-from cachetap.tasks.app import ANALYZE_BATCH, CAPTURE_REPLAY, DOWNLOAD_FETCH, SCHEDULE_RECLAIM, create_app
+from cachetap.tasks.app import create_app
 from cachetap.tasks.capture import PathRefused, checked_capture_path
 from cachetap.testing.origin import Resource, generated_chunks
 from cachetap.testing.pcaps import http_get_packets, write_capture
+from cachetap.testing import waiting
 from cachetap.testing.workers import CeleryWorker, take_tasks
 from cachetap.web.lookup import CatalogLookup
 from cachetap.web.server import CacheServer
-from cachetap.web.urls import object_path
+from cachetap.core.urls import object_path
+from cachetap.wire import ANALYZE_BATCH, CAPTURE_REPLAY, DOWNLOAD_FETCH, SCHEDULE_RECLAIM, DownloadJob
 
 MiB = 1 << 20
 WAIT = 240
@@ -43,21 +44,15 @@ def admit(app, url: str, make_sighting) -> dict:
     result = probe(sighting["url"], app.resolver, 30)
     assert catalog.set_probe(sighting["key"], result, state="queued", token=token)
     catalog.mark(sighting["key"], "queued", token=token, claimed_at=time.time())
-    return download_job(sighting["key"], sighting["url"], result, token)
+    return DownloadJob.from_probe(sighting["key"], sighting["url"], result, token).to_message()
 
 
 def send(app, job):
     return app.send_task(DOWNLOAD_FETCH, args=[job], queue="download")
 
 
-def wait_for(predicate, what: str, worker=None, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n" + (worker.log_text()[-4000:] if worker else ""))
+def wait_for(predicate, what: str, worker=None):
+    return waiting.wait_for(predicate, what, WAIT, 0.1, (lambda: worker.log_text()[-4000:]) if worker else None)
 
 
 def curl_bytes(*args: str) -> bytes:

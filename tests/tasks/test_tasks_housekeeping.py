@@ -17,12 +17,12 @@ from cachetap.fetch.resolver import Resolver
 from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog
 from cachetap.store.db import make_engine, upgrade
-from cachetap.tasks.app import (ROUTES, SCHEDULE_CLEANUP, SCHEDULE_QUOTA, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE,
-                                beat_schedule, create_app)
+from cachetap.tasks.app import beat_schedule, create_app
 from cachetap.tasks.housekeeping import run_all, run_cleanup, run_quota, run_revalidate
 from cachetap.testing.origin import BASE_MTIME, Resource
 from cachetap.testing.workers import CeleryWorker
 from cachetap.web.lookup import CatalogLookup
+from cachetap.wire import ROUTES, SCHEDULE_CLEANUP, SCHEDULE_QUOTA, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE
 
 DAY = 86_400.0
 KiB = 1 << 10

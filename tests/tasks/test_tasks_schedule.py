@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import time
 
-from cachetap.tasks.app import (ANALYZE_BATCH, DOWNLOAD_FETCH, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS,
-                                SCHEDULE_RECLAIM, create_app)
+from cachetap.tasks.app import create_app
 from cachetap.testing.origin import Resource
 from cachetap.testing.workers import CeleryWorker, take_tasks
+from cachetap.wire import ANALYZE_BATCH, DOWNLOAD_FETCH, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS, SCHEDULE_RECLAIM
 
 MiB = 1 << 20
 WAIT = 180

@@ -16,7 +16,7 @@ from cachetap.store.catalog import Catalog
 from cachetap.store.db import make_engine, upgrade
 from cachetap.web.lookup import CatalogLookup
 from cachetap.web.server import CacheServer
-from cachetap.web.urls import object_path
+from cachetap.core.urls import object_path
 
 URL = "http://example.com/files/Ubuntu Café.iso"
 KEY = hashlib.sha256(URL.encode()).hexdigest()[:32]

@@ -7,7 +7,7 @@ import pytest
 from cachetap.core.keys import cache_key
 from cachetap.web.lookup import DirectoryLookup
 from cachetap.web.server import CacheServer
-from cachetap.web.urls import object_url, origin_hint
+from cachetap.core.urls import object_url, origin_hint
 
 ORIGIN = "http://files.test/pub/big%20file.iso?v=2"
 STRIP = {"*.cdn.test": ["token"]}

@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cachetap.web.request import BadRequest, object_key, parse_request_head
-from cachetap.web.semantics import (UNSATISFIABLE, ByteRange, content_disposition, none_match, not_modified,
+from cachetap.core.semantics import (UNSATISFIABLE, ByteRange, content_disposition, none_match, not_modified,
                                     parse_range, range_allowed, safe_content_type, safe_location)
-from cachetap.web.urls import object_path, public_base_url
+from cachetap.core.urls import object_key, object_path
+from cachetap.web.request import BadRequest, parse_request_head
+from cachetap.web.urls import public_base_url
 
 LM = 1_700_000_000.0
 LM_TEXT = "Tue, 14 Nov 2023 22:13:20 GMT"
@@ -151,3 +152,15 @@ def test_object_urls():
     assert public_base_url("", "::1", 80) == "http://[::1]"
     derived = public_base_url("", "0.0.0.0", 8642)
     assert derived.startswith("http://") and derived.endswith(":8642") and "0.0.0.0" not in derived
+
+
+def test_one_entity_tag_grammar_for_serving_and_revalidating():
+    from cachetap.core.semantics import valid_etag, weak_match
+
+    for tag in ('"abc"', 'W/"abc"', '""', '"a!#~"'):
+        assert valid_etag(tag) and valid_etag(tag, obs_text=False), tag
+    for tag in (None, "", "abc", '"a"b"', 'w/"abc"', '"a b"', '"abc', 'W/abc'):
+        assert not valid_etag(tag), tag
+    # obs-text is valid on the wire (revalidation compares it) but never sent in our own heads.
+    assert valid_etag('"caf\xe9"') and not valid_etag('"caf\xe9"', obs_text=False)
+    assert weak_match('W/"x"', ' "x" ') and not weak_match('"x"', '"y"')

@@ -18,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cachetap.settings import Settings
+from cachetap.wire import ANALYZE_BATCH, TaskSender, send
+
 log = logging.getLogger(__name__)
 
 Send = Callable[[list[dict]], None]
@@ -152,20 +155,16 @@ class BatchSender:
             return True
 
 
-def make_analyze_sender(app: Any) -> Send:
+def make_analyze_sender(app: TaskSender) -> Send:
     """The `send` callable that puts one batch on the analyze queue of a cachetap Celery app."""
-    from cachetap.tasks.app import ANALYZE_BATCH, ROUTES  # import late: capture need not load Celery
 
-    queue = ROUTES[ANALYZE_BATCH]["queue"]
+    def send_batch(batch: list[dict]) -> None:
+        send(app, ANALYZE_BATCH, batch)
 
-    def send(batch: list[dict]) -> None:
-        app.send_task(ANALYZE_BATCH, args=[batch], queue=queue)
-
-    return send
+    return send_batch
 
 
-def analyze_batch_sender(app: Any) -> BatchSender:
-    """A BatchSender to `app`'s analyze queue, sized by its settings (live capture, replay, replay task)."""
-    settings = app.settings
+def analyze_batch_sender(app: TaskSender, settings: Settings) -> BatchSender:
+    """A BatchSender to `app`'s analyze queue, sized by `settings` (live capture, replay, replay task)."""
     return BatchSender(make_analyze_sender(app), size=settings.batch_size, interval=settings.batch_interval,
                        buffer=settings.batch_buffer)

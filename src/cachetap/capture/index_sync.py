@@ -1,6 +1,6 @@
 """Keep the capture's HotIndex equal to the catalog's ready, fresh keys.
 
-Two paths: broadcast events (tasks/index_events.py) applied as they arrive, so a key becomes
+Two paths: broadcast events (`cachetap.wire` names them; tasks/index_events.py publishes them) applied as they arrive, so a key becomes
 redirectable, or stops being so, within a fraction of a second on every capture node; and a full
 reconcile with the catalog at start and every `reconcile_every` seconds, so that a missed event
 (broker restart, node down while it was sent) cannot leave the index wrong for long.
@@ -17,7 +17,7 @@ from typing import Any
 from kombu import Consumer, Queue
 
 from cachetap.capture.hotindex import BadKey, HotIndex
-from cachetap.tasks.index_events import INDEX_EXCHANGE, READY, REMOVED
+from cachetap.wire import INDEX_EXCHANGE, INDEX_READY, INDEX_ROUTING_KEY, decode_index_event
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class IndexSync:
         # One queue per capture node, stable across restarts: with the embedded broker a queue of a
         # dead process would otherwise collect every event for ever. Purged at start (a reconcile follows).
         self.queue = Queue(f"cachetap.index.{socket.gethostname()}.{node}", exchange=INDEX_EXCHANGE,
-                           routing_key="index", durable=False, auto_delete=True)
+                           routing_key=INDEX_ROUTING_KEY, durable=False, auto_delete=True)
         self.events = 0
         self.reconciles = 0
         self.ready = threading.Event()  # set after the first full load
@@ -52,14 +52,15 @@ class IndexSync:
 
     # --- events ---------------------------------------------------------------------------------
     def apply(self, body: dict) -> None:
-        op, keys = body.get("op"), body.get("keys")
-        if op not in (READY, REMOVED) or not isinstance(keys, list):
+        event = decode_index_event(body)
+        if event is None:
             log.warning("ignoring malformed index event %r", body)
             return
+        op, keys = event
         with self._lock:
             if self._during_reconcile is not None:
                 self._during_reconcile.append(body)  # re-applied over the reconciled table
-        change = self.index.add if op == READY else self.index.remove
+        change = self.index.add if op == INDEX_READY else self.index.remove
         for key in keys:
             try:
                 change(key)

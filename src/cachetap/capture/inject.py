@@ -245,7 +245,7 @@ class Injector:
         """Answer the GET in `seg` (captured as Ethernet `frame`) with a 302 to `location`.
 
         Returns the number of frames sent (2 on success). Never raises for bad input or a failed
-        send: the reason is counted in `failures` (promise 4) and fewer frames are reported.
+        send: the reason is counted in `failures` and fewer frames are reported.
         """
         try:
             payload = self._payloads.get(location)

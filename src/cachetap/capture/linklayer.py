@@ -5,7 +5,7 @@ while slicing the headers with `struct` manages ~176,000 (NOTES.md), and every c
 start goes through here. Nothing is dissected beyond what a `Segment` needs.
 
 `decode_frame` never raises on bad input: it returns a short reason string instead, which the
-pipeline counts (promise 4).
+pipeline counts (every bad input gets a reason and a counter, never a crash: docs/internals.md).
 """
 
 from __future__ import annotations

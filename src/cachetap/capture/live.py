@@ -1,9 +1,8 @@
 """The live capture process: sniff, decide, batch sightings to `analyze`.
 
 Why a dedicated process and not a task or a worker bootstep: sniffing never ends, so as a task it would
-hold a worker slot for ever and be re-delivered by the broker after its visibility timeout (what the seed
-did); inside a worker it would share a GIL with the consumer and the pool, while the redirect fast path
-(next stage) needs a loop that nothing else delays. It needs raw-socket privileges the workers should not
+hold a worker slot for ever and be re-delivered by the broker after its visibility timeout; inside a worker it would share a GIL with the consumer and the pool, while the redirect fast path
+needs a loop that nothing else delays. It needs raw-socket privileges the workers should not
 have. As its own process, `cachetap run`, systemd or `celery multi`'s neighbours supervise it like any
 daemon, and it talks to the rest only through the broker.
 """
@@ -12,12 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-from dataclasses import asdict
 import signal
+import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from urllib.parse import urlsplit
+
+from celery import Celery
 
 from cachetap.capture.batcher import analyze_batch_sender
 from cachetap.capture.bpf import request_filter
@@ -25,10 +27,12 @@ from cachetap.capture.health import HealthGate
 from cachetap.capture.hotindex import HotIndex
 from cachetap.capture.index_sync import IndexSync
 from cachetap.capture.inject import Injector
-from cachetap.capture.pipeline import Pipeline
+from cachetap.capture.pipeline import Observation, Pipeline
 from cachetap.capture.redirector import RedirectScope, Redirector
 from cachetap.capture.sniffer import LiveSource, interface_linktype
+from cachetap.core.types import Count, Redirect, Sighting
 from cachetap.settings import Settings
+from cachetap.wire import encode_sighting
 from cachetap.web.urls import public_base_url
 
 log = logging.getLogger(__name__)
@@ -36,17 +40,18 @@ STATS_EVERY = 60.0
 EXPIRE_EVERY = 1.0
 
 
-def run_live_capture(settings: Settings, stop: threading.Event | None = None) -> dict:
-    """Capture until SIGTERM/SIGINT (or `stop` is set); returns the final summary."""
-    from cachetap.tasks.app import create_app
-
+def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | None = None) -> dict:
+    """Capture until SIGTERM/SIGINT (or `stop` is set), sending sightings through `app` (the cachetap
+    Celery app, handed in by the CLI); returns the final summary."""
     stop = stop or threading.Event()
-    app = create_app(settings)
-    sender = analyze_batch_sender(app)
+    sender = analyze_batch_sender(app, settings)
     fast_path = FastPath.start(settings, app) if settings.mode == "redirect" else None
-    pipeline = Pipeline(settings, sink=lambda s: sender.add(s.to_dict()),
-                        redirector=fast_path.redirector if fast_path else None,
-                        injector=fast_path.injector if fast_path else None)
+    pipeline = Pipeline(settings, redirector=fast_path.redirector if fast_path else None)
+    injector = fast_path.injector if fast_path else None
+
+    def queue(sighting: Sighting) -> None:
+        sender.add(encode_sighting(sighting))
+
     bpf = request_filter(settings.http_ports, interface_linktype(settings.interface))
     source = LiveSource(settings.interface, bpf)
 
@@ -67,8 +72,8 @@ def run_live_capture(settings: Settings, stop: threading.Event | None = None) ->
         with source:
             for ts, linktype, frame in source:
                 try:
-                    pipeline.feed(ts, linktype, frame)
-                except Exception:  # never let one packet end the capture (promise 4)
+                    act(pipeline.feed(ts, linktype, frame), frame, pipeline, injector, queue)
+                except Exception:  # one bad packet must never end the capture
                     pipeline.rejected["internal_error"] += 1
                     log.exception("packet handling failed; counted as internal_error")
                 now = time.monotonic()
@@ -89,6 +94,25 @@ def run_live_capture(settings: Settings, stop: threading.Event | None = None) ->
     return summary
 
 
+def act(observations: list[Observation], frame: bytes, pipeline: Pipeline, injector: Injector | None,
+        queue: Callable[[Sighting], None] | None) -> None:
+    """Carry out the pipeline's decisions for one frame: the 302 first (it races the origin's answer),
+    then the sighting to `queue`, redirected or not (it counts for admission either way)."""
+    for obs in observations:
+        match obs.decision:
+            case Redirect(location=location) if injector is not None:
+                if injector.redirect(obs.segment, frame, location) > 0:
+                    pipeline.redirected(obs)
+                else:
+                    pipeline.redirect_failed(obs)
+            case Count() | Redirect():
+                pass
+            case _:
+                continue
+        if queue is not None:
+            queue(obs.sighting())
+
+
 class FastPath:
     """The redirect mode's parts: ready-key index kept in sync, health gate, injector, redirector."""
 
@@ -96,7 +120,7 @@ class FastPath:
         self.index_sync, self.health, self.injector, self.redirector = index_sync, health, injector, redirector
 
     @classmethod
-    def start(cls, settings: Settings, app) -> FastPath:
+    def start(cls, settings: Settings, app: Celery) -> FastPath:
         base_url = public_base_url(settings.public_url, settings.serve_host, settings.serve_port)
         index = HotIndex()
         index_sync = IndexSync(app, index, node=settings.interface or "capture",

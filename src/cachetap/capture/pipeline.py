@@ -1,25 +1,30 @@
-"""Frames in, sightings and decisions out: the capture side's one loop body, live and offline alike.
+"""Frames in, decisions out: the capture side's one loop body, live and offline alike.
 
-Everything here runs per packet, so it stays on byte slicing (linklayer), the hand-written head parser
-and precompiled rules; nothing does I/O except the sink it is given.
+Sans-IO: `feed()` decodes, reassembles, parses and decides, and returns one `Observation` per
+request with its decision (`Ignore | Count | Redirect`); it sends nothing and queues nothing. The
+caller acts on the decisions (capture/live.py injects the 302 first, then queues the sighting) and
+reports an injection's outcome back with `redirected()` or `redirect_failed()`. The clock the loop
+guards read is passed in, so a test can play frames and a clock without privileges.
+Everything here runs per packet, so it stays on byte slicing (linklayer), the hand-written head
+parser and precompiled rules.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from cachetap.capture.linklayer import decode_frame
-from cachetap.capture.inject import Injector
 from cachetap.capture.reassembly import HeadAssembler
 from cachetap.capture.redirector import Redirector
 from cachetap.core.keys import BadTarget, cache_key, canonical_url, host_of
 from cachetap.core.rules import Rules
-from cachetap.core.types import Count, Decision, Ignore, RequestHead, Segment, Sighting
+from cachetap.core.types import Count, Decision, Ignore, Redirect, RequestHead, Segment, Sighting
 from cachetap.settings import Settings
 
-SightingSink = Callable[[Sighting], None]
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,15 @@ class Observation:
     url: str | None
     key: str | None
     decision: Decision
+    host: str | None = None
+
+    def sighting(self) -> Sighting:
+        """What `analyze` is told (built only for Count and Redirect, after any 302 left)."""
+        seg, head = self.segment, self.head
+        return Sighting(ts=seg.ts, client=seg.src, client_port=seg.sport, server=seg.dst,
+                        server_port=seg.dport, method=head.method, host=self.host, url=self.url, key=self.key,
+                        target=head.target, range=head.range, user_agent=head.user_agent,
+                        authorization=head.authorization)
 
     def to_dict(self) -> dict:
         seg, head, decision = self.segment, self.head, self.decision
@@ -45,17 +59,16 @@ class Observation:
 
 
 class Pipeline:
-    """Decode, reassemble, parse and decide; sightings worth counting go to `sink`."""
+    """Decode, reassemble, parse and decide. With a `redirector`, GETs of ready keys become Redirects."""
 
-    def __init__(self, settings: Settings, sink: SightingSink | None = None,
-                 redirector: Redirector | None = None, injector: Injector | None = None) -> None:
+    def __init__(self, settings: Settings, redirector: Redirector | None = None,
+                 clock: Clock = time.monotonic) -> None:
         self.rules = Rules.from_settings(settings)
         self.strip = settings.strip_query_params
         self.ports = frozenset(settings.http_ports)
         self.assembler = HeadAssembler(max_flows=settings.reassembly_flows)
-        self.sink = sink
-        self.redirector = redirector if injector is not None else None
-        self.injector = injector
+        self.redirector = redirector
+        self.clock = clock
         self.packets = 0
         self.rejected: Counter[str] = Counter()   # malformed input, by reason
         self.decisions: Counter[str] = Counter()  # "count", "ignore:<reason>", ...
@@ -73,9 +86,9 @@ class Pipeline:
         for reason in assembled.rejects:
             self.rejected[reason] += 1
         pipelined = len(assembled.requests) > 1
-        return [self._decide(seg, head, frame, pipelined) for head in assembled.requests]
+        return [self._decide(seg, head, pipelined) for head in assembled.requests]
 
-    def _decide(self, seg: Segment, head: RequestHead, frame: bytes, pipelined: bool) -> Observation:
+    def _decide(self, seg: Segment, head: RequestHead, pipelined: bool) -> Observation:
         try:
             # No Host (HTTP/1.0): the destination address is the only name the request has.
             url = canonical_url(head.target, head.host or _ip_host(seg.dst), seg.dport)
@@ -87,26 +100,26 @@ class Pipeline:
             return self._record(Observation(seg, head, url, key, ignored))
         host = host_of(url)
         decision: Decision = Count(key)
-        if self.redirector is not None:  # the fast path first: the 302 races the origin's answer
-            redirect = self.redirector.decide(seg, head, url, key, host, pipelined)
+        if self.redirector is not None:  # the fast path: the 302 races the origin's answer
+            redirect = self.redirector.decide(seg, head, url, key, host, pipelined, self.clock())
             if redirect is not None:
-                if self.injector.redirect(seg, frame, redirect.location) > 0:
-                    self.redirector.sent(seg, head, key)
-                    decision = redirect
-                else:
-                    self.redirector.failed()
-        if self.sink is not None:  # redirected or not, the request still counts for admission
-            self.sink(Sighting(
-                ts=seg.ts, client=seg.src, client_port=seg.sport, server=seg.dst,
-                server_port=seg.dport, method=head.method, host=host, url=url, key=key,
-                target=head.target, range=head.range, user_agent=head.user_agent,
-                authorization=head.authorization))
-        return self._record(Observation(seg, head, url, key, decision))
+                decision = redirect
+        return self._record(Observation(seg, head, url, key, decision, host))
 
     def _record(self, obs: Observation) -> Observation:
         reason = getattr(obs.decision, "reason", None)
         self.decisions[f"{obs.decision.kind}:{reason}" if reason else obs.decision.kind] += 1
         return obs
+
+    # --- outcomes of acting on a Redirect, reported by the loop that sent (or failed to send) it ----
+    def redirected(self, obs: Observation) -> None:
+        self.redirector.sent(obs.segment, obs.head, obs.key, self.clock())
+
+    def redirect_failed(self, obs: Observation) -> None:
+        """The 302 could not be sent: the client goes on to the origin, so the request counts plainly."""
+        self.redirector.failed()
+        self.decisions["redirect"] -= 1
+        self.decisions["count"] += 1
 
     def finish(self, now: float | None = None) -> None:
         """Count heads still waiting for their end as incomplete (end of a capture file)."""
@@ -117,7 +130,7 @@ class Pipeline:
         summary = {
             "packets": self.packets,
             "requests": sum(self.decisions.values()),
-            "decisions": dict(sorted(self.decisions.items())),
+            "decisions": {k: v for k, v in sorted(self.decisions.items()) if v},
             "rejected": dict(sorted(self.rejected.items())),
         }
         if self.redirector is not None:
@@ -127,6 +140,11 @@ class Pipeline:
     def run(self, frames: Iterable[tuple[float, int, bytes]]) -> Iterator[Observation]:
         for ts, linktype, frame in frames:
             yield from self.feed(ts, linktype, frame)
+
+
+def counts(decision: Decision) -> bool:
+    """Whether the request is told to `analyze` (redirected or not, it counts for admission)."""
+    return isinstance(decision, (Count, Redirect))
 
 
 def _ip_host(address: str) -> str:

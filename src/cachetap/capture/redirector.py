@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,7 +17,7 @@ from cachetap.capture.hotindex import HotIndex
 from cachetap.capture.inject import MAX_LOCATION
 from cachetap.core.keys import path_of
 from cachetap.core.types import Redirect, RequestHead, Segment
-from cachetap.web.urls import object_url
+from cachetap.core.urls import object_url
 
 
 class Gate(Protocol):
@@ -44,6 +43,7 @@ class Redirector:
     """Decide whether a GET is redirected and where to; counters say why a ready key was not.
 
     The injection itself is the caller's (capture/inject.py): `decide` then `sent` or `failed`.
+    Times (`now`) are the caller's monotonic clock, so the loop guard is tested without sleeping.
     """
 
     def __init__(self, index: HotIndex, health: Gate, base_url: str,
@@ -66,10 +66,10 @@ class Redirector:
         self.redirected = 0
 
     def decide(self, seg: Segment, head: RequestHead, url: str, key: str, host: str,
-               pipelined: bool) -> Redirect | None:
+               pipelined: bool, now: float) -> Redirect | None:
         if not self.index.contains(key):
             return None
-        reason = self._refusal(seg, head, key, host, pipelined)
+        reason = self._refusal(seg, head, key, host, pipelined, now)
         if reason is not None:
             self.skipped[reason] += 1
             return None
@@ -78,14 +78,15 @@ class Redirector:
             location = object_url(self.base_url, key, location_name(url))
         return Redirect(key, location)
 
-    def sent(self, seg: Segment, head: RequestHead, key: str) -> None:
-        self._remember(seg.src, key, head.range)
+    def sent(self, seg: Segment, head: RequestHead, key: str, now: float) -> None:
+        self._remember(seg.src, key, head.range, now)
         self.redirected += 1
 
     def failed(self, reason: str = "inject_failed") -> None:
         self.skipped[reason] += 1
 
-    def _refusal(self, seg: Segment, head: RequestHead, key: str, host: str, pipelined: bool) -> str | None:
+    def _refusal(self, seg: Segment, head: RequestHead, key: str, host: str, pipelined: bool,
+                 now: float) -> str | None:
         if not self.health.ok:
             return "cache_server_down"
         if (seg.dst, seg.dport) in self.server_addresses:
@@ -94,16 +95,15 @@ class Redirector:
             return "pipelined"  # one 302 + FIN would cut off the requests queued behind it
         if not self.scope.allows(seg.src, host):
             return "out_of_redirect_scope"
-        if self._is_loop(seg.src, key, head.range):
+        if self._is_loop(seg.src, key, head.range, now):
             return "loop"
         return None
 
-    def _is_loop(self, client: str, key: str, range_: str | None) -> bool:
+    def _is_loop(self, client: str, key: str, range_: str | None, now: float) -> bool:
         """A bounce: the cache server sent the client back (object gone there) and we keep sending it
         to the cache. Bounces repeat within milliseconds, so `loop_repeats` redirects of the same
         bytes to the same client inside `loop_window` seconds end redirects for that pair a while;
         people downloading the same file twice in a row are far slower than that."""
-        now = time.monotonic()
         pair = (client, key)
         until = self._suppressed.get(pair)
         if until is not None:
@@ -119,8 +119,7 @@ class Redirector:
             return True
         return False
 
-    def _remember(self, client: str, key: str, range_: str | None) -> None:
-        now = time.monotonic()
+    def _remember(self, client: str, key: str, range_: str | None, now: float) -> None:
         pair = (client, key)
         recent = self._recent.get(pair)
         same = recent is not None and recent[1] == range_ and now - recent[0] <= self.loop_window

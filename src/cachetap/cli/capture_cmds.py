@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 import sys
 from pathlib import Path
 
@@ -23,38 +22,24 @@ def replay(ctx: Context, capture_file: Path, dry_run: bool, quiet: bool) -> None
     Prints one JSON line per request seen, then a summary line ({"summary": ...}) with the counts of
     decisions and of rejected packets by reason.
     """
-    from cachetap.capture.pcapfile import CaptureFileError, read_frames
-    from cachetap.capture.pipeline import Pipeline
+    from cachetap.capture.replay import replay_capture
 
     settings = ctx.settings()
     setup_logging(settings.log_level)
-    sender = None
+    app = None
     if not dry_run:
-        from cachetap.capture.batcher import analyze_batch_sender
         from cachetap.tasks.app import create_app
 
-        sender = analyze_batch_sender(create_app(settings))
-    pipeline = Pipeline(settings, sink=(lambda s: sender.add(s.to_dict())) if sender else None)
+        app = create_app(settings)
     out = sys.stdout
-    try:
-        with read_frames(capture_file) as frames:
-            for obs in pipeline.run(frames):
-                if not quiet:
-                    out.write(json.dumps(obs.to_dict()) + "\n")
-            if frames.end_reason:
-                pipeline.rejected[frames.end_reason] += 1
-    except CaptureFileError as exc:
-        raise click.ClickException(f"{capture_file}: {exc}") from None
-    finally:
-        pipeline.finish()
-        queued = None
-        if sender is not None:
-            sender.close()
-            queued = asdict(sender.counters)
-    summary = pipeline.summary()
-    summary.update(file=str(capture_file), dry_run=dry_run)
-    if queued is not None:
-        summary["queued"] = queued
+
+    def show(obs) -> None:
+        out.write(json.dumps(obs.to_dict()) + "\n")
+
+    summary = replay_capture(settings, capture_file, app=app, each=None if quiet else show)
+    if "error" in summary:
+        raise click.ClickException(f"{capture_file}: {summary['error']}")
+    summary["dry_run"] = dry_run
     out.write(json.dumps({"summary": summary}) + "\n")
 
 
@@ -64,9 +49,10 @@ def replay(ctx: Context, capture_file: Path, dry_run: bool, quiet: bool) -> None
 def capture(ctx: Context, interface: str | None) -> None:
     """Run the live capture process (needs root or CAP_NET_RAW)."""
     from cachetap.capture.live import run_live_capture
+    from cachetap.tasks.app import create_app
 
     settings = ctx.settings(**({"interface": interface} if interface else {}))
     setup_logging(settings.log_level)
     if not settings.interface:
         raise click.ClickException("no interface: set `interface` in the config, CACHETAP_INTERFACE, or -i")
-    run_live_capture(settings)
+    run_live_capture(settings, create_app(settings))

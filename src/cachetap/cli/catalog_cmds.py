@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from cachetap.cli.main import Context, cli, pass_ctx
 
-
-def open_catalog(settings):
+if TYPE_CHECKING:
+    from cachetap.settings import Settings
     from cachetap.store.catalog import Catalog
-    from cachetap.store.db import make_engine, upgrade
 
-    engine = make_engine(settings.effective_database_url)
-    upgrade(engine)
-    return Catalog(engine)
+
+def open_catalog(settings: Settings) -> Catalog:
+    """The operator's catalog (migrated first)."""
+    from cachetap.store.catalog import open_catalog as open_at
+
+    return open_at(settings.effective_database_url)
 
 
 @cli.command("ls")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
 
 import click
 
 from cachetap.cli.main import Context, cli, pass_ctx, setup_logging
+from cachetap.core import lifecycle
+from cachetap.core.lifecycle import EntryState
 
 POLL_EVERY = 0.5
-FINAL_STATES = ("ready", "failed", "rejected")
 
 
 @cli.command()
@@ -24,9 +24,8 @@ def prefetch(ctx: Context, url: str, detach: bool) -> None:
     from cachetap.cli.catalog_cmds import open_catalog
     from cachetap.core.keys import BadTarget, cache_key, canonical_url, host_of
     from cachetap.core.types import Sighting
-    from cachetap.fetch.probe import ProbeError, probe
-    from cachetap.tasks.analyze import download_job
-    from cachetap.tasks.app import DOWNLOAD_FETCH, ROUTES, create_app
+    from cachetap.tasks.admit import ADMITTED, admit_key
+    from cachetap.tasks.app import create_app
 
     settings = ctx.settings()
     setup_logging("WARNING")
@@ -42,32 +41,24 @@ def prefetch(ctx: Context, url: str, detach: bool) -> None:
                                        method="GET", host=host_of(canonical), url=canonical, key=key,
                                        target=canonical)], window=settings.admission_window, now=now)
     entry = catalog.get(key)
-    if entry.state in ("queued", "downloading", "ready"):
+    if entry.state in lifecycle.ADMITTED:
         click.echo(f"{key} is already {entry.state}: {canonical}", err=True)
-        if not detach and entry.state != "ready":
+        if not detach and entry.state != EntryState.READY:
             _follow(catalog, key)
         return
-    token = str(uuid.uuid4())
-    # The same claim the analyze stage takes: of concurrent prefetches and admissions, one proceeds.
-    if not catalog.claim(key, ["counting", "rejected", "failed"], "probing", token, now=now,
-                         stale_after=settings.claim_timeout):
+    # The path the analyze stage takes, with the same claim: of concurrent prefetches and admissions,
+    # one proceeds. A rejected or failed entry is probed again at once: the operator asks for it.
+    admission = admit_key(app, key, now, forced=True)
+    if admission.outcome == EntryState.FAILED:
+        raise click.ClickException(f"probe of {canonical} failed: {admission.reason.removeprefix('probe: ')}")
+    if admission.outcome == EntryState.REJECTED:
+        raise click.ClickException(f"{canonical} is not cacheable: {admission.reason}")
+    if admission.outcome != ADMITTED:
         raise click.ClickException(f"{key} is being probed by another worker; try again shortly")
-    try:
-        result = probe(canonical, app.resolver, settings.probe_timeout)
-    except ProbeError as exc:
-        catalog.mark(key, "failed", reason=f"probe: {exc}"[:500], token=token)
-        raise click.ClickException(f"probe of {canonical} failed: {exc}") from None
-    # Every probe rule applies; the extension rule does not (it judges requests, and this is asked for).
-    verdict = app.rules.accept_probe(result)
-    if verdict is not None:
-        catalog.set_probe(key, result, state="rejected", reason=verdict.reason, token=token)
-        raise click.ClickException(f"{canonical} is not cacheable: {verdict.reason}")
-    catalog.set_probe(key, result, state="queued", token=token)
-    catalog.mark(key, "queued", token=token, claimed_at=time.time())
-    sent = app.send_task(DOWNLOAD_FETCH, args=[download_job(key, canonical, result, token)],
-                         queue=ROUTES[DOWNLOAD_FETCH]["queue"])
-    catalog.mark(key, "queued", token=token, task_id=sent.id)
-    click.echo(sent.id)
+    if admission.task_id is None:
+        raise click.ClickException(f"{key} is queued but the broker refused the download job "
+                                   f"({admission.reason}); check broker_url, the job is re-sent on its own")
+    click.echo(admission.task_id)
     if not detach:
         _follow(catalog, key)
 
@@ -79,18 +70,18 @@ def _follow(catalog, key: str) -> None:
     with click.progressbar(length=length, label=entry.filename[:40], file=sys.stderr,
                            show_pos=True) as bar:
         shown = 0
-        while entry is not None and entry.state not in FINAL_STATES:
+        while entry is not None and entry.state not in lifecycle.SETTLED:
             done = min(entry.bytes_done, length)
             if done > shown:
                 bar.update(done - shown)
                 shown = done
             time.sleep(POLL_EVERY)
             entry = catalog.get(key)
-        if entry is not None and entry.state == "ready":
+        if entry is not None and entry.state == EntryState.READY:
             bar.update(length - shown)
     if entry is None:
         raise click.ClickException(f"{key} vanished from the catalog")
-    if entry.state != "ready":
+    if entry.state != EntryState.READY:
         raise click.ClickException(f"{key} {entry.state}: {entry.reason}")
     click.echo(f"ready {key} {entry.stored_size} bytes digest {entry.blob}")
 
@@ -127,7 +118,8 @@ def status(ctx: Context, task_id: str | None, as_json: bool) -> None:
 
     catalog = open_catalog(settings)
     counts = catalog.counts_by_state()
-    active = catalog.entries(limit=1000, state="downloading") + catalog.entries(limit=1000, state="queued")
+    active = (catalog.entries(limit=1000, state=EntryState.DOWNLOADING)
+              + catalog.entries(limit=1000, state=EntryState.QUEUED))
     if as_json:
         click.echo(json.dumps({"counts": counts, "active": [
             {"key": e.key, "state": e.state, "url": e.url, "bytes_done": e.bytes_done, "size": e.size,

@@ -19,7 +19,7 @@ from cachetap.cli.main import Context, cli, pass_ctx, setup_logging
 def serve(ctx: Context, host: str | None, port: int | None, processes: int | None, directory: Path | None) -> None:
     """Serve cached objects at /c/<key>/<filename> (GET, HEAD, ranges, conditionals, /healthz)."""
     from cachetap.web.lookup import CatalogLookup, DirectoryLookup
-    from cachetap.web.server import run_server
+    from cachetap.web.workers import run_server
 
     settings = ctx.settings()
     setup_logging(settings.log_level)

@@ -2,7 +2,7 @@
 
 Two rules, both pure:
 
-* cleanup (the seed's rule): an entry with fewer than `min_hits` requests and none for `idle`
+* cleanup: an entry with fewer than `min_hits` requests and none for `idle`
   seconds goes. It applies to rows at rest (ready, counting, rejected, failed), so cold counters and
   old refusals are forgotten too and may be judged afresh if they ever come back; `min_hits` 0
   disables it.
@@ -18,10 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cachetap.core.lifecycle import AT_REST, EntryState
 from cachetap.core.types import Evict
-
-AT_REST = frozenset({"ready", "counting", "rejected", "failed"})
-CLAIMED = frozenset({"probing", "queued", "downloading"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +32,7 @@ class EntryStat:
     stored_size: int | None = None
     published_at: float | None = None
     blob: str | None = None
-    state: str = "ready"
+    state: str = EntryState.READY
 
 
 def cleanup_victims(entries: Iterable[EntryStat], now: float, min_hits: int, idle: float) -> list[Evict]:
@@ -48,7 +46,7 @@ def quota_victims(entries: Iterable[EntryStat], used_bytes: int, quota_bytes: in
     excess = used_bytes - max(0, quota_bytes)
     if excess <= 0:
         return []
-    candidates = sorted((e for e in entries if e.state == "ready" and e.stored_size),
+    candidates = sorted((e for e in entries if e.state == EntryState.READY and e.stored_size),
                         key=lambda e: (e.last_hit, e.hits, e.published_at or 0.0, e.key))
     victims: list[Evict] = []
     for e in candidates:

@@ -22,8 +22,9 @@ side of revalidating sooner:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from typing import Literal
+
+from cachetap.core.semantics import parse_http_date, valid_etag, weak_match
 
 HEURISTIC_FRACTION = 0.1          # RFC 9111 4.2.2 suggests 10% of the time since Last-Modified
 DELTA_SECONDS_MAX = 2147483648    # RFC 9111 1.2.2: an overflowing delta-seconds counts as this
@@ -39,7 +40,7 @@ def expires_at(now: float, headers: Mapping[str, str], default_ttl: float, max_t
     directives = parse_cache_control(h.get("cache-control", ""))
     if directives is None or {"no-cache", "no-store", "private"} & directives.keys():
         return now
-    date = http_date(h.get("date"))
+    date = parse_http_date(h.get("date"))
     age = _current_age(now, date, h.get("age"))
     lifetime: float | None = None
     for name in ("s-maxage", "max-age"):
@@ -48,12 +49,12 @@ def expires_at(now: float, headers: Mapping[str, str], default_ttl: float, max_t
             if lifetime is not None:
                 break
     if lifetime is None and "expires" in h:
-        expires = http_date(h["expires"])
+        expires = parse_http_date(h["expires"])
         if expires is None:
             return now  # invalid Expires, e.g. "0": already expired
         lifetime = expires - (date if date is not None else now)
     if lifetime is None:
-        last_modified = http_date(h.get("last-modified"))
+        last_modified = parse_http_date(h.get("last-modified"))
         base = date if date is not None else now
         if last_modified is not None and last_modified < base:
             # Heuristic freshness is counted from now (no Age correction): an old file stays old.
@@ -68,9 +69,9 @@ def revalidation_headers(etag: str | None, last_modified: str | None) -> dict[st
     Both are sent when known; an origin evaluates If-None-Match first (RFC 9110 13.2.2).
     """
     headers: dict[str, str] = {}
-    if etag and _valid_etag(etag.strip()):
+    if etag and valid_etag(etag.strip()):
         headers["If-None-Match"] = etag.strip()
-    if last_modified and http_date(last_modified) is not None:
+    if last_modified and parse_http_date(last_modified) is not None:
         headers["If-Modified-Since"] = last_modified.strip()
     return headers
 
@@ -96,9 +97,9 @@ def revalidation_outcome(status: int | None, old_etag: str | None, new_etag: str
     if old_size is not None and new_size is not None and old_size != new_size:
         return "changed"
     if old_etag or new_etag:
-        same = bool(old_etag and new_etag) and _opaque(old_etag) == _opaque(new_etag)
+        same = bool(old_etag and new_etag) and weak_match(old_etag, new_etag)
         return "fresh" if same else "changed"
-    old_lm, new_lm = http_date(old_last_modified), http_date(new_last_modified)
+    old_lm, new_lm = parse_http_date(old_last_modified), parse_http_date(new_last_modified)
     if old_lm is not None and old_lm == new_lm:
         return "fresh"
     return "changed"
@@ -160,22 +161,6 @@ def _delta_seconds(arg: str | None) -> float | None:
     return float(min(int(arg), DELTA_SECONDS_MAX) if len(arg) <= 10 else DELTA_SECONDS_MAX)
 
 
-def http_date(value: str | None) -> float | None:
-    """Epoch seconds of an HTTP-date (any of the three RFC 9110 forms), None when invalid."""
-    if not value or not value.strip():
-        return None
-    try:
-        parsed = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if parsed.tzinfo is None:
-        return None  # "-0000" or no zone: not an HTTP-date
-    try:
-        return parsed.timestamp()
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
 def _current_age(now: float, date: float | None, age_header: str | None) -> float:
     apparent = max(0.0, now - date) if date is not None else 0.0
     age = _delta_seconds(age_header.strip() if age_header else None) or 0.0
@@ -193,14 +178,3 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
         out[key] = f"{out[key]}, {text}" if key in out else text
     return out
 
-
-def _valid_etag(etag: str) -> bool:
-    body = etag[2:] if etag.startswith("W/") else etag
-    return (len(body) >= 2 and body[0] == '"' and body[-1] == '"' and '"' not in body[1:-1]
-            and all(0x21 <= ord(c) <= 0x7E or ord(c) >= 0x80 for c in body[1:-1]))
-
-
-def _opaque(etag: str) -> str:
-    """Weak comparison (RFC 9110 8.8.3.2): W/ prefix ignored."""
-    etag = etag.strip()
-    return etag[2:] if etag.startswith("W/") else etag

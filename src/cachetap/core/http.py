@@ -134,7 +134,6 @@ def _parse_one(head: bytes) -> tuple[RequestHead, int, bool]:
     rng, duplicate_range = _field(block, low, b"\nrange:")
     ua = _field(block, low, b"\nuser-agent:")[0]
     auth = b"\nauthorization:" in low
-    cookie = b"\ncookie:" in low
     chunked = b"\ntransfer-encoding:" in low
     length, length_ok = _declared_length(block, low)
     # Meaning problems come after syntax (a head in pieces is judged on syntax only), in this order.
@@ -150,7 +149,7 @@ def _parse_one(head: bytes) -> tuple[RequestHead, int, bool]:
     head_value = RequestHead(method, target, version,
                              None if host is None else host.decode("latin-1"),
                              None if rng is None else rng.decode("latin-1"),
-                             None if ua is None else ua.decode("latin-1"), auth, cookie)
+                             None if ua is None else ua.decode("latin-1"), auth)
     return head_value, length or 0, chunked
 
 

@@ -16,6 +16,9 @@ from urllib.parse import unquote
 MAX_TARGET = 8 * 1024
 MAX_FILENAME = 200
 DEFAULT_PORT = 80
+# What cache_key returns, and so the only form a key from the wire, a URL or a file name may take.
+KEY_REGEX = r"[0-9a-f]{32}"
+KEY_PATTERN = re.compile(KEY_REGEX)
 
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")  # also SP: a target or a host never contains one
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")

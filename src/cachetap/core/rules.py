@@ -8,17 +8,26 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from cachetap.core.admission import ProbeResult
 from cachetap.core.keys import host_of, path_of
 from cachetap.core.types import Ignore, RequestHead
 
-if TYPE_CHECKING:
-    from cachetap.settings import Settings
-
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RuleSettings(Protocol):
+    """The part of `cachetap.settings.Settings` the rules read (core stays below the settings layer)."""
+
+    extensions: Sequence[str]
+    content_types: Sequence[str]
+    host_allow: Sequence[str]
+    host_deny: Sequence[str]
+    client_subnets: Sequence[IPNetwork | str]
+    min_size: int
+    max_size: int
 
 # Decisions are immutable values: build each once instead of per request.
 _METHOD, _EXTENSION, _HOST_DENIED, _HOST_NOT_ALLOWED, _CLIENT, _AUTHORIZATION = (
@@ -47,7 +56,7 @@ class Rules:
         self._client_in_scope: dict[str, bool] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Rules:
+    def from_settings(cls, settings: RuleSettings) -> Rules:
         return cls(extensions=settings.extensions, content_types=settings.content_types,
                    host_allow=settings.host_allow, host_deny=settings.host_deny,
                    client_subnets=settings.client_subnets, min_size=settings.min_size,

@@ -17,7 +17,6 @@ class RequestHead:
     range: str | None = None    # Range header value, None when absent
     user_agent: str | None = None
     authorization: bool = False  # an Authorization header was present (never cache)
-    cookie: bool = False         # a Cookie header was present (informational)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +76,6 @@ class Count:
 
 
 @dataclass(frozen=True, slots=True)
-class Fetch:
-    key: str
-    url: str
-    kind: str = field(default="fetch", init=False)
-
-
-@dataclass(frozen=True, slots=True)
 class Redirect:
     key: str
     location: str
@@ -97,4 +89,4 @@ class Evict:
     kind: str = field(default="evict", init=False)
 
 
-Decision = Ignore | Count | Fetch | Redirect | Evict
+Decision = Ignore | Count | Redirect | Evict

@@ -38,6 +38,7 @@ import aria2p
 import httpx
 import requests
 
+from cachetap.core.keys import KEY_PATTERN
 from cachetap.fetch.aria2 import Aria2Daemon, Aria2Error, Aria2Options
 from cachetap.store.blobs import BlobStore, PrefixHasher, ShortFile
 
@@ -50,7 +51,6 @@ HASH_CHUNK = 1 << 20
 STATUS_KEYS = ["status", "totalLength", "completedLength", "downloadSpeed", "errorCode",
                "errorMessage", "bitfield", "pieceLength"]
 
-_KEY = re.compile(r"[0-9a-f]{32}")
 # RFC 3986 characters only: no space, quotes, backslash, CR/LF/NUL or anything non-ASCII.
 _URL = re.compile(r"http://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
@@ -99,7 +99,7 @@ def validate_job(job: Mapping[str, Any]) -> Job:
     if not isinstance(job, Mapping):
         raise bad("job is not a mapping")
     key, url = job.get("key"), job.get("url")
-    if not isinstance(key, str) or not _KEY.fullmatch(key):
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
         raise bad(f"key is not 32 lower-case hex chars: {key!r:.80}")
     if not isinstance(url, str) or len(url) > 8192 or not _URL.fullmatch(url):
         raise bad(f"url is not a plain http:// URL of RFC 3986 characters: {url!r:.120}")

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import blake3
 
+from cachetap.core.keys import KEY_PATTERN
+
 CHUNK = 1 << 20
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-_KEY = re.compile(r"[0-9a-f]{32}")
 
 
 class BadDigest(ValueError):
@@ -40,7 +41,7 @@ def check_digest(digest: str) -> str:
 
 
 def check_key(key: str) -> str:
-    if not isinstance(key, str) or not _KEY.fullmatch(key):
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
         raise BadDigest(f"not a cache key (32 lower-case hex chars): {key!r:.80}")
     return key
 

@@ -8,7 +8,6 @@ claims, so exactly one worker wins whatever the interleaving.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -19,14 +18,14 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from cachetap.core.eviction import EntryStat
-from cachetap.core.keys import url_filename
+from cachetap.core.lifecycle import EntryState
+from cachetap.core.keys import KEY_PATTERN, url_filename
 from cachetap.core.types import Sighting
-from cachetap.store.db import is_transient, writer
-from cachetap.store.models import Entry, EntryState, Hit
+from cachetap.store.db import is_transient, make_engine, upgrade, writer
+from cachetap.store.models import Entry, Hit
 
 ENTRIES = Entry.__table__
 HITS = Hit.__table__
-KEY_PATTERN = re.compile(r"[0-9a-f]{32}")
 STATES = frozenset(s.value for s in EntryState)
 PROBE_FIELDS = ("size", "content_type", "etag", "last_modified", "cache_control")
 # Columns a caller may set through mark(); identity, state and reason have their own arguments.
@@ -97,6 +96,14 @@ def _fits(value: Any, column: str) -> Any:
     if isinstance(value, str) and len(value) > ENTRIES.c[column].type.length:
         return None
     return value
+
+
+def open_catalog(database_url: str) -> Catalog:
+    """The catalog at `database_url`, its schema migrated to the newest revision first (every process
+    that uses a catalog opens it here: CLI commands, workers, the cache server)."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    return Catalog(engine)
 
 
 class Catalog:

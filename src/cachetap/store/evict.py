@@ -29,14 +29,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cachetap.core.keys import KEY_REGEX
+from cachetap.core.lifecycle import LIVE_DOWNLOAD, EntryState
 from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog
 
 log = logging.getLogger(__name__)
 OnRemoved = Callable[[str], None]  # told each key whose row is gone
 
-LIVE_DOWNLOAD_STATES = ("queued", "downloading")
-_TEMP_KEY = re.compile(r"([0-9a-f]{32})\.")
+_TEMP_KEY = re.compile(rf"({KEY_REGEX})\.")
 
 
 @dataclass
@@ -81,10 +82,10 @@ def reconcile(catalog: Catalog, blobs: BlobStore, now: float, grace: float,
               on_removed: OnRemoved | None = None) -> ReconcileReport:
     report = ReconcileReport()
     # 1. Rows that promise a file that is not there.
-    for stat in catalog.entry_stats(["ready"]):
+    for stat in catalog.entry_stats([EntryState.READY]):
         if stat.blob and blobs.exists(stat.blob):
             continue
-        if catalog.remove_if(stat.key, "ready", stat.blob):
+        if catalog.remove_if(stat.key, EntryState.READY, stat.blob):
             report.rows_missing_blob.append(stat.key)
             if on_removed is not None:
                 on_removed(stat.key)
@@ -103,7 +104,7 @@ def reconcile(catalog: Catalog, blobs: BlobStore, now: float, grace: float,
             report.orphan_blobs.append(digest)
             log.info("deleted blob %s: no catalog entry names it", digest)
     # 3. Leftover temp files of downloads that are no longer running.
-    live = {s.key for s in catalog.entry_stats(LIVE_DOWNLOAD_STATES)}
+    live = {s.key for s in catalog.entry_stats(LIVE_DOWNLOAD)}
     for path in blobs.iter_temp():
         match = _TEMP_KEY.match(path.name)
         if match is not None and match.group(1) in live:

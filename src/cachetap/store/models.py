@@ -7,8 +7,6 @@ models and the migrations agree on every supported database.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -18,16 +16,6 @@ MYSQL_TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "my
 
 # A 64-bit autoincrement key that SQLite also accepts (only INTEGER PRIMARY KEY autoincrements there).
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-
-class EntryState(StrEnum):
-    COUNTING = "counting"        # seen, below the admission threshold
-    PROBING = "probing"          # a worker holds the HEAD-probe claim
-    QUEUED = "queued"            # admitted, a download job is queued
-    DOWNLOADING = "downloading"  # a worker holds the download claim
-    READY = "ready"              # complete, verified, published in the blob store
-    REJECTED = "rejected"        # not worth caching (reason says why)
-    FAILED = "failed"            # gave up after errors (reason says why)
 
 
 class Base(DeclarativeBase):
@@ -44,7 +32,7 @@ class Entry(Base):
     url: Mapped[str] = mapped_column(sa.Text)
     host: Mapped[str] = mapped_column(sa.String(255))
     filename: Mapped[str] = mapped_column(sa.String(255))
-    state: Mapped[str] = mapped_column(sa.String(16))
+    state: Mapped[str] = mapped_column(sa.String(16))  # a core.lifecycle.EntryState
     reason: Mapped[str | None] = mapped_column(sa.Text)
     hits: Mapped[int] = mapped_column(sa.Integer, default=0, server_default=sa.text("0"))
     first_seen: Mapped[float] = mapped_column(sa.Double)

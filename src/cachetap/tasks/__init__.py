@@ -1,5 +1,5 @@
-"""Celery side of cachetap: the app (queues, routes, hygiene) and one thin module per queue."""
+"""Celery side of cachetap: the app (queues, hygiene, beat) and one thin module per queue."""
 
-from cachetap.tasks.app import ROUTES, CachetapCelery, create_app
+from cachetap.tasks.app import CachetapCelery, create_app
 
-__all__ = ["ROUTES", "CachetapCelery", "create_app"]
+__all__ = ["CachetapCelery", "create_app"]

@@ -23,7 +23,6 @@ The embedded default (empty `broker_url`) is kombu's `filesystem://` transport u
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import random
@@ -31,47 +30,24 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 from celery.signals import celeryd_after_setup
-from kombu import Exchange, Queue
 
+from cachetap.core.lifecycle import EntryState
 from cachetap.settings import Settings
 from cachetap.tasks.embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
+from cachetap.wire import (QUEUES, ROUTES, SCHEDULE_CLEANUP, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS,
+                           SCHEDULE_QUOTA, SCHEDULE_RECLAIM, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE, job_key)
+
+if TYPE_CHECKING:  # imported lazily at run time: a worker of one queue need not load the others' code
+    from cachetap.core.rules import Rules
+    from cachetap.fetch.resolver import Resolver
+    from cachetap.store.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
-# ---- task names and routing ---------------------------------------------------------------------
-ANALYZE_BATCH = "cachetap.analyze.batch"
-DOWNLOAD_FETCH = "cachetap.download.fetch"
-CAPTURE_REPLAY = "cachetap.capture.replay"
-SCHEDULE_PRUNE_HITS = "cachetap.schedule.prune_hits"
-SCHEDULE_RECLAIM = "cachetap.schedule.reclaim"
-SCHEDULE_PRUNE_BROKER = "cachetap.schedule.prune_broker"
-SCHEDULE_CLEANUP = "cachetap.schedule.cleanup"
-SCHEDULE_QUOTA = "cachetap.schedule.quota"
-SCHEDULE_RECONCILE = "cachetap.schedule.reconcile"
-SCHEDULE_REVALIDATE = "cachetap.schedule.revalidate"
-
-QUEUE_NAMES = ("capture", "analyze", "download", "schedule")
-QUEUES = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES)
-
-ROUTES: dict[str, dict[str, str]] = {
-    CAPTURE_REPLAY: {"queue": "capture"},
-    ANALYZE_BATCH: {"queue": "analyze"},
-    DOWNLOAD_FETCH: {"queue": "download"},
-    SCHEDULE_PRUNE_HITS: {"queue": "schedule"},
-    SCHEDULE_RECLAIM: {"queue": "schedule"},
-    SCHEDULE_PRUNE_BROKER: {"queue": "schedule"},
-    SCHEDULE_CLEANUP: {"queue": "schedule"},
-    SCHEDULE_QUOTA: {"queue": "schedule"},
-    SCHEDULE_RECONCILE: {"queue": "schedule"},
-    SCHEDULE_REVALIDATE: {"queue": "schedule"},
-    "celery.backend_cleanup": {"queue": "schedule"},  # added by beat when results expire
-}
-
-# Task modules; those written in later issues join once they exist.
 TASK_MODULES = ("cachetap.tasks.analyze", "cachetap.tasks.schedule", "cachetap.tasks.housekeeping",
                 "cachetap.tasks.download", "cachetap.tasks.capture")
 
@@ -104,15 +80,16 @@ class CachetapTask(Task):
         if key is None:
             return
         try:
-            self.app.catalog.mark(key, "failed", reason=reason)
+            self.app.catalog.mark(key, EntryState.FAILED, reason=reason)
         except Exception as mark_exc:  # the catalog may be what failed; the log line above stays
             log.error("could not record failure of %s in the catalog: %s", key, mark_exc)
 
 
 def _key_of(args: tuple, kwargs: dict) -> str | None:
     for value in (*args, *kwargs.values()):
-        if isinstance(value, dict) and isinstance(value.get("key"), str):
-            return value["key"]
+        key = job_key(value)
+        if key is not None:
+            return key
     return None
 
 
@@ -123,27 +100,24 @@ class CachetapCelery(Celery):
         super().__init__("cachetap", **kwargs)
         self.settings = settings
         self._lazy_lock = threading.Lock()
-        self._catalog: Any = None
+        self._catalog: Catalog | None = None
         self._catalog_pid: int | None = None
-        self._resolver: Any = None
-        self._rules: Any = None
+        self._resolver: Resolver | None = None
+        self._rules: Rules | None = None
 
     @property
-    def catalog(self) -> Any:
+    def catalog(self) -> Catalog:
         """The catalog, created and migrated once per process (a forked child makes its own)."""
         pid = os.getpid()
         with self._lazy_lock:
             if self._catalog is None or self._catalog_pid != pid:
-                from cachetap.store.catalog import Catalog
-                from cachetap.store.db import make_engine, upgrade
+                from cachetap.store.catalog import open_catalog
 
-                engine = make_engine(self.settings.effective_database_url)
-                upgrade(engine)
-                self._catalog, self._catalog_pid = Catalog(engine), pid
+                self._catalog, self._catalog_pid = open_catalog(self.settings.effective_database_url), pid
             return self._catalog
 
     @property
-    def resolver(self) -> Any:
+    def resolver(self) -> Resolver:
         """The cache's own name resolution (overrides from settings, then DNS)."""
         with self._lazy_lock:
             if self._resolver is None:
@@ -153,7 +127,7 @@ class CachetapCelery(Celery):
             return self._resolver
 
     @property
-    def rules(self) -> Any:
+    def rules(self) -> Rules:
         """The request and probe rules (`core.rules.Rules`) for these settings."""
         with self._lazy_lock:
             if self._rules is None:
@@ -166,7 +140,7 @@ class CachetapCelery(Celery):
 def create_app(settings: Settings) -> CachetapCelery:
     app = CachetapCelery(settings, task_cls=CachetapTask)
     app.conf.update(celery_config(settings))
-    app.conf.include = [m for m in TASK_MODULES if importlib.util.find_spec(m) is not None]
+    app.conf.include = list(TASK_MODULES)
     return app
 
 

@@ -8,14 +8,13 @@ resolving symlinks and `..`); anything else is refused with the reason, never op
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from celery import shared_task
 
 from cachetap.settings import Settings
-from cachetap.tasks.app import CAPTURE_REPLAY
+from cachetap.wire import CAPTURE_REPLAY
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +42,7 @@ def checked_capture_path(path: Any, settings: Settings) -> Path:
 @shared_task(bind=True, name=CAPTURE_REPLAY)
 def replay(self: Any, path: str) -> dict[str, Any]:
     """Run one capture file through the pipeline, sending sightings to analyze; returns the summary."""
-    from cachetap.capture.batcher import analyze_batch_sender
-    from cachetap.capture.pcapfile import CaptureFileError, read_frames
-    from cachetap.capture.pipeline import Pipeline
+    from cachetap.capture.replay import replay_capture  # only the capture queue's workers need scapy's parts
 
     settings = self.app.settings
     try:
@@ -53,24 +50,8 @@ def replay(self: Any, path: str) -> dict[str, Any]:
     except PathRefused as exc:
         log.error("replay refused: %s", exc)
         return {"file": str(path)[:200], "error": f"refused: {exc}"}
-    sender = analyze_batch_sender(self.app)
-    pipeline = Pipeline(settings, sink=lambda s: sender.add(s.to_dict()))
-    error = None
-    try:
-        with read_frames(capture_file) as frames:
-            for _ in pipeline.run(frames):
-                pass
-            if frames.end_reason:
-                pipeline.rejected[frames.end_reason] += 1
-    except CaptureFileError as exc:
-        error = str(exc)
-        log.error("replay of %s: %s", capture_file, exc)
-    finally:
-        pipeline.finish()
-        sender.close()
-    summary = pipeline.summary()
-    summary.update(file=str(capture_file), queued=asdict(sender.counters))
-    if error is not None:
-        summary["error"] = error
+    summary = replay_capture(settings, capture_file, app=self.app)
+    if "error" in summary:
+        log.error("replay of %s: %s", capture_file, summary["error"])
     log.info("replayed %s: %s", capture_file, summary)
     return summary

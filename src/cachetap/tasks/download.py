@@ -26,20 +26,25 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from celery import shared_task
 from celery.signals import worker_process_shutdown, worker_shutdown
 
+from cachetap.core import lifecycle
+from cachetap.core.freshness import expires_at
+from cachetap.core.lifecycle import EntryState, Event, advance
 from cachetap.fetch.aria2 import Aria2Daemon, Aria2Error, Aria2Options
 from cachetap.fetch.download import DownloadError, download
+from cachetap.fetch.resolver import Resolver
 from cachetap.settings import Settings
 from cachetap.store.blobs import BlobStore
-from cachetap.store.catalog import KEY_PATTERN
-from cachetap.tasks.app import DOWNLOAD_FETCH, retry_countdown
-from cachetap.tasks.index_events import READY, publish_index_event
+from cachetap.store.catalog import Catalog, EntryView
+from cachetap.tasks.app import retry_countdown
+from cachetap.tasks.index_events import publish_index_event
+from cachetap.wire import DOWNLOAD_FETCH, INDEX_READY, DownloadJob
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +89,24 @@ def stop_worker_daemon(**_: Any) -> None:
 # ---- the task ------------------------------------------------------------------------------------
 
 @shared_task(bind=True, name=DOWNLOAD_FETCH)
-def fetch(self: Any, job: dict) -> dict[str, Any]:
+def fetch(self: Any, message: dict) -> dict[str, Any]:
     """Download one admitted object; returns {key, digest, size, seconds} (or {key, outcome})."""
     app, settings = self.app, self.app.settings
     catalog = app.catalog
-    key, claim = _identity(job)
-    if key is None or claim is None:
-        log.error("download job without a valid key and claim, dropped: %.200r", job)
+    job = DownloadJob.from_message(message)
+    if job is None:
+        log.error("download job without a valid key and claim, dropped: %.200r", message)
+        key = message.get("key") if isinstance(message, Mapping) and isinstance(message.get("key"), str) else None
         return {"key": key, "outcome": "bad_job"}
+    key, claim = job.key, job.claim
     now = time.time()
-    taken = (catalog.advance_claim(key, claim, "queued", "downloading", now)
-             or catalog.advance_claim(key, claim, "downloading", "downloading", now,
+    downloading = advance(EntryState.QUEUED, Event.START)
+    taken = (catalog.advance_claim(key, claim, EntryState.QUEUED, downloading, now)
+             or catalog.advance_claim(key, claim, downloading, advance(downloading, Event.START), now,
                                       idle_for=settings.download_lease))
     if not taken:
         return _not_taken(self, catalog, key, claim, settings.download_lease)
-    catalog.mark(key, "downloading", token=claim, task_id=self.request.id, speed=0)
+    catalog.mark(key, downloading, token=claim, task_id=self.request.id, speed=0)
     started = time.monotonic()
     try:
         daemon = worker_daemon(settings)
@@ -108,65 +116,59 @@ def fetch(self: Any, job: dict) -> dict[str, Any]:
         log.warning("download of %s was taken over by another worker; stopping", key)
         return {"key": key, "outcome": "taken_over"}
     except Aria2Error as exc:
-        _failed(self, catalog, key, claim, DownloadError("aria2_unavailable", retryable=True, detail=str(exc)))
+        raise _failed(self, catalog, key, claim,
+                      DownloadError("aria2_unavailable", retryable=True, detail=str(exc))) from exc
     except DownloadError as exc:
-        _failed(self, catalog, key, claim, exc)
+        raise _failed(self, catalog, key, claim, exc) from None
     seconds = round(time.monotonic() - started, 3)
     now = time.time()
     entry = catalog.get(key)
     published = catalog.mark(
-        key, "ready", token=claim, blob=result.digest, size=result.size, stored_size=result.size,
+        key, advance(downloading, Event.PUBLISH), token=claim, blob=result.digest, size=result.size, stored_size=result.size,
         published_at=now, etag=result.etag, content_type=result.content_type,
         expires_at=freshness_deadline(settings, entry, now), bytes_done=result.size, speed=0,
         claim_token=None, claimed_at=None)
     if not published:
         log.warning("%s downloaded but its claim was taken over meanwhile; not marked by us", key)
         return {"key": key, "outcome": "taken_over", "digest": result.digest}
-    log.info("downloaded %s: %d bytes in %.1fs, digest %s", job.get("url"), result.size, seconds, result.digest)
+    log.info("downloaded %s: %d bytes in %.1fs, digest %s", job.url, result.size, seconds, result.digest)
     # Capture nodes add the key to their redirect index now (best effort: they also reconcile).
-    publish_index_event(app, READY, [key])
+    publish_index_event(app, INDEX_READY, [key])
     return {"key": key, "digest": result.digest, "size": result.size, "seconds": seconds}
 
 
-def _identity(job: Any) -> tuple[str | None, str | None]:
-    if not isinstance(job, Mapping):
-        return None, None
-    key, claim = job.get("key"), job.get("claim")
-    key = key if isinstance(key, str) and KEY_PATTERN.fullmatch(key) else None
-    claim = claim if isinstance(claim, str) and 0 < len(claim) <= 36 else None
-    return key, claim
-
-
-def _pinned(job: Mapping[str, Any], resolver: Any) -> dict[str, Any]:
+def _pinned(job: DownloadJob, resolver: Resolver) -> dict[str, Any]:
     """The job with the addresses to connect to: the cache's own resolution of the host (overrides,
     then DNS), never an address seen on the wire (the poisoning guard in tasks/analyze.py)."""
+    message = job.to_message()
     try:
-        host = urlsplit(str(job.get("url"))).hostname
+        host = urlsplit(str(job.url)).hostname
     except ValueError:
         host = None
     if not host:
-        return dict(job)  # download() rejects the URL with the reason
+        return message  # download() rejects the URL with the reason
     addresses = sorted(resolver.addresses(host))
     if not addresses:
         raise DownloadError("unresolved", retryable=True, detail=host)
-    return {**job, "addresses": addresses}
+    return {**message, "addresses": addresses}
 
 
-def _not_taken(task: Any, catalog: Any, key: str, claim: str, lease: float) -> dict[str, Any]:
+def _not_taken(task: Any, catalog: Catalog, key: str, claim: str, lease: float) -> dict[str, Any]:
     """Another live worker holds the key (wait for it), or the job is obsolete (end)."""
     entry = catalog.get(key)
-    if entry is not None and entry.claim_token == claim and entry.state == "downloading":
+    ours = entry is not None and entry.claim_token == claim
+    if lifecycle.duplicate_delivery(entry.state if entry is not None else None, ours) == "wait":
         held_for = lease - (time.time() - (entry.claimed_at or 0.0))
         log.info("%s is being downloaded by a live worker; checking again in %.0fs", key, max(1.0, held_for))
         # Rare (a duplicate delivery) and bounded by the live download; it does count as a retry.
         raise task.retry(countdown=max(1.0, held_for + 1.0), max_retries=None)
     state = entry.state if entry is not None else "gone"
     log.info("download job for %s is obsolete (entry %s, claim %s): nothing to do", key, state,
-             "ours" if entry is not None and entry.claim_token == claim else "another")
+             "ours" if ours else "another")
     return {"key": key, "outcome": "obsolete", "state": state}
 
 
-def _heartbeat(catalog: Any, key: str, claim: str):
+def _heartbeat(catalog: Catalog, key: str, claim: str) -> Callable[[int, int, int], None]:
     """on_progress for download(): progress and lease renewal, at most once a second."""
     last = 0.0
 
@@ -177,7 +179,8 @@ def _heartbeat(catalog: Any, key: str, claim: str):
             return
         last = now
         try:
-            held = catalog.mark(key, "downloading", token=claim, bytes_done=done, speed=speed,
+            held = catalog.mark(key, advance(EntryState.DOWNLOADING, Event.PROGRESS), token=claim,
+                                bytes_done=done, speed=speed,
                                 claimed_at=time.time())
         except Exception as exc:  # a busy or unreachable catalog must not stop the bytes
             log.warning("progress of %s not recorded: %s", key, exc)
@@ -188,28 +191,28 @@ def _heartbeat(catalog: Any, key: str, claim: str):
     return on_progress
 
 
-def _failed(task: Any, catalog: Any, key: str, claim: str, exc: DownloadError) -> None:
-    """Retry a retryable error later (the claim stays, so nothing else starts), else fail for good."""
+def _failed(task: Any, catalog: Catalog, key: str, claim: str, exc: DownloadError) -> Exception:
+    """Retry a retryable error later (the claim stays, so nothing else starts), else fail for good.
+
+    Returns the exception for the caller to raise: Celery's Retry, or `exc` after recording it."""
     reason = f"download: {exc}"[:500]
     if exc.retryable and task.request.retries < task.app.settings.download_attempts - 1:
         # Keep state and token; move claimed_at back by the lease so that this retry (and nothing
         # else: only holders of the token may take it) can resume at once when it arrives.
         lease = task.app.settings.download_lease
-        catalog.mark(key, "downloading", reason=f"retrying: {reason}"[:500], token=claim, speed=0,
-                     claimed_at=time.time() - lease)
+        catalog.mark(key, advance(EntryState.DOWNLOADING, Event.PROGRESS), reason=f"retrying: {reason}"[:500],
+                     token=claim, speed=0, claimed_at=time.time() - lease)
         countdown = retry_countdown(task.request.retries)
         log.warning("download of %s failed (%s); retry %d in %.0fs", key, exc, task.request.retries + 1, countdown)
-        raise task.retry(exc=exc, countdown=countdown, max_retries=None)
+        return task.retry(exc=exc, countdown=countdown, max_retries=None, throw=False)
     log.error("download of %s failed for good: %s", key, exc)
-    catalog.mark(key, "failed", reason=reason, token=claim, claim_token=None, claimed_at=None,
-                 bytes_done=0, speed=0)
-    raise exc
+    catalog.mark(key, advance(EntryState.DOWNLOADING, Event.GIVE_UP), reason=reason, token=claim,
+                 claim_token=None, claimed_at=None, bytes_done=0, speed=0)
+    return exc
 
 
-def freshness_deadline(settings: Settings, entry: Any, now: float) -> float:
+def freshness_deadline(settings: Settings, entry: EntryView | None, now: float) -> float:
     """When the stored copy stops being fresh, from the validators the probe stored on the entry."""
-    from cachetap.core.freshness import expires_at  # lazily: only the publishing step needs it
-
     headers = {}
     if entry is not None and entry.cache_control:
         headers["Cache-Control"] = entry.cache_control

@@ -20,16 +20,18 @@ from typing import Any
 
 from celery import shared_task
 
-from cachetap.core.eviction import AT_REST, bytes_budget, cleanup_victims, quota_victims
+from cachetap.core.eviction import bytes_budget, cleanup_victims, quota_victims
+from cachetap.core import lifecycle
 from cachetap.core.freshness import expires_at, revalidation_headers, revalidation_outcome
+from cachetap.core.lifecycle import EntryState
 from cachetap.fetch.probe import ProbeError, probe_response
 from cachetap.fetch.resolver import Resolver
 from cachetap.settings import Settings
 from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog
 from cachetap.store.evict import evict, reconcile
-from cachetap.tasks.app import (SCHEDULE_CLEANUP, SCHEDULE_QUOTA, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE)
 from cachetap.tasks.index_events import NO_INDEX, IndexNotifier
+from cachetap.wire import SCHEDULE_CLEANUP, SCHEDULE_QUOTA, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ def run_cleanup(catalog: Catalog, blobs: BlobStore, settings: Settings, now: flo
     min_hits, idle = settings.cleanup_min_hits, settings.cleanup_idle
     if min_hits <= 0:
         return {"candidates": 0, "evicted": 0}
-    stats = catalog.entry_stats(AT_REST, fewer_hits_than=min_hits, last_hit_before=now - idle)
+    stats = catalog.entry_stats(lifecycle.AT_REST, fewer_hits_than=min_hits, last_hit_before=now - idle)
     states = {s.key: s.state for s in stats}
     victims = cleanup_victims(stats, now, min_hits, idle)
     evicted = sum(evict(catalog, blobs, v.key, v.reason, expect_state=states[v.key], on_removed=index.removed)
@@ -58,14 +60,14 @@ def run_quota(catalog: Catalog, blobs: BlobStore, settings: Settings,
               free_bytes: int | None = None, index: IndexNotifier = NO_INDEX) -> dict[str, int]:
     """Evict ready entries, least recently requested first, until the stored bytes fit disk_quota
     and min_free_bytes are free on the cache filesystem (`free_bytes` overrides the measurement)."""
-    stats = catalog.entry_stats(["ready"])
+    stats = catalog.entry_stats([EntryState.READY])
     used = sum(s.stored_size or 0 for s in stats)
     free = shutil.disk_usage(blobs.root).free if free_bytes is None else free_bytes
     budget = bytes_budget(used, settings.disk_quota, free, settings.min_free_bytes)
     victims = quota_victims(stats, used, budget)
     sizes = {s.key: s.stored_size or 0 for s in stats}
     evicted = [v.key for v in victims
-               if evict(catalog, blobs, v.key, v.reason, expect_state="ready", on_removed=index.removed)]
+               if evict(catalog, blobs, v.key, v.reason, expect_state=EntryState.READY, on_removed=index.removed)]
     freed = sum(sizes[k] for k in evicted)
     if victims:
         log.warning("quota: %d bytes stored, %d allowed (quota %d, %d free, keep %d free): %d entries evicted, "
@@ -96,7 +98,7 @@ def run_revalidate(catalog: Catalog, blobs: BlobStore, resolver: Resolver, setti
                 index.ready(entry.key)  # capture nodes dropped it when it expired
                 log.info("revalidated %s (%s): fresh for %.0fs more", entry.key, reason, until - answered)
         elif outcome in ("changed", "gone"):
-            if evict(catalog, blobs, entry.key, outcome, expect_state="ready", on_removed=index.removed):
+            if evict(catalog, blobs, entry.key, outcome, expect_state=EntryState.READY, on_removed=index.removed):
                 log.info("revalidated %s (%s): %s, evicted: %s", entry.key, reason, outcome, entry.url)
         else:
             log.warning("revalidation of %s failed (%s): not served until it succeeds: %s", entry.key, reason,

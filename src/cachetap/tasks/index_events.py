@@ -1,8 +1,8 @@
 """Tell every capture node at once that keys became redirectable or stopped being so.
 
-A fanout exchange on the Celery broker: the download task publishes "ready" when it publishes a file,
-eviction, purge and revalidation publish "removed". Capture nodes each bind their own queue to it
-(capture/index_sync.py). Publishing is best effort: a lost message is corrected by the capture's
+A fanout exchange on the Celery broker (its names in `cachetap.wire`): the download task publishes
+INDEX_READY when it publishes a file; eviction, purge and revalidation publish INDEX_REMOVED. Capture
+nodes each bind their own queue to it (capture/index_sync.py). Publishing is best effort: a lost message is corrected by the capture's
 periodic reconcile with the catalog, so a broker hiccup never fails the task that published.
 """
 
@@ -10,26 +10,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
-from kombu import Exchange
+from celery import Celery
+
+from cachetap.wire import INDEX_EXCHANGE, INDEX_READY, INDEX_REMOVED, INDEX_ROUTING_KEY, index_event
 
 log = logging.getLogger(__name__)
 
-INDEX_EXCHANGE = Exchange("cachetap.index", type="fanout", durable=False)
-READY, REMOVED = "ready", "removed"
 
-
-def publish_index_event(app: Any, op: str, keys: Iterable[str]) -> bool:
-    """Broadcast `op` ("ready" or "removed") for `keys`; returns False (and logs) if it could not."""
-    if op not in (READY, REMOVED):
-        raise ValueError(f"unknown index event {op!r}")
+def publish_index_event(app: Celery, op: str, keys: Iterable[str]) -> bool:
+    """Broadcast `op` (INDEX_READY or INDEX_REMOVED) for `keys`; False (and a log line) if it could not."""
     keys = list(keys)
+    body = index_event(op, keys)  # an unknown op raises here, before anything is sent
     if not keys:
         return True
     try:
         with app.producer_or_acquire() as producer:
-            producer.publish({"op": op, "keys": keys}, exchange=INDEX_EXCHANGE, routing_key="index",
+            producer.publish(body, exchange=INDEX_EXCHANGE, routing_key=INDEX_ROUTING_KEY,
                              serializer="json", declare=[INDEX_EXCHANGE], retry=True,
                              retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
         return True
@@ -45,16 +42,16 @@ class IndexNotifier:
     reconcile with the catalog then picks the change up.
     """
 
-    def __init__(self, app: Any | None = None) -> None:
+    def __init__(self, app: Celery | None = None) -> None:
         self.app = app
 
     def ready(self, key: str) -> None:
         if self.app is not None:
-            publish_index_event(self.app, READY, [key])
+            publish_index_event(self.app, INDEX_READY, [key])
 
     def removed(self, key: str) -> None:
         if self.app is not None:
-            publish_index_event(self.app, REMOVED, [key])
+            publish_index_event(self.app, INDEX_REMOVED, [key])
 
 
 NO_INDEX = IndexNotifier()

@@ -15,8 +15,10 @@ from typing import Any
 
 from celery import shared_task
 
-from cachetap.tasks.app import (DOWNLOAD_FETCH, PROCESSED_MAX_AGE, ROUTES, SCHEDULE_PRUNE_BROKER,
-                                SCHEDULE_PRUNE_HITS, SCHEDULE_RECLAIM, prune_processed)
+from cachetap.core.lifecycle import EntryState, Event, advance, sources
+from cachetap.tasks.app import PROCESSED_MAX_AGE, prune_processed
+from cachetap.wire import (DOWNLOAD_FETCH, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS, SCHEDULE_RECLAIM,
+                           DownloadJob, send)
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +38,20 @@ def reclaim(self: Any) -> dict[str, int]:
     app = self.app
     catalog, stale_after = app.catalog, app.settings.claim_timeout
     now = time.time()
-    done = {"probing": 0, "resent": 0}
-    for entry in catalog.stale_claims(now, stale_after, ["probing"]):
+    done = {EntryState.PROBING: 0, "resent": 0}
+    for entry in catalog.stale_claims(now, stale_after, sources(Event.RELEASE)):
         # Guarded by the old token: a worker that took it meanwhile keeps it.
-        if catalog.mark(entry.key, "counting", token=entry.claim_token, claim_token=None, claimed_at=None):
-            done["probing"] += 1
+        if catalog.mark(entry.key, advance(entry.state, Event.RELEASE), token=entry.claim_token,
+                        claim_token=None, claimed_at=None):
+            done[EntryState.PROBING] += 1
             log.info("stale probe claim on %s released", entry.key)
-    for entry in catalog.stale_claims(now, stale_after, ["queued", "downloading"]):
+    for entry in catalog.stale_claims(now, stale_after, sources(Event.REQUEUE)):
         token = str(uuid.uuid4())
         # An atomic retake of the stale claim (state unchanged), then back to queued under it.
         if not catalog.claim(entry.key, [], entry.state, token, now=now, stale_after=stale_after):
             continue
-        catalog.mark(entry.key, "queued", token=token, claimed_at=now)
-        job = {"key": entry.key, "url": entry.url, "size": entry.size, "etag": entry.etag,
-               "last_modified": entry.last_modified, "content_type": entry.content_type, "claim": token}
-        app.send_task(DOWNLOAD_FETCH, args=[job], queue=ROUTES[DOWNLOAD_FETCH]["queue"])
+        catalog.mark(entry.key, advance(entry.state, Event.REQUEUE), token=token, claimed_at=now)
+        send(app, DOWNLOAD_FETCH, DownloadJob.from_entry(entry, token).to_message())
         done["resent"] += 1
         log.warning("stale %s claim on %s: download job sent again", entry.state, entry.key)
     return done

@@ -142,7 +142,7 @@ def take_tasks(app, queue: str, count: int, timeout: float = 120.0,
     """
     from queue import Empty
 
-    from cachetap.tasks.app import QUEUES
+    from cachetap.wire import QUEUES
 
     declared = next(q for q in QUEUES if q.name == queue)
     taken: list[tuple[str, list]] = []

@@ -1,7 +1,7 @@
 """One client connection of the cache server, as an asyncio Protocol: read a head, answer, repeat.
 
-A Protocol rather than asyncio streams because this is the hot path (cf. the brief: hand-written
-where a library costs speed): streams put a Task step, a Future and a timeout object under every
+A Protocol rather than asyncio streams because this is the hot path (hand-written where a library
+costs speed): streams put a Task step, a Future and a timeout object under every
 head read and every full socket buffer, about half the Python time of a served 4 MiB range. Here
 bytes arrive in `data_received`, the answer is written at once, and a body goes out with
 `os.sendfile` from the socket's own writable callback. Timeouts are not timers per request: the
@@ -73,7 +73,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.sock = transport.get_extra_info("socket")
         self.deadline = self.loop.time() + self.server.head_timeout
-        self.server._connections.add(self)
+        self.server.opened(self)
 
     def data_received(self, data: bytes) -> None:
         if self.state == LINGERING:
@@ -92,7 +92,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._end_body()
         self.state = CLOSED
-        self.server._connections.discard(self)
+        self.server.closed(self)
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from cachetap.core.freshness import http_date
-from cachetap.web.semantics import valid_etag
+from cachetap.core.lifecycle import EntryState
+from cachetap.core.semantics import parse_http_date, valid_etag
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class DirectoryLookup:
             return dict(self._index)
 
     def url_path(self, relative_path: str) -> str:
-        from cachetap.web.urls import object_path
+        from cachetap.core.urls import object_path
         return object_path(directory_key(relative_path), relative_path.rsplit("/", 1)[-1])
 
     def _relative(self, key: str) -> str | None:
@@ -216,7 +216,7 @@ class CatalogLookup:
 
     def _served(self, key: str, entry: Any) -> ServedObject | None:
         """The object a ready entry serves, or None; built once per cached row (stat included)."""
-        if entry is None or entry.state != "ready" or not entry.blob:
+        if entry is None or entry.state != EntryState.READY or not entry.blob:
             return None
         path = Path(self.blobs.path(entry.blob))
         try:
@@ -227,7 +227,7 @@ class CatalogLookup:
             log.warning("blob %s of %s has %d bytes, catalog says %d: not served",
                         entry.blob, key, st.st_size, entry.size)
             return None
-        etag = entry.etag if valid_etag(entry.etag) else f'"{entry.blob[:32]}"'
+        etag = entry.etag if valid_etag(entry.etag, obs_text=False) else f'"{entry.blob[:32]}"'
         return ServedObject(path, st.st_size, entry.filename or "download",
                             entry.content_type or "application/octet-stream", etag,
                             _epoch(entry.last_modified), entry.url, st.st_mtime)
@@ -269,4 +269,4 @@ def _epoch(value: Any) -> float | None:
         return None
     if isinstance(value, (int, float)):
         return float(value)
-    return http_date(str(value))
+    return parse_http_date(str(value))

@@ -16,7 +16,6 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 _FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # /c/<key>/<cosmetic file name>; only the key is ever used, so no path reaches the disk.
-_OBJECT_PATH = re.compile(r"/c/([0-9a-f]{32})(?:/[^?]*)?\Z")
 
 
 class BadRequest(Exception):
@@ -125,8 +124,3 @@ def parse_request_head(head: bytes) -> Request:
         raise BadRequest("bad_content_length")
     return Request(method.decode("ascii"), target.decode("ascii"), version.decode("ascii"), headers)
 
-
-def object_key(path: str) -> str | None:
-    """The cache key of `/c/<key>/<name>`, or None for any other path."""
-    match = _OBJECT_PATH.match(path)
-    return match.group(1) if match else None

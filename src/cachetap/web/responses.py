@@ -1,4 +1,4 @@
-"""Response heads as bytes. Every value put here comes from a checked source (see semantics)."""
+"""Response heads as bytes. Every value put here comes from a checked source (see core/semantics.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import time
 from http import HTTPStatus
 
 from cachetap import __version__ as _version
+from cachetap.core.semantics import content_disposition, format_http_date, safe_content_type, valid_etag
 from cachetap.web.lookup import ServedObject
-from cachetap.web.semantics import content_disposition, http_date, safe_content_type, valid_etag
 
 SERVER = f"cachetap/{_version}"
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -22,7 +22,7 @@ class _DateCache:
     def now(self) -> str:
         second = int(time.time())
         if second != self.second:
-            self.second, self.value = second, http_date(second)
+            self.second, self.value = second, format_http_date(second)
         return self.value
 
 
@@ -47,9 +47,9 @@ def simple(status: int, body: bytes, keep_alive: bool, extra: list[tuple[str, st
 def object_fields(obj: ServedObject) -> list[tuple[str, str]]:
     """Validators and metadata shared by 200, 206 and 304 answers."""
     fields = [("Accept-Ranges", "bytes")]
-    if valid_etag(obj.etag):
+    if valid_etag(obj.etag, obs_text=False):
         fields.append(("ETag", obj.etag))
-    fields.append(("Last-Modified", http_date(modified_time(obj))))
+    fields.append(("Last-Modified", format_http_date(modified_time(obj))))
     return fields
 
 

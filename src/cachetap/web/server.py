@@ -12,16 +12,15 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
 
+from cachetap.core.semantics import (UNSATISFIABLE, ByteRange, not_modified, parse_range, range_allowed,
+                                     safe_location)
+from cachetap.core.urls import object_key, origin_hint
 from cachetap.web import responses as resp
 from cachetap.web.connection import SENDING, Answer, Connection
 from cachetap.web.lookup import ObjectLookup, ServedObject
 from cachetap.web.metrics import ServeMetrics
-from cachetap.web.urls import origin_hint
-from cachetap.web.request import Request, object_key
-from cachetap.web.semantics import (UNSATISFIABLE, ByteRange, not_modified, parse_range, range_allowed,
-                                    safe_location)
+from cachetap.web.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ class CacheServer:
     """One event loop serving one listening socket.
 
     Tests: `CacheServer(lookup).start()` runs it in a thread on a free port (`.port`), `.stop()`.
-    Production: `run_server()` runs `serve_forever()` in one or more worker processes.
+    Production: `workers.run_server()` runs `serve_forever()` in one or more worker processes.
     """
 
     def __init__(self, lookup: ObjectLookup, host: str = "127.0.0.1", port: int = 0, *,
@@ -127,6 +126,14 @@ class CacheServer:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    # ---- connections (called by Connection) ------------------------------------------------------
+
+    def opened(self, connection: Connection) -> None:
+        self._connections.add(connection)
+
+    def closed(self, connection: Connection) -> None:
+        self._connections.discard(connection)
 
     # ---- answers ------------------------------------------------------------------------------
 
@@ -225,8 +232,3 @@ class CacheServer:
         fields = [("Location", location), ("Cache-Control", "no-store")]
         return Answer(resp.simple(302, b"", keep_alive, fields), 302, keep_alive)
 
-
-def run_server(host: str, port: int, lookup: ObjectLookup, processes: int = 1, **options: Any) -> None:
-    """Serve until SIGTERM/SIGINT with `processes` SO_REUSEPORT workers (see workers.py)."""
-    from cachetap.web.workers import run_server as run
-    run(host, port, lookup, processes, **options)

@@ -2,7 +2,7 @@
 
 Each worker binds its own socket with SO_REUSEPORT, so the kernel spreads connections evenly
 over the workers (one shared accept socket lets the busiest process win most accepts).
-A worker that dies is replaced: the cache server must keep answering (fail-open promise).
+A worker that dies is replaced: the cache server must keep answering (fail-open, docs/internals.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""HTTP semantics of serving a stored object (RFC 9110): ranges, validators, header values.
+"""HTTP semantics (RFC 9110): dates, entity tags, ranges, conditionals, header values.
 
-Small pure functions; the server module only wires them to sockets.
+Small pure functions shared by the cache server (web/), freshness and revalidation (core/freshness.py);
+the server module only wires them to sockets.
 """
 
 from __future__ import annotations
@@ -8,10 +9,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import quote
-
-from cachetap.core.freshness import http_date as parse_http_date
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,18 +61,52 @@ def parse_range(value: str | None, size: int) -> ByteRange | Unsatisfiable | Non
     return ByteRange(start, min(end, size - 1))
 
 
+# ---- dates -----------------------------------------------------------------------------------
+
+def parse_http_date(value: str | None) -> float | None:
+    """Epoch seconds of an HTTP-date (any of the three RFC 9110 forms), None when invalid."""
+    if not value or not value.strip():
+        return None
+    try:
+        parsed = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        return None  # "-0000" or no zone: not an HTTP-date
+    try:
+        return parsed.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def format_http_date(epoch: float) -> str:
+    """The IMF-fixdate form RFC 9110 5.6.7 asks senders to use."""
+    return formatdate(epoch, usegmt=True)
+
+
 # ---- validators ------------------------------------------------------------------------------
 
-_ETAG = re.compile(r'(?:W/)?"[\x21\x23-\x7e]*"\Z')
 _ETAG_LIST_ITEM = re.compile(r'\s*((?:W/)?"[^"]*")\s*(?:,|\Z)')
 
 
-def valid_etag(tag: str | None) -> bool:
-    return bool(tag) and _ETAG.match(tag) is not None
+def valid_etag(tag: str | None, obs_text: bool = True) -> bool:
+    """RFC 9110 8.8.3 entity-tag: optional W/, then a quoted string of etagc. `obs_text=False` also
+    refuses the bytes >= 0x80 the grammar tolerates (the cache server sends only ASCII heads)."""
+    if not tag:
+        return False
+    body = tag[2:] if tag.startswith("W/") else tag
+    return (len(body) >= 2 and body[0] == '"' and body[-1] == '"'
+            and all(c == "!" or "#" <= c <= "~" or (obs_text and c >= "\x80") for c in body[1:-1]))
 
 
 def _opaque(tag: str) -> str:
+    tag = tag.strip()
     return tag[2:] if tag.startswith("W/") else tag
+
+
+def weak_match(a: str, b: str) -> bool:
+    """Weak comparison (RFC 9110 8.8.3.2): equal opaque tags, W/ prefixes ignored."""
+    return _opaque(a) == _opaque(b)
 
 
 def _etag_list(value: str) -> list[str]:
@@ -86,12 +119,7 @@ def none_match(if_none_match: str, etag: str | None) -> bool:
         return True
     if etag is None:
         return False
-    mine = _opaque(etag)
-    return any(_opaque(tag) == mine for tag in _etag_list(if_none_match))
-
-
-def http_date(epoch: float) -> str:
-    return formatdate(epoch, usegmt=True)
+    return any(weak_match(tag, etag) for tag in _etag_list(if_none_match))
 
 
 def not_modified(headers: dict[str, str], etag: str | None, last_modified: float | None) -> bool:

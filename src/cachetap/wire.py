@@ -1,0 +1,163 @@
+"""The messaging contract between capture, the CLI and the task queues: names, routes and message forms.
+
+Both sides import this module and nothing of each other: the capture process sends sighting batches
+and listens to index events, the tasks consume those batches and send download jobs and index
+events. Everything a message carries comes off the broker, which anyone who can write to it can
+fill, so each decoder validates before anything acts on a value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kombu import Exchange, Queue
+
+from cachetap.core.keys import KEY_PATTERN
+from cachetap.core.types import Sighting
+
+# ---- task names and routing ---------------------------------------------------------------------
+ANALYZE_BATCH = "cachetap.analyze.batch"
+DOWNLOAD_FETCH = "cachetap.download.fetch"
+CAPTURE_REPLAY = "cachetap.capture.replay"
+SCHEDULE_PRUNE_HITS = "cachetap.schedule.prune_hits"
+SCHEDULE_RECLAIM = "cachetap.schedule.reclaim"
+SCHEDULE_PRUNE_BROKER = "cachetap.schedule.prune_broker"
+SCHEDULE_CLEANUP = "cachetap.schedule.cleanup"
+SCHEDULE_QUOTA = "cachetap.schedule.quota"
+SCHEDULE_RECONCILE = "cachetap.schedule.reconcile"
+SCHEDULE_REVALIDATE = "cachetap.schedule.revalidate"
+
+QUEUE_NAMES = ("capture", "analyze", "download", "schedule")
+QUEUES = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES)
+
+ROUTES: dict[str, dict[str, str]] = {
+    CAPTURE_REPLAY: {"queue": "capture"},
+    ANALYZE_BATCH: {"queue": "analyze"},
+    DOWNLOAD_FETCH: {"queue": "download"},
+    SCHEDULE_PRUNE_HITS: {"queue": "schedule"},
+    SCHEDULE_RECLAIM: {"queue": "schedule"},
+    SCHEDULE_PRUNE_BROKER: {"queue": "schedule"},
+    SCHEDULE_CLEANUP: {"queue": "schedule"},
+    SCHEDULE_QUOTA: {"queue": "schedule"},
+    SCHEDULE_RECONCILE: {"queue": "schedule"},
+    SCHEDULE_REVALIDATE: {"queue": "schedule"},
+    "celery.backend_cleanup": {"queue": "schedule"},  # added by beat when results expire
+}
+
+
+class TaskSender(Protocol):
+    """What sending needs of a Celery app."""
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any: ...
+
+
+def send(app: TaskSender, task: str, *args: Any) -> Any:
+    """Send `task` with `args` to the queue its route names; returns Celery's AsyncResult."""
+    return app.send_task(task, args=list(args), queue=ROUTES[task]["queue"])
+
+
+# ---- index events: fanout to every capture node -------------------------------------------------
+INDEX_EXCHANGE = Exchange("cachetap.index", type="fanout", durable=False)
+INDEX_ROUTING_KEY = "index"
+# Wire names of the two events (not entry states: "ready" here means "redirect it from now on").
+INDEX_READY, INDEX_REMOVED = "ready", "removed"
+INDEX_OPS = frozenset({INDEX_READY, INDEX_REMOVED})
+
+
+def index_event(op: str, keys: list[str]) -> dict[str, Any]:
+    if op not in INDEX_OPS:
+        raise ValueError(f"unknown index event {op!r}")
+    return {"op": op, "keys": keys}
+
+
+def decode_index_event(body: Any) -> tuple[str, list[Any]] | None:
+    """(op, keys) of a well-formed event, else None; each key is still the receiver's to check."""
+    if not isinstance(body, Mapping):
+        return None
+    op, keys = body.get("op"), body.get("keys")
+    if op not in INDEX_OPS or not isinstance(keys, list):
+        return None
+    return op, keys
+
+
+# ---- sightings: capture -> analyze --------------------------------------------------------------
+
+def encode_sighting(sighting: Sighting) -> dict[str, Any]:
+    return sighting.to_dict()
+
+
+def decode_sighting(item: Any) -> Sighting | None:
+    """A sighting from one item of an analyze batch, or None when anything in it is malformed."""
+    if not isinstance(item, dict):
+        return None
+    try:
+        sighting = Sighting.from_dict(item)
+    except (KeyError, TypeError):
+        return None
+    ok = (isinstance(sighting.key, str) and KEY_PATTERN.fullmatch(sighting.key) is not None
+          and isinstance(sighting.url, str) and sighting.url.startswith("http://")
+          and isinstance(sighting.host, str) and sighting.host != ""
+          and isinstance(sighting.server, str) and isinstance(sighting.client, str)
+          and isinstance(sighting.ts, (int, float)) and not isinstance(sighting.ts, bool))
+    return sighting if ok else None
+
+
+# ---- download jobs: analyze, prefetch and reclaim -> download -----------------------------------
+MAX_CLAIM = 36  # a uuid4 in text form
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadJob:
+    """One admitted object to fetch, under the claim token its entry was queued with.
+
+    Besides key and claim (checked here: they decide which row the worker may touch) the values are
+    the probe's, carried as they came; `fetch.download.validate_job` judges them before any I/O.
+    """
+
+    key: str
+    url: str
+    claim: str
+    size: Any = None
+    etag: Any = None
+    last_modified: Any = None
+    content_type: Any = None
+
+    @classmethod
+    def from_probe(cls, key: str, url: str, probe: Any, claim: str) -> DownloadJob:
+        return cls(key=key, url=url, claim=claim, size=probe.size, etag=probe.etag,
+                   last_modified=probe.last_modified, content_type=probe.content_type)
+
+    @classmethod
+    def from_entry(cls, entry: Any, claim: str) -> DownloadJob:
+        """The job again from what the catalog kept of the probe (a stale claim being re-sent)."""
+        return cls(key=entry.key, url=entry.url, claim=claim, size=entry.size, etag=entry.etag,
+                   last_modified=entry.last_modified, content_type=entry.content_type)
+
+    def to_message(self) -> dict[str, Any]:
+        return {"key": self.key, "url": self.url, "size": self.size, "etag": self.etag,
+                "last_modified": self.last_modified, "content_type": self.content_type, "claim": self.claim}
+
+    @classmethod
+    def from_message(cls, message: Any) -> DownloadJob | None:
+        """The job, or None when the message has no valid key and claim (nothing it names may be touched)."""
+        if not isinstance(message, Mapping):
+            return None
+        key, claim = message.get("key"), message.get("claim")
+        if not (isinstance(key, str) and KEY_PATTERN.fullmatch(key)):
+            return None
+        if not (isinstance(claim, str) and 0 < len(claim) <= MAX_CLAIM):
+            return None
+        return cls(key=key, url=message.get("url"), claim=claim, size=message.get("size"),
+                   etag=message.get("etag"), last_modified=message.get("last_modified"),
+                   content_type=message.get("content_type"))
+
+
+def job_key(message: Any) -> str | None:
+    """The cache key a task message is about, if any of its arguments is a job with a valid key."""
+    if isinstance(message, Mapping):
+        key = message.get("key")
+        if isinstance(key, str) and KEY_PATTERN.fullmatch(key):
+            return key
+    return None

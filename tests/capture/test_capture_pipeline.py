@@ -1,0 +1,193 @@
+"""The capture pipeline as a playbook: frames in, decisions out, no socket of our own and no privileges.
+
+In the style of mitmproxy's Playbook: `playbook >> frames` feeds real Ethernet frames (built by
+cachetap.testing.pcaps), `playbook << decision` says what must come out at that point, and
+`assert playbook` plays the script and compares transcripts. The clock the loop guard reads is
+the playbook's own, moved with `playbook.at(t)`. The one real service is a cache server on
+loopback, so the health gate asks a real server whether it answers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import pytest
+
+from cachetap.capture.health import HealthGate
+from cachetap.capture.hotindex import HotIndex
+from cachetap.capture.pipeline import Pipeline, counts
+from cachetap.capture.redirector import RedirectScope, Redirector
+from cachetap.core.keys import cache_key, canonical_url
+from cachetap.core.types import Count, Decision, Ignore, Redirect
+from cachetap.settings import load_settings
+from cachetap.testing.pcaps import LINKTYPE_ETHERNET, frame_bytes, hostile_cases, http_get_packets
+from cachetap.web.lookup import DirectoryLookup
+from cachetap.web.server import CacheServer
+
+CLIENT, ORIGIN, HOST = "10.0.0.5", "93.184.216.34", "cdn.example.org"
+CACHE = "http://10.0.0.1:8642"
+READY_URL = canonical_url("/games/patch%201.pak", HOST, 80)
+READY = cache_key(READY_URL, {})
+LOCATION = (f"{CACHE}/c/{READY}/patch%201.pak?o=http%3A%2F%2Fcdn.example.org%2Fgames%2Fpatch%25201.pak")
+
+
+class Playbook:
+    """A script of frames in (`>>`) and decisions out (`<<`), played against one Pipeline."""
+
+    def __init__(self, pipeline: Pipeline, clock: list[float]) -> None:
+        self.pipeline, self.clock = pipeline, clock
+        self.script: list[tuple[str, object]] = []
+        self.observations = []
+
+    def __rshift__(self, packets: Sequence) -> Playbook:
+        self.script.append(("in", list(packets)))
+        return self
+
+    def __lshift__(self, decision: Decision) -> Playbook:
+        self.script.append(("out", decision))
+        return self
+
+    def at(self, now: float) -> Playbook:
+        self.script.append(("clock", now))
+        return self
+
+    def transcript(self) -> tuple[list, list]:
+        expected, actual = [], []
+        for kind, value in self.script:
+            if kind == "clock":
+                self.clock[0] = value
+            elif kind == "out":
+                expected.append(value)
+            else:
+                expected.append(f"{len(value)} frames")
+                actual.append(f"{len(value)} frames")
+                for packet in value:
+                    for obs in self.pipeline.feed(float(packet.time), LINKTYPE_ETHERNET, frame_bytes(packet)):
+                        self.observations.append(obs)
+                        actual.append(obs.decision)
+        return expected, actual
+
+    def __bool__(self) -> bool:
+        """Play what was scripted since the last check, and compare."""
+        expected, actual = self.transcript()
+        self.script.clear()
+        assert actual == expected  # pytest shows the two transcripts side by side
+        return True
+
+
+_PORTS = itertools.count(40000)
+
+
+def get(target: str = "/games/patch%201.pak", **options) -> list:
+    """The client's packets of one GET to the origin (handshake included), each on a new connection."""
+    options.setdefault("client_port", next(_PORTS))
+    return http_get_packets(CLIENT, ORIGIN, options.pop("host", HOST), target, **options)
+
+
+@pytest.fixture(scope="module")
+def cache_server(tmp_path_factory):
+    with CacheServer(DirectoryLookup(tmp_path_factory.mktemp("served"))) as server:
+        yield server
+
+
+@pytest.fixture
+def clock():
+    return [100.0]
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings(cache_dir=tmp_path, http_ports=[80], mode="redirect")
+
+
+@pytest.fixture
+def redirector(cache_server):
+    gate = HealthGate(cache_server.base_url)
+    assert gate.check_once()
+    return Redirector(HotIndex([READY]), gate, CACHE, RedirectScope(), frozenset({("10.0.0.1", 8642)}))
+
+
+@pytest.fixture
+def playbook(settings, redirector, clock):
+    return Playbook(Pipeline(settings, redirector=redirector, clock=lambda: clock[0]), clock)
+
+
+def test_a_ready_key_is_redirected_and_its_sighting_still_counts(playbook):
+    assert playbook >> get() << Redirect(READY, LOCATION)
+    (obs,) = playbook.observations
+    assert counts(obs.decision)
+    sighting = obs.sighting()
+    assert (sighting.client, sighting.server, sighting.host, sighting.url, sighting.key) == (
+        CLIENT, ORIGIN, HOST, READY_URL, READY)
+    assert playbook.pipeline.summary()["decisions"] == {"redirect": 1}
+
+
+def test_a_key_not_ready_is_counted(playbook):
+    url = canonical_url("/games/other.pak", HOST, 80)
+    assert playbook >> get("/games/other.pak") << Count(cache_key(url, {}))
+
+
+def test_out_of_scope_requests_are_ignored_with_the_reason(playbook):
+    assert (playbook
+            >> get(method="HEAD") << Ignore("method")
+            >> get("/index.html") << Ignore("extension")
+            >> get(headers={"Authorization": "Basic eDp5"}) << Ignore("authorization"))
+
+
+def test_a_head_split_over_segments_is_decided_when_it_is_complete(playbook):
+    packets = get(split_at=[10, 30], handshake=False)
+    assert len(packets) == 3
+    assert playbook >> packets[:2] >> packets[2:] << Redirect(READY, LOCATION)
+
+
+def test_pipelined_requests_are_counted_never_redirected(playbook):
+    other = cache_key(canonical_url("/b.iso", HOST, 80), {})
+    assert playbook >> get(pipelined=["/b.iso"]) << Count(READY) << Count(other)
+    assert playbook.pipeline.redirector.skipped == {"pipelined": 1}
+
+
+def test_the_loop_guard_runs_on_the_given_clock(playbook, redirector):
+    # Two redirects of the same bytes to the same client inside the loop window are a bounce...
+    assert playbook >> get() << Redirect(READY, LOCATION)
+    playbook.pipeline.redirected(playbook.observations[-1])
+    assert playbook.at(100.2) >> get() << Redirect(READY, LOCATION)
+    playbook.pipeline.redirected(playbook.observations[-1])
+    # ...and the third ends redirects for that pair for suppress_for seconds of that clock.
+    assert playbook.at(100.4) >> get() << Count(READY)
+    assert playbook.at(100 + redirector.suppress_for) >> get() << Count(READY)
+    assert playbook.at(101 + redirector.suppress_for) >> get() << Redirect(READY, LOCATION)
+    assert redirector.skipped["loop"] == 2
+
+
+def test_a_redirect_that_could_not_be_sent_counts_as_a_plain_request(playbook, redirector):
+    assert playbook >> get() << Redirect(READY, LOCATION)
+    playbook.pipeline.redirect_failed(playbook.observations[-1])
+    assert playbook.pipeline.summary()["decisions"] == {"count": 1}
+    assert redirector.skipped == {"inject_failed": 1} and redirector.redirected == 0
+
+
+def test_no_redirect_while_the_cache_server_is_down(settings, clock, tmp_path):
+    server = CacheServer(DirectoryLookup(tmp_path)).start()
+    gate = HealthGate(server.base_url, timeout=0.5)
+    assert gate.check_once()
+    redirector = Redirector(HotIndex([READY]), gate, CACHE, RedirectScope(), frozenset())
+    playbook = Playbook(Pipeline(settings, redirector=redirector, clock=lambda: clock[0]), clock)
+    server.stop()
+    assert not gate.check_once()
+    assert playbook >> get() << Count(READY)
+    assert redirector.skipped == {"cache_server_down": 1}
+
+
+def test_without_a_redirector_nothing_is_redirected(settings, clock):
+    assert Playbook(Pipeline(settings), clock) >> get() << Count(READY)
+
+
+def test_hostile_frames_are_rejected_with_their_reason_and_never_redirected(playbook):
+    pipeline = playbook.pipeline
+    for case in hostile_cases():
+        before = pipeline.rejected[case.link_reason] if case.link_reason else 0
+        decisions = [obs.decision for obs in pipeline.feed(0.0, LINKTYPE_ETHERNET, case.frame)]
+        assert not any(isinstance(d, Redirect) for d in decisions), case.name
+        if case.link_reason is not None:
+            assert decisions == [] and pipeline.rejected[case.link_reason] == before + 1, case.name
