@@ -1,11 +1,15 @@
 """Live capture throughput: how much mixed traffic the capture keeps up with, GETs counted. Needs root.
 
     .venv/bin/python bench/capture_throughput.py [--rates 50,100,250,500,1000,2000,0] [--seconds 2]
+    .venv/bin/python bench/capture_throughput.py --mix get-heavy --consumers cachetap
 
 A pcap of mixed traffic is replayed with tcpreplay onto a veth in a namespace pair (testing/netns.py:
-tcpreplay in the client namespace on `c-r`, consumers in the router namespace on `r-c`). One packet in
-ten is the start of an HTTP GET (a new flow each), the other nine are 1448-byte response segments; the
-frames are addressed to a MAC nobody owns, so the router's kernel drops them right after the taps.
+tcpreplay in the client namespace on `c-r`, consumers in the router namespace on `r-c`). In the
+default mix one packet in ten is the start of an HTTP GET (a new flow each), the other nine are
+1448-byte response segments; in the GET-heavy mix (`--mix get-heavy`) one packet in two is a GET
+start, as a LAN of clients fetching small chunks produces, so the per-GET cost of the capture shows
+(with one GET in ten frames tcpreplay's top speed runs out first). The frames are addressed to a MAC
+nobody owns, so the router's kernel drops them right after the taps.
 
 Two consumers sniff `r-c` in the same run, side by side:
   cachetap: `LiveSource` + `Pipeline`, the real capture path (kernel BPF passes request starts only,
@@ -15,7 +19,7 @@ Two consumers sniff `r-c` in the same run, side by side:
             callback (the straightforward scapy way), at normal priority.
 Each rate (tcpreplay --mbps; 0 = --topspeed) gets fresh consumers; a rate's GETs count as missed when a
 consumer reports fewer than were sent. The highest achieved rate with zero missed GETs is reported for
-each. `--alone` also runs each consumer without the other (2 cores: they compete with tcpreplay too).
+each, in Mbit/s and in GETs per second (GETs sent / tcpreplay's own sending time). `--alone` also runs each consumer without the other (2 cores: they compete with tcpreplay too).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-GET_EVERY = 10
+MIXES = {"mixed": 10, "get-heavy": 2}  # one frame in N is the start of a GET
 DATA_PAYLOAD = 1448
 NOBODY_MAC = bytes.fromhex("020000c0ffee")
 SENDER_MAC = bytes.fromhex("020000000001")
@@ -55,8 +59,8 @@ def _tcp(sport: int, dport: int, seq: int, ack: int, payload: bytes) -> bytes:
     return struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, 0x18, 65535, 0, 0) + payload
 
 
-def write_traffic(path: Path, packets: int) -> int:
-    """Write `packets` Ethernet frames (GET start every GET_EVERY-th, from frame 0); returns GETs."""
+def write_traffic(path: Path, packets: int, get_every: int = MIXES["mixed"]) -> int:
+    """Write `packets` Ethernet frames (GET start every `get_every`-th, from frame 0); returns GETs."""
     server = bytes([10, 2, 0, 1])
     data = bytes(range(256)) * (DATA_PAYLOAD // 256 + 1)
     data = data[:DATA_PAYLOAD]
@@ -67,7 +71,7 @@ def write_traffic(path: Path, packets: int) -> int:
         flow = 0
         seq = 0
         for i in range(packets):
-            if i % GET_EVERY == 0:
+            if i % get_every == 0:
                 flow += 1
                 client = bytes([10, 1, (flow >> 8) & 0xFF, flow & 0xFF])
                 sport = 1024 + (flow * 7) % 60000
@@ -84,8 +88,8 @@ def write_traffic(path: Path, packets: int) -> int:
     return gets
 
 
-def gets_in_first(n: int) -> int:
-    return math.ceil(n / GET_EVERY)
+def gets_in_first(n: int, get_every: int) -> int:
+    return math.ceil(n / get_every)
 
 
 def average_frame(path: Path, packets: int) -> float:
@@ -174,8 +178,11 @@ def _finish(proc) -> dict:
 RATED = re.compile(r"Rated:\s+([\d.]+) Bps,\s+([\d.]+) Mbps,\s+([\d.]+) pps")
 
 
+ACTUAL = re.compile(r"Actual:\s+\d+ packets \(\d+ bytes\) sent in ([\d.]+) seconds")
+
+
 def replay_once(topo, pcap: Path, mbps: float, packets: int, consumers: list[str], realtime: bool,
-                drain: float) -> dict:
+                drain: float, get_every: int) -> dict:
     procs = {kind: _start(topo, kind, realtime) for kind in consumers}
     speed = ["--topspeed"] if mbps == 0 else [f"--mbps={mbps}"]
     result = topo.client.run(["tcpreplay", "-i", topo.client_if, "--preload-pcap", f"--limit={packets}",
@@ -186,13 +193,17 @@ def replay_once(topo, pcap: Path, mbps: float, packets: int, consumers: list[str
     row = {"asked_mbps": mbps, "sent_packets": int(sent.group(1)) if sent else packets,
            "mbps": float(match.group(2)) if match else float("nan"),
            "pps": float(match.group(3)) if match else float("nan")}
-    row["sent_gets"] = gets_in_first(row["sent_packets"])
+    row["sent_gets"] = gets_in_first(row["sent_packets"], get_every)
+    actual = ACTUAL.search(result.stdout)
+    seconds = float(actual.group(1)) if actual else float("nan")
+    row["gets_per_s"] = row["sent_gets"] / seconds if seconds > 0 else float("nan")
     for kind, proc in procs.items():
         row[kind] = _finish(proc)
     return row
 
 
-def measure(rates: list[float], seconds: float, min_packets: int, alone: bool, realtime: bool, drain: float) -> list:
+def measure(rates: list[float], seconds: float, min_packets: int, alone: bool, realtime: bool, drain: float,
+            get_every: int = MIXES["mixed"], consumers_run: tuple[str, ...] = ("cachetap", "scapy")) -> list:
     from cachetap.testing.netns import Topology
 
     rows = []
@@ -200,41 +211,43 @@ def measure(rates: list[float], seconds: float, min_packets: int, alone: bool, r
         # Big enough for the top rate: 2.5 Gbit/s for `seconds` at ~1.3 kB per frame.
         capacity = max(min_packets, int(2_500e6 / 8 / 1300 * seconds))
         pcap = Path(work) / "mixed.pcap"
-        write_traffic(pcap, capacity)
+        write_traffic(pcap, capacity, get_every)
         avg = average_frame(pcap, capacity)
-        print(f"traffic: {capacity:,} frames, 1 in {GET_EVERY} a GET start, average frame {avg:.0f} bytes "
+        print(f"traffic: {capacity:,} frames, 1 in {get_every} a GET start, average frame {avg:.0f} bytes "
               f"(pcap {pcap.stat().st_size / 1e6:.0f} MB)", flush=True)
-        runs = [["cachetap", "scapy"]] + ([["cachetap"], ["scapy"]] if alone else [])
+        runs = [list(consumers_run)] + ([[c] for c in consumers_run] if alone and len(consumers_run) > 1 else [])
         for consumers in runs:
             for mbps in rates:
                 wanted = capacity if mbps == 0 else int(mbps * 1e6 / 8 / avg * seconds)
                 packets = min(capacity, max(min_packets, wanted))
-                row = replay_once(topo, pcap, mbps, packets, consumers, realtime, drain)
+                row = replay_once(topo, pcap, mbps, packets, consumers, realtime, drain, get_every)
                 row["consumers"] = "+".join(consumers)
                 rows.append(row)
                 cells = "  ".join(f"{k}: {row[k]['gets']}/{row['sent_gets']} GETs" for k in consumers)
                 print(f"  [{row['consumers']}] asked {f'{mbps:g}' if mbps else 'top':>5} Mbps -> {row['mbps']:8.1f} Mbps "
-                      f"{row['pps']:9.0f} pps  {cells}", flush=True)
+                      f"{row['pps']:9.0f} pps {row['gets_per_s']:9.0f} GETs/s  {cells}", flush=True)
     return rows
 
 
-def report(rows: list[dict]) -> None:
-    print("\nCapture throughput (GETs counted / sent; mixed traffic, 1 in 10 frames a GET start)")
-    print(f"{'run':<16}{'asked':>8}{'Mbit/s':>10}{'pps':>10}{'cachetap GETs':>16}{'drops':>8}{'scapy GETs':>14}")
+def report(rows: list[dict], get_every: int = MIXES["mixed"]) -> None:
+    print(f"\nCapture throughput (GETs counted / sent; 1 in {get_every} frames a GET start)")
+    print(f"{'run':<16}{'asked':>8}{'Mbit/s':>10}{'pps':>10}{'GETs/s':>10}{'cachetap GETs':>16}{'drops':>8}"
+          f"{'scapy GETs':>14}")
     for row in rows:
         ours, theirs = row.get("cachetap"), row.get("scapy")
         ours_cell = f"{ours['gets']}/{row['sent_gets']}" if ours else "-"
         drops = str(ours["kernel_drops"]) if ours else "-"
         theirs_cell = f"{theirs['gets']}/{row['sent_gets']}" if theirs else "-"
         asked = f"{row['asked_mbps']:g}" if row["asked_mbps"] else "top"
-        print(f"{row['consumers']:<16}{asked:>8}{row['mbps']:>10.1f}{row['pps']:>10.0f}"
+        print(f"{row['consumers']:<16}{asked:>8}{row['mbps']:>10.1f}{row['pps']:>10.0f}{row['gets_per_s']:>10.0f}"
               f"{ours_cell:>16}{drops:>8}{theirs_cell:>14}")
     print("\nHighest achieved rate with zero missed GETs:")
     for run in sorted({r["consumers"] for r in rows}, key=len, reverse=True):
         for kind in run.split("+"):
             ok = [r for r in rows if r["consumers"] == run and r[kind]["gets"] >= r["sent_gets"]]
             best = max(ok, key=lambda r: r["mbps"], default=None)
-            figure = f"{best['mbps']:.0f} Mbit/s ({best['pps']:.0f} pps)" if best else "none of the rates tried"
+            figure = (f"{best['mbps']:.0f} Mbit/s ({best['pps']:.0f} pps, {best['gets_per_s']:.0f} GETs/s)"
+                      if best else "none of the rates tried")
             print(f"  {kind:<9} (run {run}): {figure}")
 
 
@@ -247,6 +260,9 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=1.5, help="seconds between replay end and the count")
     parser.add_argument("--alone", action="store_true", help="also run each consumer without the other")
     parser.add_argument("--no-realtime", action="store_true", help="cachetap consumer at normal priority")
+    parser.add_argument("--mix", choices=sorted(MIXES), default="mixed",
+                        help="mixed: 1 frame in 10 a GET start; get-heavy: 1 in 2")
+    parser.add_argument("--consumers", default="cachetap,scapy", help="consumers to run, comma-separated")
     parser.add_argument("--consumer", choices=["cachetap", "scapy"])
     parser.add_argument("--interface")
     parser.add_argument("--json", help="also write the rows to this file")
@@ -261,8 +277,12 @@ def main() -> None:
     if problem := netns_problem():
         sys.exit(f"cannot run: {problem}")
     rates = [float(r) for r in args.rates.split(",")]
-    rows = measure(rates, args.seconds, args.min_packets, args.alone, not args.no_realtime, args.drain)
-    report(rows)
+    consumers = tuple(c for c in args.consumers.split(",") if c)
+    if not consumers or set(consumers) - {"cachetap", "scapy"}:
+        sys.exit(f"--consumers: choose from cachetap, scapy (got {args.consumers!r})")
+    rows = measure(rates, args.seconds, args.min_packets, args.alone, not args.no_realtime, args.drain,
+                   MIXES[args.mix], consumers)
+    report(rows, MIXES[args.mix])
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

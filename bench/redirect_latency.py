@@ -1,18 +1,23 @@
 """Redirect fast path figures: injection latency, race win rate, hot index memory. Needs root.
 
-    .venv/bin/python bench/redirect_latency.py [--requests 1000] [--race-requests 300]
+    .venv/bin/python bench/redirect_latency.py [--requests 1000] [--race-requests 300] [--load-mbps 1000]
 
 In a namespace topology (client <-> router <-> origin, testing/netns.py) a client makes real TCP
 connections one after the other; a sniff loop on the router's client-side interface answers every GET
 with a 302, once with our `Injector` (raw AF_PACKET, hand-built frames) and once the straightforward
 scapy way (`scapy.send()` per packet). Latency is from the kernel's capture timestamp of the GET to right after
 the 302's send call returned. The race win rate is the share of requests whose client reads the 302
-before the origin's own answer, for an origin that answers after 1, 2, 5 and 10 ms.
+before the origin's own answer, for an origin that answers after 0.5 (a CDN node next door), 1, 2, 5
+and 10 ms.
 The "capture" row is the production path as `cachetap capture` runs it in redirect mode: LiveSource
 (kernel BPF) + Pipeline (byte-sliced decode, head parser, rules, cache key) + Redirector (a real
 HotIndex holding the keys of the bench's URLs, a real HealthGate on a real cache server, scope and loop
 guards) + Injector, at SCHED_FIFO as with capture_realtime (the default). The other rows use a minimal
 sniff loop (scapy's L2listen, no parsing) around the injector alone.
+Under load: the capture path answers IPv4 GETs once more while tcpreplay, in the client namespace on
+the same veth, pushes capture_throughput.py's mixed traffic (1 frame in 10 a GET start of another
+flow, the rest 1448-byte segments; --unique-ip loops) at --load-mbps; tcpreplay's own "Rated:" line
+says what it reached (two cores carry tcpreplay, the capture, the client and the origin).
 Figures are printed side by side, never asserted. Roles (--role) run inside the namespaces.
 """
 
@@ -22,6 +27,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -34,8 +40,10 @@ from pathlib import Path
 
 GET_FILTER = ("(ip and tcp dst port 80 and tcp[((tcp[12:1] & 0xf0) >> 2):4] = 0x47455420)"
               " or (ip6 and tcp dst port 80)")
-RACE_DELAYS_MS = (1, 2, 5, 10)
+RACE_DELAYS_MS = (0.5, 1, 2, 5, 10)
 LATENCY_DELAY_MS = 200  # the origin answers late, so the client always waits for the redirect
+LOAD_DELAY_MS = LATENCY_DELAY_MS + 2  # the latency phase under background load (its own paths)
+LOAD_FRAMES = 60_000    # frames in the background pcap, looped with --unique-ip
 MAX_COUNT = 20_000      # requests per phase at most (the capture mode indexes the keys of all of them)
 LABELS = {"raw": "Injector (raw AF_PACKET)", "raw-fifo": "Injector, sniffer at SCHED_FIFO",
           "capture": "cachetap capture path (FIFO)", "scapy": "scapy send() per packet"}
@@ -161,7 +169,7 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
                               stdout=subprocess.PIPE, text=True)
     try:
         server.stdout.readline()  # "listening on ..."
-        delays = (LATENCY_DELAY_MS, LATENCY_DELAY_MS + 1, *RACE_DELAYS_MS)
+        delays = (LATENCY_DELAY_MS, LATENCY_DELAY_MS + 1, LOAD_DELAY_MS, *RACE_DELAYS_MS)
         keys = {cache_key(canonical_url(bench_path(d, i), "origin.test", 80), {})
                 for d in delays for i in range(MAX_COUNT)}
         settings = load_settings(cache_dir=work, http_ports=[80], mode="redirect", interface=capture_if)
@@ -237,11 +245,36 @@ def _me(role: str, *args: str) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), "--role", role, *args]
 
 
+RATED = re.compile(r"Rated:\s+([\d.]+) Bps,\s+([\d.]+) Mbps,\s+([\d.]+) pps")
+
+
+def start_load(topo, pcap: Path, mbps: float) -> subprocess.Popen:
+    """tcpreplay pushing the mixed traffic through the client's veth until interrupted."""
+    return topo.client.popen(["tcpreplay", "-i", topo.client_if, f"--mbps={mbps:g}", "--loop=0", "--unique-ip",
+                              "--preload-pcap", str(pcap)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+
+
+def stop_load(proc: subprocess.Popen) -> dict:
+    """Interrupt tcpreplay (it prints its statistics on SIGINT) and read its own Rated: figure."""
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    match = RATED.search(out)
+    if match is None:
+        return {"rated": None, "output": out[-500:]}
+    return {"rated": match.group(0), "mbps": float(match.group(2)), "pps": float(match.group(3))}
+
+
 def measure(requests: int, race_requests: int, seed_race_requests: int, work: Path,
-            modes: tuple[str, ...] = MODES) -> dict:
+            modes: tuple[str, ...] = MODES, load_mbps: float = 0) -> dict:
+    from capture_throughput import write_traffic  # bench/ is this script's directory
+
     from cachetap.testing.netns import Topology
 
     results: dict = {}
+    load_pcap = work / "background.pcap"
+    if load_mbps:
+        write_traffic(load_pcap, LOAD_FRAMES)
     with Topology() as topo:
         origin = topo.origin.popen(_me("origin"), stdout=subprocess.PIPE, text=True)
         _ready(origin)
@@ -259,15 +292,25 @@ def measure(requests: int, race_requests: int, seed_race_requests: int, work: Pa
                 phases.append(("latency6", topo.origin_ip6, LATENCY_DELAY_MS + 1, requests))
             race_count = seed_race_requests if mode == "scapy" else race_requests
             phases += [(f"race{d}", topo.origin_ip4, d, race_count) for d in RACE_DELAYS_MS]
+            if mode == "capture" and load_mbps:
+                phases.append(("load4", topo.origin_ip4, LOAD_DELAY_MS, requests))
             for name, host, delay, count in phases:
                 client_file = work / f"client-{mode}-{name}.json"
-                topo.client.run(_me("client", "--host", host, "--delay", str(delay), "--count", str(count),
-                                    "--out", str(client_file)), timeout=3600)
+                load = start_load(topo, load_pcap, load_mbps) if name == "load4" else None
+                try:
+                    if load is not None:
+                        time.sleep(1.0)  # tcpreplay preloads the pcap, then runs at its rate
+                    topo.client.run(_me("client", "--host", host, "--delay", str(delay), "--count", str(count),
+                                        "--out", str(client_file)), timeout=3600)
+                finally:
+                    if load is not None:
+                        results[(mode, "load")] = stop_load(load)
                 results[(mode, name)] = json.loads(client_file.read_text())
             router.send_signal(signal.SIGTERM)
             router.wait(timeout=120)
             records = json.loads(records_file.read_text())
-            for name, delay in (("latency4", LATENCY_DELAY_MS), ("latency6", LATENCY_DELAY_MS + 1)):
+            for name, delay in (("latency4", LATENCY_DELAY_MS), ("latency6", LATENCY_DELAY_MS + 1),
+                                ("load4", LOAD_DELAY_MS)):
                 prefix = f"/d/{delay:g}/"
                 results[(mode, name, "seconds")] = [s for path, s, _ in records if path.startswith(prefix)]
                 results[(mode, name, "in_python")] = [p for path, _, p in records if path.startswith(prefix)]
@@ -318,14 +361,17 @@ def report(results: dict, hot: dict) -> None:
     print("\nRedirect latency: capture timestamp of the GET -> 302 sent (ms)")
     print(f"{'path':<40}{'n':>6}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}   recv->sent p50/p99")
     for mode, label in LABELS.items():
-        for name, fam in (("latency4", "IPv4"), ("latency6", "IPv6")):
+        for name, fam in (("latency4", "IPv4"), ("latency6", "IPv6"), ("load4", "IPv4 + mix")):
             values, in_python = results.get((mode, name, "seconds")), results.get((mode, name, "in_python"))
             if values:
                 print(f"{label + ' ' + fam:<40}{len(values):>6}{_pct(values, .5) * ms:>9.3f}"
                       f"{_pct(values, .9) * ms:>9.3f}{_pct(values, .99) * ms:>9.3f}{max(values) * ms:>9.3f}"
                       f"   {_pct(in_python, .5) * ms:.3f}/{_pct(in_python, .99) * ms:.3f}")
+        load = results.get((mode, "load"))
+        if load is not None:
+            print(f"{'':<40}  background mix by tcpreplay: {load['rated'] or 'no Rated: line: ' + load['output']}")
     print("\nRace win rate: share of GETs whose client read the 302 before the origin's answer")
-    print(f"{'origin answers after':<40}" + "".join(f"{d:>7} ms" for d in RACE_DELAYS_MS))
+    print(f"{'origin answers after':<40}" + "".join(f"{d:>7g} ms" for d in RACE_DELAYS_MS))
     for mode, label in LABELS.items():
         if (mode, f"race{RACE_DELAYS_MS[0]}") not in results:
             continue
@@ -336,7 +382,7 @@ def report(results: dict, hot: dict) -> None:
             cells.append(f"{100 * r['redirect'] / total:>8.1f}%" if total else f"{'-':>9}")
         print(f"{label:<40}" + "".join(cells))
     for mode in MODES:
-        for name in ("latency4", "latency6", *(f"race{d}" for d in RACE_DELAYS_MS)):
+        for name in ("latency4", "latency6", "load4", *(f"race{d}" for d in RACE_DELAYS_MS)):
             r = results.get((mode, name))
             if r and r["error"]:
                 print(f"  note: {mode} {name}: {r['error']} requests failed")
@@ -355,6 +401,8 @@ def main() -> None:
     parser.add_argument("--race-requests", type=int, default=300)
     parser.add_argument("--seed-race-requests", type=int, default=100)
     parser.add_argument("--hot-keys", type=int, default=1_000_000)
+    parser.add_argument("--load-mbps", type=float, default=1000,
+                        help="background mix rate for the capture path's row under load (0: no such row)")
     parser.add_argument("--mode", choices=list(MODES))
     parser.add_argument("--modes", default=",".join(MODES), help="modes to measure, comma-separated")
     parser.add_argument("--capture-if"), parser.add_argument("--origin-if"), parser.add_argument("--origin-mac")
@@ -377,7 +425,8 @@ def main() -> None:
             unknown = set(modes) - set(MODES)
             if unknown or max(args.requests, args.race_requests, args.seed_race_requests) > MAX_COUNT:
                 sys.exit(f"unknown modes {sorted(unknown)} or more than {MAX_COUNT} requests per phase")
-            results = measure(args.requests, args.race_requests, args.seed_race_requests, Path(work), modes)
+            results = measure(args.requests, args.race_requests, args.seed_race_requests, Path(work), modes,
+                              args.load_mbps)
         report(results, hotindex_figures(args.hot_keys))
 
 

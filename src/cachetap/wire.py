@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kombu import Exchange, Queue
 
 from cachetap.core.keys import KEY_PATTERN
+from cachetap.core.admission import ProbeResult
 from cachetap.core.types import Sighting
+
+if TYPE_CHECKING:  # the capture process loads no database code
+    from cachetap.store.catalog import EntryView
 
 # ---- task names and routing ---------------------------------------------------------------------
 ANALYZE_BATCH = "cachetap.analyze.batch"
@@ -125,12 +129,12 @@ class DownloadJob:
     content_type: Any = None
 
     @classmethod
-    def from_probe(cls, key: str, url: str, probe: Any, claim: str) -> DownloadJob:
+    def from_probe(cls, key: str, url: str, probe: ProbeResult, claim: str) -> DownloadJob:
         return cls(key=key, url=url, claim=claim, size=probe.size, etag=probe.etag,
                    last_modified=probe.last_modified, content_type=probe.content_type)
 
     @classmethod
-    def from_entry(cls, entry: Any, claim: str) -> DownloadJob:
+    def from_entry(cls, entry: EntryView, claim: str) -> DownloadJob:
         """The job again from what the catalog kept of the probe (a stale claim being re-sent)."""
         return cls(key=entry.key, url=entry.url, claim=claim, size=entry.size, etag=entry.etag,
                    last_modified=entry.last_modified, content_type=entry.content_type)

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from celery import Celery
 from kombu import Consumer, Queue
 
 from cachetap.capture.hotindex import BadKey, HotIndex
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class IndexSync:
-    def __init__(self, app: Any, index: HotIndex, node: str, reconcile_every: float = 60.0) -> None:
+    def __init__(self, app: Celery, index: HotIndex, node: str, reconcile_every: float = 60.0) -> None:
         self.app = app
         self.index = index
         self.reconcile_every = reconcile_every

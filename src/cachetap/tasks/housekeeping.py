@@ -20,16 +20,17 @@ from typing import Any
 
 from celery import shared_task
 
-from cachetap.core.eviction import bytes_budget, cleanup_victims, quota_victims
 from cachetap.core import lifecycle
+from cachetap.core.eviction import bytes_budget, cleanup_victims, quota_victims
 from cachetap.core.freshness import expires_at, revalidation_headers, revalidation_outcome
 from cachetap.core.lifecycle import EntryState
 from cachetap.fetch.probe import ProbeError, probe_response
 from cachetap.fetch.resolver import Resolver
 from cachetap.settings import Settings
 from cachetap.store.blobs import BlobStore
-from cachetap.store.catalog import Catalog
+from cachetap.store.catalog import Catalog, EntryView
 from cachetap.store.evict import evict, reconcile
+from cachetap.tasks.app import CachetapCelery
 from cachetap.tasks.index_events import NO_INDEX, IndexNotifier
 from cachetap.wire import SCHEDULE_CLEANUP, SCHEDULE_QUOTA, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE
 
@@ -106,7 +107,7 @@ def run_revalidate(catalog: Catalog, blobs: BlobStore, resolver: Resolver, setti
     return done
 
 
-def _revalidate_one(entry: Any, resolver: Resolver, settings: Settings) -> tuple[str, str, dict[str, str]]:
+def _revalidate_one(entry: EntryView, resolver: Resolver, settings: Settings) -> tuple[str, str, dict[str, str]]:
     """(outcome, reason, response headers) of one conditional HEAD."""
     try:
         status, headers = probe_response(entry.url, resolver, settings.probe_timeout,
@@ -140,7 +141,7 @@ def run_all(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Se
 
 # ---- beat tasks ----------------------------------------------------------------------------------
 
-def _blobs(app: Any) -> BlobStore:
+def _blobs(app: CachetapCelery) -> BlobStore:
     return BlobStore(app.settings.cache_dir)
 
 

@@ -16,10 +16,14 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from cachetap.core.lifecycle import EntryState
 from cachetap.core.semantics import parse_http_date, valid_etag
+
+if TYPE_CHECKING:  # a directory server (python -m cachetap.web) loads no database code
+    from cachetap.store.blobs import BlobStore
+    from cachetap.store.catalog import Catalog, EntryView
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +167,7 @@ class CatalogLookup:
     A cache miss queries the catalog on the caller's thread: one primary-key read.
     """
 
-    def __init__(self, catalog: Any, blobs: Any, ttl: float = 1.0, flush_interval: float = 5.0,
+    def __init__(self, catalog: Catalog, blobs: BlobStore, ttl: float = 1.0, flush_interval: float = 5.0,
                  max_cached: int = 10_000) -> None:
         self.catalog = catalog
         self.blobs = blobs
@@ -214,7 +218,7 @@ class CatalogLookup:
             return None
         return obj
 
-    def _served(self, key: str, entry: Any) -> ServedObject | None:
+    def _served(self, key: str, entry: EntryView | None) -> ServedObject | None:
         """The object a ready entry serves, or None; built once per cached row (stat included)."""
         if entry is None or entry.state != EntryState.READY or not entry.blob:
             return None
