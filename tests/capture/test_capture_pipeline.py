@@ -5,12 +5,22 @@ cachetap.testing.pcaps), `playbook << decision` says what must come out at that 
 `assert playbook` plays the script and compares transcripts. The clock the loop guard reads is
 the playbook's own, moved with `playbook.at(t)`. The one real service is a cache server on
 loopback, so the health gate asks a real server whether it answers.
+
+Run as root, `test_the_playbook_needs_no_privileges` plays this whole file again in a process that
+holds no capability at all (setpriv empties its bounding set), where a raw socket is refused. As a
+plain user (e.g. nobody) the file passes the same way.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +201,36 @@ def test_hostile_frames_are_rejected_with_their_reason_and_never_redirected(play
         assert not any(isinstance(d, Redirect) for d in decisions), case.name
         if case.link_reason is not None:
             assert decisions == [] and pipeline.rejected[case.link_reason] == before + 1, case.name
+
+
+def test_the_live_loop_queues_what_counts_and_nothing_else(settings, clock):
+    from cachetap.capture.live import act
+
+    pipeline, queued = Pipeline(settings, clock=lambda: clock[0]), []
+    for packets in (get(), get(method="HEAD"), get("/b.iso")):
+        for packet in packets:
+            frame = frame_bytes(packet)
+            act(pipeline.feed(float(packet.time), LINKTYPE_ETHERNET, frame), frame, pipeline, None, queued.append)
+    assert [s.url for s in queued] == [READY_URL, "http://cdn.example.org/b.iso"]
+    assert [s.client_port for s in queued] == sorted(s.client_port for s in queued)
+
+
+UNPRIVILEGED = "PIPELINE_TEST_WITHOUT_CAPABILITIES"  # not CACHETAP_*: settings refuse unknown ones
+
+
+@pytest.mark.skipif(os.environ.get(UNPRIVILEGED) != "1", reason="only inside the capability-less replay")
+def test_this_process_really_has_no_privileges():
+    with pytest.raises(PermissionError):
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None or os.environ.get(UNPRIVILEGED) == "1",
+                    reason="needs root and setpriv to drop every capability (as a plain user the file runs as is)")
+def test_the_playbook_needs_no_privileges(tmp_path):
+    run = subprocess.run(
+        ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-m", "pytest", "-q",
+         "-p", "no:cacheprovider", "--noconftest", f"--basetemp={tmp_path / 'inner'}", __file__],
+        env={**os.environ, UNPRIVILEGED: "1"}, capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).parent)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout

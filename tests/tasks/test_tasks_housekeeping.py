@@ -15,8 +15,7 @@ from cachetap.core.types import Sighting
 from cachetap.fetch.probe import probe
 from cachetap.fetch.resolver import Resolver
 from cachetap.store.blobs import BlobStore
-from cachetap.store.catalog import Catalog
-from cachetap.store.db import make_engine, upgrade
+from cachetap.store.catalog import Catalog, open_catalog
 from cachetap.tasks.app import beat_schedule, create_app
 from cachetap.tasks.housekeeping import run_all, run_cleanup, run_quota, run_revalidate
 from cachetap.testing.origin import BASE_MTIME, Resource
@@ -123,9 +122,7 @@ def test_quota_measures_the_real_disk(blobs, make_settings, tmp_path):
 # ---- revalidation against the real test origin ---------------------------------------------------
 
 def _sqlite_catalog(tmp_path: Path) -> Catalog:
-    engine = make_engine(f"sqlite:///{tmp_path / 'reval.sqlite'}")
-    upgrade(engine)
-    return Catalog(engine)
+    return open_catalog(f"sqlite:///{tmp_path / 'reval.sqlite'}")
 
 
 def _cache_from_origin(catalog: Catalog, blobs: BlobStore, resolver: Resolver, url: str, expired: bool = True):

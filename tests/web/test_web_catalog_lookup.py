@@ -12,8 +12,7 @@ import pytest
 
 from cachetap.core.types import Sighting
 from cachetap.store.blobs import BlobStore
-from cachetap.store.catalog import Catalog
-from cachetap.store.db import make_engine, upgrade
+from cachetap.store.catalog import open_catalog
 from cachetap.web.lookup import CatalogLookup
 from cachetap.web.server import CacheServer
 from cachetap.core.urls import object_path
@@ -25,9 +24,7 @@ DATA = bytes(range(256)) * 4000
 
 @pytest.fixture
 def stored(tmp_path: Path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    upgrade(engine)
-    catalog, blobs = Catalog(engine), BlobStore(tmp_path / "cache")
+    catalog, blobs = open_catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}"), BlobStore(tmp_path / "cache")
     now = time.time()
     catalog.record_sightings([Sighting(ts=now, client="10.0.0.7", client_port=5, server="192.0.2.1",
                                        server_port=80, method="GET", host="example.com", url=URL, key=KEY,
