@@ -155,7 +155,7 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
     from cachetap.capture.hotindex import HotIndex
     from cachetap.capture.inject import Injector
     from cachetap.capture.batcher import BatchSender
-    from cachetap.capture.live import _addresses_of, _raise_priority, act
+    from cachetap.capture.live import _addresses_of, _freeze_startup_objects, _raise_priority, act
     from cachetap.wire import encode_sighting
     from cachetap.capture.pipeline import Pipeline
     from cachetap.capture.redirector import RedirectScope, Redirector
@@ -188,6 +188,7 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
         source = LiveSource(capture_if, request_filter([80], interface_linktype(capture_if)))
         signal.signal(signal.SIGTERM, lambda *_: (stop.set(), source.stop()))
         _raise_priority()
+        _freeze_startup_objects()
         records: list[tuple[str, float, float]] = []
         with source:
             print("ready", flush=True)

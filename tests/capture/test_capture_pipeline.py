@@ -127,6 +127,7 @@ def test_a_ready_key_is_redirected_and_its_sighting_still_counts(playbook):
     assert playbook >> get() << Redirect(READY, LOCATION)
     (obs,) = playbook.observations
     assert counts(obs.decision)
+    playbook.pipeline.redirected(obs)  # the live loop reports the 302 it sent
     sighting = obs.sighting()
     assert (sighting.client, sighting.server, sighting.host, sighting.url, sighting.key) == (
         CLIENT, ORIGIN, HOST, READY_URL, READY)

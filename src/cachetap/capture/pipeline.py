@@ -3,7 +3,8 @@
 Sans-IO: `feed()` decodes, reassembles, parses and decides, and returns one `Observation` per
 request with its decision (`Ignore | Count | Redirect`); it sends nothing and queues nothing. The
 caller acts on the decisions (capture/live.py injects the 302 first, then queues the sighting) and
-reports an injection's outcome back with `redirected()` or `redirect_failed()`. The clock the loop
+reports an injection's outcome back with `redirected()` or `redirect_failed()` (which is when a
+Redirect is counted: the count then says what happened, and nothing runs between decision and send). The clock the loop
 guards read is passed in, so a test can play frames and a clock without privileges.
 Everything here runs per packet, so it stays on byte slicing (linklayer), the hand-written head
 parser and precompiled rules.
@@ -27,9 +28,12 @@ from cachetap.settings import Settings
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Observation:
-    """One request seen on the wire and what the capture decided about it."""
+    """One request seen on the wire and what the capture decided about it.
+
+    Not frozen, though nothing changes it: a frozen dataclass's __init__ costs half a microsecond
+    more, and one is built for every request before its 302 may leave (hot path)."""
 
     segment: Segment
     head: RequestHead
@@ -102,8 +106,8 @@ class Pipeline:
         decision: Decision = Count(key)
         if self.redirector is not None:  # the fast path: the 302 races the origin's answer
             redirect = self.redirector.decide(seg, head, url, key, host, pipelined, self.clock())
-            if redirect is not None:
-                decision = redirect
+            if redirect is not None:  # counted when the caller reports the outcome: nothing delays the send
+                return Observation(seg, head, url, key, redirect, host)
         return self._record(Observation(seg, head, url, key, decision, host))
 
     def _record(self, obs: Observation) -> Observation:
@@ -113,13 +117,13 @@ class Pipeline:
 
     # --- outcomes of acting on a Redirect, reported by the loop that sent (or failed to send) it ----
     def redirected(self, obs: Observation) -> None:
+        self.decisions["redirect"] += 1
         self.redirector.sent(obs.segment, obs.head, obs.key, self.clock())
 
     def redirect_failed(self, obs: Observation) -> None:
         """The 302 could not be sent: the client goes on to the origin, so the request counts plainly."""
-        self.redirector.failed()
-        self.decisions["redirect"] -= 1
         self.decisions["count"] += 1
+        self.redirector.failed()
 
     def finish(self, now: float | None = None) -> None:
         """Count heads still waiting for their end as incomplete (end of a capture file)."""
@@ -127,10 +131,12 @@ class Pipeline:
             self.rejected[reason] += 1
 
     def summary(self) -> dict:
+        """Counts so far; a Redirect appears once its outcome was reported (`redirected` or
+        `redirect_failed`)."""
         summary = {
             "packets": self.packets,
             "requests": sum(self.decisions.values()),
-            "decisions": {k: v for k, v in sorted(self.decisions.items()) if v},
+            "decisions": dict(sorted(self.decisions.items())),
             "rejected": dict(sorted(self.rejected.items())),
         }
         if self.redirector is not None:
