@@ -4,7 +4,7 @@
 
 Writes a pcap of HTTP conversations (handshake, one GET, 30 response segments of 1448 bytes and the
 client's ACKs: about 1 packet in 60 a GET), then times, in one run, the real console command over it
-and scapy reading the same file with full dissection (`rdpcap` + the HTTP layer lookups a seed-style
+and scapy reading the same file with full dissection (`rdpcap` + the HTTP layer lookups a straightforward scapy
 capture does). Printed side by side, never asserted.
 """
 

@@ -8,8 +8,8 @@ raw AF_PACKET socket per interface that stays open for the life of the process:
 2. client->origin: RST|ACK with seq = GET seq + len(GET payload), so the origin stops sending.
 
 Hot path, hand-written on purpose: `scapy.send()` opens a socket and resolves a route per call
-(23-42 ms per packet on these machines, NOTES.md) and scapy's packet building alone costs ~1.5 ms;
-`struct` templates and the checksum arithmetic below cost a few microseconds.
+(23-42 ms per packet on these machines: bench/redirect_latency.py, mode scapy) and scapy's packet
+building alone costs ~1.5 ms; `struct` templates and the checksum arithmetic below cost a few microseconds.
 
 Link layer: by default the frames reuse the captured frame's MAC addresses, swapped for the
 client-bound frame, and its VLAN tags (injection on the capture interface or a port of the same L2

@@ -1,7 +1,7 @@
 """Frame -> TCP `Segment` by byte slicing: link layer, IPv4/IPv6, TCP.
 
 Hot path, hand-written on purpose: scapy's dissection manages ~3,200 packets/s on these machines
-while slicing the headers with `struct` manages ~176,000 (NOTES.md), and every captured request
+while slicing the headers with `struct` manages ~176,000 (bench/replay_bench.py), and every captured request
 start goes through here. Nothing is dissected beyond what a `Segment` needs.
 
 `decode_frame` never raises on bad input: it returns a short reason string instead, which the

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 
 import click
 
 from cachetap.cli.catalog_cmds import open_catalog
 from cachetap.cli.main import Context, cli, pass_ctx, setup_logging
-
-_KEY = re.compile(r"[0-9a-fA-F]{32}")
+from cachetap.core.keys import KEY_PATTERN
 
 
 def resolve_key(target: str, strip: dict[str, list[str]]) -> tuple[str, str | None]:
@@ -19,7 +17,7 @@ def resolve_key(target: str, strip: dict[str, list[str]]) -> tuple[str, str | No
     from cachetap.core.keys import BadTarget, cache_key, canonical_url
 
     target = target.strip()
-    if _KEY.fullmatch(target):
+    if KEY_PATTERN.fullmatch(target.lower()):  # a key typed in capitals is still that key
         return target.lower(), None
     try:
         url = canonical_url(target, None, 80)

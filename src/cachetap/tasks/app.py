@@ -1,8 +1,9 @@
-"""The Celery app: four queues, one routing table, task hygiene, beat schedule, lazy catalog.
+"""The Celery app: the four queues and their routes (named in `cachetap.wire`), task hygiene, beat
+schedule, lazy catalog.
 
 Queues: `capture` (pcap replays), `analyze` (sighting batches: counting, admission, probe),
 `download` (one fetch per admitted key), `schedule` (beat housekeeping). Every task name is routed
-in `ROUTES`; nothing relies on Celery's default queue.
+in `wire.ROUTES`; nothing relies on Celery's default queue.
 
 Brokers. `redis://` and `amqp://` URLs in `settings.broker_url` are used as given (many machines).
 The embedded default (empty `broker_url`) is kombu's `filesystem://` transport under
