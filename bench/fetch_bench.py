@@ -36,6 +36,7 @@ from cachetap.core.keys import cache_key, host_of
 from cachetap.core.types import Sighting
 from cachetap.fetch.probe import probe
 from cachetap.settings import load_settings
+from cachetap.testing import LOOPBACK_NETWORKS
 from cachetap.store.evict import evict
 from cachetap.tasks.app import create_app
 from cachetap.wire import DOWNLOAD_FETCH, DownloadJob
@@ -63,7 +64,7 @@ class QueuedFetch:
     """A real `celery worker -Q download` and the catalog; `run(url)` queues as analyze does."""
 
     def __init__(self, cache_dir: Path) -> None:
-        self.settings = load_settings(cache_dir=cache_dir, min_size=0)
+        self.settings = load_settings(cache_dir=cache_dir, min_size=0, fetch_allow_networks=LOOPBACK_NETWORKS)
         self.app = create_app(self.settings)
         self.catalog = self.app.catalog
         self.worker = CeleryWorker(self.settings, ["download"], pool="threads").start()

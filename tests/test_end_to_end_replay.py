@@ -13,6 +13,7 @@ import time
 import httpx
 
 from cachetap.settings import load_settings
+from cachetap.testing import LOOPBACK_NETWORKS
 from cachetap.testing.origin import Origin, Resource, generated_chunks
 from cachetap.testing.pcaps import http_get_packets, write_capture
 from cachetap.testing.waiting import free_port
@@ -43,7 +44,8 @@ def test_replayed_requests_are_cached_and_served_byte_identical(tmp_path):
     with Origin() as origin:
         origin.add("/pub/image.iso", Resource(size=SIZE, content_type="application/x-iso9660-image"))
         settings = load_settings(cache_dir=tmp_path / "cache", http_ports=[origin.port], admission_threshold=1,
-                                 resolve_overrides={"files.test": ["127.0.0.1"]}, min_size=MiB,
+                                 resolve_overrides={"files.test": ["127.0.0.1"]},
+                                 fetch_allow_networks=LOOPBACK_NETWORKS, min_size=MiB,
                                  download_split=4, download_connections_per_server=4, serve_host="127.0.0.1",
                                  serve_port=free_port())
         # Two clients ask for the file; the packets went to 127.0.0.1, which is files.test's own

@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     probe_timeout: float = Field(10.0, gt=0, le=300, description="Seconds for the HEAD probe of a candidate object.")
     claim_timeout: int = Field(600, gt=0, description="Seconds after which a probe or download claim whose worker vanished may be taken again.")
     trusted_networks: list[IPNetwork] = Field([], description="Destination networks trusted for any host (your CDN caches); other requests count only when their destination is among the host's DNS addresses.")
+    fetch_allow_networks: list[IPNetwork] = Field([], description="Networks cachetap may probe and download from although they are loopback, link-local, private (10/8, 172.16/12, 192.168/16, fc00::/7), shared (100.64/10) or this machine's own: list your internal mirrors here. Empty: public addresses only.")
     resolve_overrides: dict[str, list[str]] = Field({}, description="host -> addresses used instead of DNS, for the poisoning check and for fetching.")
 
     # --- downloads -----------------------------------------------------------------------------

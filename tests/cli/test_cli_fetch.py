@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cachetap.settings import load_settings
+from cachetap.testing import LOOPBACK_NETWORKS
 from cachetap.store.blobs import BlobStore, file_digest
 from cachetap.testing.origin import Origin, Resource
 from cachetap.testing.workers import CeleryWorker, settings_env
@@ -28,6 +29,7 @@ def origin():
 
 def make_settings(tmp_path: Path):
     return load_settings(cache_dir=tmp_path / "cache", resolve_overrides={"files.test": ["127.0.0.1"]},
+                         fetch_allow_networks=LOOPBACK_NETWORKS,
                          min_size=MiB, download_retries=1, download_retry_wait=0, download_split=4,
                          download_connections_per_server=4)
 

@@ -11,6 +11,7 @@ import pytest
 
 from cachetap.fetch.probe import ProbeError, probe
 from cachetap.fetch.resolver import Resolver
+from cachetap.testing import LOOPBACK_NETWORKS
 from cachetap.testing.origin import Origin, Resource
 
 MiB = 1 << 20
@@ -24,7 +25,7 @@ def origin() -> Iterator[Origin]:
 
 def test_head_reports_size_type_validators_and_sends_the_original_host(origin):
     origin.add("/big.iso", Resource(size=3 * MiB, content_type="application/x-iso9660-image"))
-    resolver = Resolver({"files.test": ["127.0.0.1"]})
+    resolver = Resolver({"files.test": ["127.0.0.1"]}, allow_networks=LOOPBACK_NETWORKS)
     result = probe(f"http://files.test:{origin.port}/big.iso", resolver, timeout=30)
     assert (result.status, result.size, result.content_type) == (200, 3 * MiB, "application/x-iso9660-image")
     assert result.etag and result.last_modified and result.accept_ranges
@@ -36,29 +37,29 @@ def test_head_reports_size_type_validators_and_sends_the_original_host(origin):
 @pytest.mark.parametrize("directive", ["no-store", "private, max-age=60"])
 def test_cache_control_is_reported(origin, directive):
     origin.add("/x.bin", Resource(size=MiB, cache_control=directive))
-    result = probe(f"http://files.test:{origin.port}/x.bin", Resolver({"files.test": ["127.0.0.1"]}), 30)
+    result = probe(f"http://files.test:{origin.port}/x.bin", Resolver({"files.test": ["127.0.0.1"]}, allow_networks=LOOPBACK_NETWORKS), 30)
     assert result.cache_control == directive
 
 
 def test_missing_object_is_a_404_result_not_an_error(origin):
-    result = probe(f"http://files.test:{origin.port}/nope.iso", Resolver({"files.test": ["127.0.0.1"]}), 30)
+    result = probe(f"http://files.test:{origin.port}/nope.iso", Resolver({"files.test": ["127.0.0.1"]}, allow_networks=LOOPBACK_NETWORKS), 30)
     assert result.status == 404
 
 
 def test_slow_origin_times_out(origin):
     origin.add("/slow.iso", Resource(size=MiB, delay=3.0))
     with pytest.raises(ProbeError) as err:
-        probe(f"http://files.test:{origin.port}/slow.iso", Resolver({"files.test": ["127.0.0.1"]}), timeout=0.3)
+        probe(f"http://files.test:{origin.port}/slow.iso", Resolver({"files.test": ["127.0.0.1"]}, allow_networks=LOOPBACK_NETWORKS), timeout=0.3)
     assert err.value.reason == "timeout"
 
 
 def test_connects_to_the_caches_resolution_and_tries_each_address(origin):
     origin.add("/a.zip", Resource(size=MiB))
     # 127.0.0.0 sorts first and refuses; the probe moves on to the address that answers
-    result = probe(f"http://files.test:{origin.port}/a.zip", Resolver({"files.test": ["127.0.0.1", "127.0.0.0"]}), 30)
+    result = probe(f"http://files.test:{origin.port}/a.zip", Resolver({"files.test": ["127.0.0.1", "127.0.0.0"]}, allow_networks=LOOPBACK_NETWORKS), 30)
     assert result.status == 200
     with pytest.raises(ProbeError) as err:  # the host resolves only to a dead address: no fallback to anything else
-        probe(f"http://files.test:{origin.port}/a.zip", Resolver({"files.test": ["127.0.0.2"]}), 30)
+        probe(f"http://files.test:{origin.port}/a.zip", Resolver({"files.test": ["127.0.0.2"]}, allow_networks=LOOPBACK_NETWORKS), 30)
     assert err.value.reason == "connect"
     assert origin.stats("/a.zip").requests == 1
 
@@ -109,27 +110,27 @@ RESOLVE = {"files.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}
 
 
 def test_redirects_are_followed_and_each_host_resolved_again(redirecting):
-    result = probe(f"http://files.test:{redirecting}/hop", Resolver(RESOLVE), 30)
+    result = probe(f"http://files.test:{redirecting}/hop", Resolver(RESOLVE, allow_networks=LOOPBACK_NETWORKS), 30)
     assert (result.status, result.size) == (200, 5 * MiB)
     assert Redirecting.hosts == [f"/hop files.test:{redirecting}", f"/final.iso other.test:{redirecting}"]
-    assert probe(f"http://files.test:{redirecting}/relative", Resolver(RESOLVE), 30).size == 5 * MiB
+    assert probe(f"http://files.test:{redirecting}/relative", Resolver(RESOLVE, allow_networks=LOOPBACK_NETWORKS), 30).size == 5 * MiB
 
 
 def test_redirect_to_an_unresolvable_host_fails(redirecting):
     with pytest.raises(ProbeError) as err:
-        probe(f"http://files.test:{redirecting}/hop", Resolver({"files.test": ["127.0.0.1"], "other.test": []}), 30)
+        probe(f"http://files.test:{redirecting}/hop", Resolver({"files.test": ["127.0.0.1"], "other.test": []}, allow_networks=LOOPBACK_NETWORKS), 30)
     assert err.value.reason == "unresolved"
 
 
 @pytest.mark.parametrize("path, reason", [("/loop", "too_many_redirects"), ("/secure", "redirect_scheme")])
 def test_bad_redirects_raise(redirecting, path, reason):
     with pytest.raises(ProbeError) as err:
-        probe(f"http://files.test:{redirecting}{path}", Resolver(RESOLVE), 30)
+        probe(f"http://files.test:{redirecting}{path}", Resolver(RESOLVE, allow_networks=LOOPBACK_NETWORKS), 30)
     assert err.value.reason == reason
 
 
 def test_missing_length_gives_no_size(redirecting):
-    result = probe(f"http://files.test:{redirecting}/nolength.iso", Resolver(RESOLVE), 30)
+    result = probe(f"http://files.test:{redirecting}/nolength.iso", Resolver(RESOLVE, allow_networks=LOOPBACK_NETWORKS), 30)
     assert (result.status, result.size) == (200, None)
 
 
@@ -146,7 +147,7 @@ def test_garbage_answer_is_a_protocol_error():
 
         threading.Thread(target=answer, daemon=True).start()
         with pytest.raises(ProbeError) as err:
-            probe(f"http://files.test:{listener.getsockname()[1]}/x.iso", Resolver(RESOLVE), 30)
+            probe(f"http://files.test:{listener.getsockname()[1]}/x.iso", Resolver(RESOLVE, allow_networks=LOOPBACK_NETWORKS), 30)
     assert err.value.reason == "protocol"
 
 
@@ -160,7 +161,7 @@ def test_garbage_answer_is_a_protocol_error():
 ])
 def test_bad_urls_raise_with_a_reason(url, reason):
     with pytest.raises(ProbeError) as err:
-        probe(url, Resolver(RESOLVE), 5)
+        probe(url, Resolver(RESOLVE, allow_networks=LOOPBACK_NETWORKS), 5)
     assert err.value.reason == reason
 
 
@@ -206,4 +207,4 @@ def test_resolver_caches_answers_and_failures_for_their_ttl(monkeypatch):
 
 def test_bad_override_addresses_are_refused():
     with pytest.raises(ValueError):
-        Resolver({"files.test": ["not-an-address"]})
+        Resolver({"files.test": ["not-an-address"]}, allow_networks=LOOPBACK_NETWORKS)

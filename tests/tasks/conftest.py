@@ -10,6 +10,7 @@ import pytest
 
 from cachetap.core.keys import cache_key, canonical_url
 from cachetap.settings import Settings, load_settings
+from cachetap.testing import LOOPBACK_NETWORKS
 from cachetap.testing.origin import Origin
 
 MiB = 1 << 20
@@ -28,6 +29,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "cache_dir": tmp_path / "cache",
             "admission_threshold": 1,
             "resolve_overrides": {"files.test": ["127.0.0.1"]},
+            "fetch_allow_networks": LOOPBACK_NETWORKS,
             "min_size": MiB,
             "probe_timeout": 30,
             "log_level": "DEBUG",

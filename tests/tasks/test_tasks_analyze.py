@@ -154,7 +154,7 @@ def test_rejections_failures_and_bad_input_are_recorded_with_reasons(make_settin
     with CeleryWorker(settings, ["analyze"]):
         (summary,) = run_batches(app, [good + bad])
         (not_a_list,) = run_batches(app, [{"key": "value"}])
-    assert summary == {"counted": 10, "untrusted": 1, "authorization": 1, "malformed": 7,
+    assert summary == {"counted": 10, "untrusted": 1, "port_mismatch": 0, "authorization": 1, "malformed": 7,
                        "admitted": 0, "rejected": 4, "failed": 1, "busy": 0}
     assert not_a_list["malformed"] == 1 and not_a_list["counted"] == 0
     state = {n: app.catalog.get(make_sighting(f"{base}/{n}")["key"]) for n in names}

@@ -140,7 +140,7 @@ def _cache_from_origin(catalog: Catalog, blobs: BlobStore, resolver: Resolver, u
 @pytest.fixture
 def reval(tmp_path, blobs, make_settings, origin):
     settings = make_settings(default_ttl=int(DAY), max_ttl=int(30 * DAY))
-    return _sqlite_catalog(tmp_path), blobs, Resolver(settings.resolve_overrides), settings, origin
+    return _sqlite_catalog(tmp_path), blobs, Resolver.from_settings(settings), settings, origin
 
 
 def test_revalidation_304_extends_freshness(reval):

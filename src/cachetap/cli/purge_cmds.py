@@ -62,7 +62,7 @@ def cleanup(ctx: Context, as_json: bool) -> None:
 
     settings = ctx.settings()
     setup_logging(settings.log_level)
-    summary = run_all(open_catalog(settings), BlobStore(settings.cache_dir), Resolver(settings.resolve_overrides),
+    summary = run_all(open_catalog(settings), BlobStore(settings.cache_dir), Resolver.from_settings(settings),
                       settings, index=_index_notifier(settings))
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))

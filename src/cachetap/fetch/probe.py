@@ -2,7 +2,8 @@
 
 The probe connects to an address from the cache's own `Resolver`, never to the address a client
 was seen talking to, and sends the original Host header; redirects are followed only to the same
-scheme, a few hops at most, and each new host is resolved again the same way. Any failure raises
+scheme, a few hops at most, and each new host is resolved again the same way; every address passes
+the fetch guard (`Resolver.fetch_addresses`) before we connect to it. Any failure raises
 `ProbeError` with a short machine reason ("timeout", "connect", "unresolved", "too_many_redirects", ...).
 """
 
@@ -16,7 +17,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from cachetap.core.admission import ProbeResult
-from cachetap.fetch.resolver import Resolver
+from cachetap.fetch.resolver import FetchRefused, Resolver
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,10 @@ def _head(client: httpx.Client, url: str, resolver: Resolver, extra: Mapping[str
         raise ProbeError("bad_url", str(exc)) from None
     if not host:
         raise ProbeError("bad_url", url)
-    addresses = sorted(resolver.addresses(host), key=ipaddress.ip_address)
+    try:
+        addresses = resolver.fetch_addresses(host)  # the fetch guard, on each hop's own resolution
+    except FetchRefused as exc:
+        raise ProbeError("forbidden_address", str(exc)) from None
     if not addresses:
         raise ProbeError("unresolved", host)
     host_header = host if port == 80 else f"{_bracket(host)}:{port}"

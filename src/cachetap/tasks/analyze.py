@@ -8,6 +8,10 @@ us count requests for (and later redirect everyone to) bytes of its choosing. Th
     `settings.trusted_networks` (your CDN caches); others are dropped and counted as `untrusted`;
   * every probe and download connects to the cache's own resolution of the host, never to the
     address seen on the wire, so even a counted request cannot choose where the bytes come from.
+  * the port the request names (Host or absolute target) must be the port it was sent to, or a
+    request sent to port 80 could make us fetch `Host: example.org:6379` (dropped as `port_mismatch`);
+  * and whatever is counted, probes and downloads connect only to addresses the fetch guard allows
+    (`core.egress`: no loopback, own, private... addresses unless in `fetch_allow_networks`).
 Requests carrying `Authorization` are private by definition and are dropped as well.
 
 Each admitted key then goes through `tasks.admit.admit` (claim, probe, queue: exactly one download
@@ -24,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from celery import shared_task
 
-from cachetap.core import admission
+from cachetap.core import admission, egress
 from cachetap.core.lifecycle import EntryState
 from cachetap.core.types import Sighting
 from cachetap.fetch.resolver import Resolver
@@ -39,7 +43,7 @@ log = logging.getLogger(__name__)
 def batch(self: Any, sightings: list[dict]) -> dict[str, int]:
     """Count one batch of sightings and act on the keys it admits; returns what happened."""
     app, settings = self.app, self.app.settings
-    tally: Counter[str] = Counter(counted=0, untrusted=0, authorization=0, malformed=0,
+    tally: Counter[str] = Counter(counted=0, untrusted=0, port_mismatch=0, authorization=0, malformed=0,
                                   admitted=0, rejected=0, failed=0, busy=0)
     trusted = _trusted_sightings(sightings, app.resolver, settings.trusted_networks, tally)
     now = time.time()
@@ -75,6 +79,9 @@ def _trusted_sightings(raw: list[Any], resolver: Resolver, trusted_networks: lis
         elif sighting.authorization:
             tally["authorization"] += 1
             log.debug("dropped sighting with Authorization for %s", sighting.url)
+        elif not egress.port_matches(sighting.url, sighting.server_port):
+            tally["port_mismatch"] += 1
+            log.debug("dropped sighting of %s sent to port %s", sighting.url, sighting.server_port)
         elif not admission.destination_trusted(sighting.server, resolver.addresses(sighting.host), trusted_networks):
             tally["untrusted"] += 1
             log.debug("dropped sighting of %s sent to %s: not among the host's addresses",

@@ -119,12 +119,12 @@ class CachetapCelery(Celery):
 
     @property
     def resolver(self) -> Resolver:
-        """The cache's own name resolution (overrides from settings, then DNS)."""
+        """The cache's own name resolution (overrides from settings, then DNS) and the fetch guard."""
         with self._lazy_lock:
             if self._resolver is None:
                 from cachetap.fetch.resolver import Resolver
 
-                self._resolver = Resolver(self.settings.resolve_overrides)
+                self._resolver = Resolver.from_settings(self.settings)
             return self._resolver
 
     @property

@@ -38,7 +38,7 @@ from cachetap.core.freshness import expires_at
 from cachetap.core.lifecycle import EntryState, Event, advance
 from cachetap.fetch.aria2 import Aria2Daemon, Aria2Error, Aria2Options
 from cachetap.fetch.download import DownloadError, download
-from cachetap.fetch.resolver import Resolver
+from cachetap.fetch.resolver import FetchRefused, Resolver
 from cachetap.settings import Settings
 from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog, EntryView
@@ -139,7 +139,8 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
 
 def _pinned(job: DownloadJob, resolver: Resolver) -> dict[str, Any]:
     """The job with the addresses to connect to: the cache's own resolution of the host (overrides,
-    then DNS), never an address seen on the wire (the poisoning guard in tasks/analyze.py)."""
+    then DNS), never an address seen on the wire (the poisoning guard in tasks/analyze.py), and
+    only those the fetch guard allows (core/egress.py)."""
     message = job.to_message()
     try:
         host = urlsplit(str(job.url)).hostname
@@ -147,7 +148,10 @@ def _pinned(job: DownloadJob, resolver: Resolver) -> dict[str, Any]:
         host = None
     if not host:
         return message  # download() rejects the URL with the reason
-    addresses = sorted(resolver.addresses(host))
+    try:
+        addresses = resolver.fetch_addresses(host)  # the fetch guard, on the addresses aria2 gets
+    except FetchRefused as exc:
+        raise DownloadError("forbidden_address", retryable=False, detail=str(exc)) from None
     if not addresses:
         raise DownloadError("unresolved", retryable=True, detail=host)
     return {**message, "addresses": addresses}
