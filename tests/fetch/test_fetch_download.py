@@ -1,6 +1,8 @@
 """download() against a real aria2c and the real test origin on loopback."""
 
 import base64
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import hashlib
 
 import httpx
@@ -190,3 +192,44 @@ def test_non_mapping_job_rejected(daemon, blobs):
                                                ("ff", 8), ("fe", 7), ("ff80", 9), ("7f", 0), ("ffff", 10)])
 def test_complete_prefix_counts_leading_pieces(bitfield, expected):
     assert _complete_prefix(bitfield, 10, 100) == expected * 10
+
+
+class _HonestHeadRedirectingGet(BaseHTTPRequestHandler):
+    """HEAD answers 200 with the size; GET answers 302 to `target` (an internal service)."""
+
+    target = ""
+    size = 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.size))
+        self.end_headers()
+
+    def do_GET(self):
+        self.send_response(302)
+        self.send_header("Location", self.target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_redirect_during_download_publishes_nothing(daemon, blobs):
+    """Seen failing on bb0220b: aria2 followed the 302 and the internal bytes were published."""
+    with Origin() as internal:
+        internal.add("/internal.bin", Resource(size=2 * MIB))
+        _HonestHeadRedirectingGet.target = internal.url("/internal.bin")
+        _HonestHeadRedirectingGet.size = 2 * MIB
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _HonestHeadRedirectingGet)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        try:
+            job = {"key": "9" * 32, "url": f"http://127.0.0.1:{server.server_address[1]}/evil.iso",
+                   "size": 2 * MIB, "etag": None, "last_modified": None, "content_type": None, "claim": "t"}
+            with pytest.raises(DownloadError) as failed:
+                download(job, daemon, blobs, OPTIONS)
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert failed.value.reason == "redirected"
+    _nothing_left(blobs, daemon)

@@ -129,6 +129,33 @@ class Aria2Daemon:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    @property
+    def log_file(self) -> Path:
+        return self.work_dir / LOG_FILE
+
+    def log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    def redirects_since(self, offset: int) -> list[str]:
+        """Targets of the redirects aria2 followed since the log held `offset` bytes.
+
+        aria2 logs every redirect it follows ("Redirecting to <uri>", level notice) but names the
+        connection, not the download, so callers judge every redirect the daemon followed meanwhile.
+        """
+        try:
+            with open(self.log_file, "rb") as fh:
+                if fh.seek(0, os.SEEK_END) < offset:
+                    offset = 0  # a restarted aria2c began a new log
+                fh.seek(offset)
+                text = fh.read(1 << 20).decode("utf-8", "replace")
+        except OSError:
+            return []
+        return [line.rsplit(" Redirecting to ", 1)[1].strip() for line in text.splitlines()
+                if " Redirecting to " in line]
+
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -208,7 +235,9 @@ class Aria2Daemon:
                # aria2 exits when the process that started it dies: no orphans after a crash.
                f"--stop-with-process={os.getpid()}",
                "--console-log-level=warn", "--summary-interval=0", "--show-console-readout=false",
-               f"--log={self.work_dir / LOG_FILE}", "--log-level=warn"]
+               # notice: the level of aria2's "Redirecting to <uri>" line, which download() watches
+               # for (aria2 follows redirects and has no option to stop it).
+               f"--log={self.work_dir / LOG_FILE}", "--log-level=notice"]
         if self.session_file.is_file() and self.session_file.stat().st_size > 0:
             cmd.append(f"--input-file={self.session_file}")
         return cmd

@@ -7,9 +7,14 @@ Name resolution: aria2 resolves the URL's host with the machine's resolver (geta
 runs with --async-dns=false), the same one fetch.resolver and the poisoning guard use. aria2 has no
 per-download address pinning (no --resolve; --async-dns-server only picks DNS servers, globally), so
 when the job carries "addresses" we pin them ourselves: one URI per address with the address as the
-host, plus a `Host:` header with the real name (aria2 then sends ours instead of its own). Caveat: a
-redirect to another host would carry that Host header along, so pinned jobs should be for objects the
-probe saw answered directly (200), which is what the probe admits.
+host, plus a `Host:` header with the real name (aria2 then sends ours instead of its own).
+
+Redirects: aria2 follows them and has no option not to (aria2/aria2#302), so a download whose origin
+answered our HEAD honestly and aria2's GET with a 302 to an internal address would otherwise fetch
+internal bytes under the key. A redirect is a failed download: the daemon logs each redirect it
+follows, we watch that log while the download runs and once more before publishing, and any redirect
+seen meanwhile stops the download and discards the file ("redirected"). The probe already follows
+(and re-checks) redirects for HEAD; a URL that redirects is not downloaded through its old name.
 
 The content digest (BLAKE3, the blob's address) is computed while aria2 downloads, so publishing
 need not wait for a second pass over the file (BLAKE3 runs at ~4 GB/s on one core here; SHA-256, the
@@ -185,6 +190,7 @@ class _Run:
         self.gid: str | None = None
         self.hasher = PrefixHasher(temp)
         self.restarts = 0
+        self.log_offset = daemon.log_size()
 
     def _uris_and_options(self) -> tuple[list[str], dict[str, Any]]:
         opts: dict[str, Any] = {"dir": str(self.temp.parent), "out": self.temp.name,
@@ -241,11 +247,13 @@ class _Run:
                 self.hasher.reset()
                 self.start()
                 continue
+            self.refuse_redirects()
             total, done = int(st["totalLength"]), int(st["completedLength"])
             if on_progress is not None:
                 on_progress(done, total, int(st["downloadSpeed"]))
             status = st["status"]
             if status == "complete":
+                self.refuse_redirects()  # a redirect in the last poll interval
                 if done != total:
                     raise DownloadError("incomplete", retryable=True, detail=f"{done} of {total} bytes")
                 if self.spec.size is not None and total != self.spec.size:
@@ -263,6 +271,16 @@ class _Run:
             speed = int(st["downloadSpeed"])
             eta = (total - done) / speed if speed and total else POLL_INTERVAL
             time.sleep(min(POLL_INTERVAL, max(0.01, eta)))
+
+    def refuse_redirects(self) -> None:
+        """Fail when aria2 followed a redirect since this download began (see the module doc).
+
+        aria2's log names connections, not downloads, so a redirect of another download running on the
+        same daemon fails this one too; retryable, so that innocent download is tried again later.
+        """
+        followed = self.daemon.redirects_since(self.log_offset)
+        if followed:
+            raise DownloadError("redirected", retryable=True, detail=f"to {followed[0][:200]}")
 
     def _recover(self, rpc_failures: int) -> None:
         if self.daemon.ensure_running():
