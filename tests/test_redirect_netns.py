@@ -26,13 +26,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
 
 from cachetap.core.keys import cache_key, canonical_url
 from cachetap.testing.netns import Topology, netns_problem
+from cachetap.core.urls import HINT_SECRET, object_url
 from cachetap.testing.origin import Origin, Resource, _Handler, _Server
 
 pytestmark = pytest.mark.root
@@ -200,8 +201,18 @@ class Stack:
     def location_for(self, url: str) -> str:
         canonical = canonical_url(url, None, 80)
         key = cache_key(canonical, {})
-        return (f"http://{self.topo.router_client_ip4}:{SERVE_PORT}/c/{key}/{url.rsplit('/', 1)[-1]}"
-                f"?o={quote(canonical, safe='')}")
+        return object_url(f"http://{self.topo.router_client_ip4}:{SERVE_PORT}", key, url.rsplit('/', 1)[-1],
+                          origin=canonical, secret=self.hint_secret())
+
+    def hint_secret(self) -> bytes:
+        from cachetap.cli.catalog_cmds import open_catalog
+        from cachetap.settings import load_settings
+
+        catalog = open_catalog(load_settings(self.config))
+        try:
+            return catalog.shared_secret(HINT_SECRET)
+        finally:
+            catalog.engine.dispose()
 
     # clients
     def curl(self, url: str, *args: str, out: Path | None = None, check: bool = True) -> Answer:
@@ -292,6 +303,8 @@ def stack(tmp_path_factory):
             "admission_threshold = 1",
             "min_size = 65536",
             "http_ports = [80]",
+            # The origin namespace's addresses are private: the fetch guard needs them listed.
+            f'fetch_allow_networks = ["{topo.origin_ip4}/32", "{topo.origin_ip6}/128"]',
             # The router is the gateway: the RST to the origin leaves by the origin-side link.
             f'redirect_origin_interface = "{topo.router_origin_if}"',
             f'redirect_origin_mac = "{topo.origin.mac(topo.origin_if)}"',

@@ -11,10 +11,12 @@ from cachetap.core.keys import cache_key
 from cachetap.core.types import RequestHead, Segment
 from cachetap.web.lookup import DirectoryLookup
 from cachetap.web.server import CacheServer
+from cachetap.core.urls import hint_signature
 
 URL = "http://cdn.example.org/games/patch%201.pak"
 KEY = cache_key(URL, {})
 T = 1000.0  # the caller's monotonic clock
+SECRET = b"k" * 32
 
 
 @pytest.fixture
@@ -39,14 +41,15 @@ def head(range_=None):
 
 
 def redirector(gate, scope=RedirectScope(), servers=frozenset({("10.0.0.1", 8642)})):
-    return Redirector(HotIndex([KEY]), gate, "http://10.0.0.1:8642", scope, servers)
+    return Redirector(HotIndex([KEY]), gate, "http://10.0.0.1:8642", scope, servers, hint_secret=SECRET)
 
 
 def test_ready_key_redirects_to_the_cache_url_keeping_the_file_name(gate):
     r = redirector(gate)
     decision = r.decide(seg(), head("bytes=100-"), URL, KEY, "cdn.example.org", pipelined=False, now=T)
     assert decision.location == (f"http://10.0.0.1:8642/c/{KEY}/patch%201.pak"
-                                 "?o=http%3A%2F%2Fcdn.example.org%2Fgames%2Fpatch%25201.pak")
+                                 "?o=http%3A%2F%2Fcdn.example.org%2Fgames%2Fpatch%25201.pak"
+                                 f"&s={hint_signature(SECRET, KEY, URL)}")
     assert decision.key == KEY
 
 

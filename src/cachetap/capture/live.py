@@ -115,6 +115,17 @@ def act(observations: list[Observation], frame: bytes, pipeline: Pipeline, injec
             queue(obs.sighting())
 
 
+def _hint_secret(app) -> bytes | None:
+    """The cluster's key for signing origin hints; without the catalog, redirects carry no hint."""
+    from cachetap.core.urls import HINT_SECRET
+
+    try:
+        return app.catalog.shared_secret(HINT_SECRET)
+    except Exception as exc:  # the catalog is down: redirects still work, minus the fallback hint
+        log.warning("origin hints disabled: the catalog did not give the signing secret (%s)", exc)
+        return None
+
+
 class FastPath:
     """The redirect mode's parts: ready-key index kept in sync, health gate, injector, redirector."""
 
@@ -130,7 +141,8 @@ class FastPath:
         health = HealthGate(base_url, interval=settings.health_interval).start()
         injector = Injector.from_settings(settings)
         scope = RedirectScope(tuple(settings.redirect_client_subnets), tuple(settings.redirect_hosts))
-        redirector = Redirector(index, health, base_url, scope, _addresses_of(base_url))
+        redirector = Redirector(index, health, base_url, scope, _addresses_of(base_url),
+                                hint_secret=_hint_secret(app))
         index_sync.ready.wait(timeout=30)  # redirect from the first packet if the catalog answers
         log.info("redirect mode: %d ready keys, cache server %s", len(index), base_url)
         return cls(index_sync, health, injector, redirector)

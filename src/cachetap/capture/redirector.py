@@ -49,8 +49,9 @@ class Redirector:
     def __init__(self, index: HotIndex, health: Gate, base_url: str,
                  scope: RedirectScope, server_addresses: frozenset[tuple[str, int]],
                  loop_window: float = 1.0, loop_repeats: int = 3, suppress_for: float = 60.0,
-                 max_recent: int = 65_536) -> None:
+                 max_recent: int = 65_536, hint_secret: bytes | None = None) -> None:
         self.index = index
+        self.hint_secret = hint_secret  # signs the origin hint in Location (core/urls.py)
         self.health = health
         self.base_url = base_url
         self.scope = scope
@@ -73,7 +74,8 @@ class Redirector:
         if reason is not None:
             self.skipped[reason] += 1
             return None
-        location = object_url(self.base_url, key, location_name(url), origin=url)
+        location = object_url(self.base_url, key, location_name(url), origin=url,
+                              secret=self.hint_secret)
         if len(location) > MAX_LOCATION:  # the 302 must fit one segment: drop the fallback hint
             location = object_url(self.base_url, key, location_name(url))
         return Redirect(key, location)

@@ -23,13 +23,17 @@ def serve(ctx: Context, host: str | None, port: int | None, processes: int | Non
 
     settings = ctx.settings()
     setup_logging(settings.log_level)
+    hint_secret = None  # a plain directory has no capture that signs origin hints
     if directory is not None:
         lookup = DirectoryLookup(directory)
     else:
         from cachetap.cli.catalog_cmds import open_catalog
         from cachetap.store.blobs import BlobStore
+        from cachetap.core.urls import HINT_SECRET
 
-        lookup = CatalogLookup(open_catalog(settings), BlobStore(settings.cache_dir))
+        catalog = open_catalog(settings)
+        lookup = CatalogLookup(catalog, BlobStore(settings.cache_dir))
+        hint_secret = catalog.shared_secret(HINT_SECRET)
     host = host or settings.serve_host
     port = settings.serve_port if port is None else port
 
@@ -37,4 +41,4 @@ def serve(ctx: Context, host: str | None, port: int | None, processes: int | Non
         click.echo(f"listening on http://{host}:{bound}", err=True)
 
     run_server(host, port, lookup, processes=processes or settings.serve_processes, on_ready=announce,
-               strip_query_params=settings.strip_query_params)
+               strip_query_params=settings.strip_query_params, hint_secret=hint_secret)

@@ -8,6 +8,7 @@ claims, so exactly one worker wins whatever the interleaving.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -22,10 +23,11 @@ from cachetap.core.lifecycle import EntryState
 from cachetap.core.keys import KEY_PATTERN, url_filename
 from cachetap.core.types import Sighting
 from cachetap.store.db import is_transient, make_engine, upgrade, writer
-from cachetap.store.models import Entry, Hit
+from cachetap.store.models import Entry, Hit, Secret
 
 ENTRIES = Entry.__table__
 HITS = Hit.__table__
+SECRETS = Secret.__table__
 STATES = frozenset(s.value for s in EntryState)
 PROBE_FIELDS = ("size", "content_type", "etag", "last_modified", "cache_control")
 # Columns a caller may set through mark(); identity, state and reason have their own arguments.
@@ -281,6 +283,22 @@ class Catalog:
     def _select(self, stmt: sa.Select) -> list[EntryView]:
         with self.engine.connect() as conn:
             return [EntryView.from_row(row) for row in conn.execute(stmt)]
+
+    def shared_secret(self, name: str) -> bytes:
+        """The secret `name` (32 random bytes), made by the first node that asks and then the same
+        for every node of the cluster, since they all read this catalog."""
+        stmt = sa.select(SECRETS.c.value).where(SECRETS.c.name == name)
+        with self.engine.connect() as conn:
+            found = conn.execute(stmt).scalar()
+        if found is None:
+            try:
+                self._write(lambda conn: conn.execute(SECRETS.insert().values(
+                    name=name, value=secrets.token_hex(32), created_at=time.time())))
+            except sa.exc.IntegrityError:
+                pass  # another node made it first: read theirs
+            with self.engine.connect() as conn:
+                found = conn.execute(stmt).scalar_one()
+        return bytes.fromhex(found)
 
     def get(self, key: str) -> EntryView | None:
         if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):

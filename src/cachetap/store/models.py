@@ -68,3 +68,14 @@ class Hit(Base):
     key: Mapped[str] = mapped_column(sa.String(32))
     ts: Mapped[float] = mapped_column(sa.Double)
     client: Mapped[str] = mapped_column(sa.String(45))
+
+
+class Secret(Base):
+    """Server secrets every node of a cluster must share (e.g. the key signing origin hints)."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(128))
+    created_at: Mapped[float] = mapped_column(sa.Double)

@@ -34,9 +34,11 @@ class CacheServer:
 
     def __init__(self, lookup: ObjectLookup, host: str = "127.0.0.1", port: int = 0, *,
                  head_timeout: float = 15.0, send_timeout: float = 60.0, grace: float = 10.0,
-                 reuse_port: bool = False, strip_query_params: dict[str, list[str]] | None = None) -> None:
+                 reuse_port: bool = False, strip_query_params: dict[str, list[str]] | None = None,
+                 hint_secret: bytes | None = None) -> None:
         self.lookup = lookup
         self.strip_query_params = strip_query_params or {}  # to check origin hints against keys
+        self.hint_secret = hint_secret  # signs origin hints (core/urls.py); None: hints are ignored
         self.host = host
         self.port = port
         self.head_timeout = head_timeout    # whole head within this (slowloris), also keep-alive idle
@@ -164,7 +166,7 @@ class CacheServer:
         for attempt in (1, 2):
             obj = self.lookup.find(key)
             if obj is None:
-                hint = origin_hint(request.query, key, self.strip_query_params) if request.query else None
+                hint = origin_hint(request.query, key, self.strip_query_params, self.hint_secret) if request.query else None
                 return self._fall_back(key, hint, "not_servable", keep_alive, is_head)
             try:
                 # O_NOFOLLOW: a lookup's path is trusted, but a symlink swapped in later is not.
