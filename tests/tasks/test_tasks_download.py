@@ -223,3 +223,22 @@ def test_replay_task_sends_the_captures_sightings_to_analyze(make_settings):
     assert refused["error"].startswith("refused") and "decisions" not in refused
     ((name, (batch,)),) = take_tasks(app, "analyze", count=1, settle=1.0)
     assert name == ANALYZE_BATCH and [s["url"] for s in batch] == ["http://files.test:8080/a.iso"]
+
+
+def test_job_naming_another_url_than_the_catalog_is_dropped(make_settings, make_sighting, origin):
+    """Seen failing on bb0220b: the worker downloaded the job's URL and published it under the key."""
+    origin.add("/x.iso", Resource(size=MiB))
+    origin.add("/secret.iso", Resource(size=2 * MiB))
+    settings = fast_settings(make_settings)
+    app = create_app(settings)
+    job = admit(app, f"http://files.test:{origin.port}/x.iso", make_sighting)
+    forged = {**job, "url": f"http://files.test:{origin.port}/secret.iso", "size": None, "etag": None,
+              "last_modified": None}
+    with CeleryWorker(settings, ["download"]) as worker:
+        assert send(app, forged).get(timeout=WAIT)["outcome"] == "url_mismatch", worker.log_text()[-3000:]
+        assert "not the catalog's URL: dropped" in worker.log_text()
+        # The genuine job still downloads what the catalog names, validators included.
+        assert send(app, {**job, "size": 5, "etag": '"forged"'}).get(timeout=WAIT)["size"] == MiB
+    assert origin.stats("/secret.iso").methods == {}
+    entry = app.catalog.get(job["key"])
+    assert (entry.state, entry.blob) == ("ready", origin.expected_digest("/x.iso"))

@@ -8,6 +8,8 @@ after its worker died, or our own retry) finds the entry `downloading` under the
 takes it over only once the lease has run out (`settings.download_lease`); while it is fresh,
 another worker is alive on the key and the job waits (retry with a countdown). A job whose token
 no longer matches was superseded (reclaim re-queued the key, it is ready, evicted...) and ends.
+What is downloaded comes from the catalog row (URL, size, validators), never from the job: a job whose
+URL differs from the row's is dropped and logged.
 
 The embedded broker cannot re-deliver after a kill -9 (see tasks/app.py); there the beat task
 `reclaim` re-queues the stale claim with a fresh token. Either way the new attempt continues the
@@ -99,6 +101,11 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
         key = message.get("key") if isinstance(message, Mapping) and isinstance(message.get("key"), str) else None
         return {"key": key, "outcome": "bad_job"}
     key, claim = job.key, job.claim
+    entry = catalog.get(key)
+    if entry is not None and entry.claim_token == claim and entry.url != job.url:
+        # Whoever wrote this job could reach the broker; the catalog says what the key names.
+        log.warning("download job for %s names %.200r, not the catalog's URL: dropped", key, job.url)
+        return {"key": key, "outcome": "url_mismatch"}
     now = time.time()
     downloading = advance(EntryState.QUEUED, Event.START)
     taken = (catalog.advance_claim(key, claim, EntryState.QUEUED, downloading, now)
@@ -110,7 +117,7 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
     started = time.monotonic()
     try:
         daemon = worker_daemon(settings)
-        result = download(_pinned(job, app.resolver), daemon, BlobStore(settings.cache_dir), daemon.options,
+        result = download(_pinned(DownloadJob.from_entry(entry, claim), app.resolver), daemon, BlobStore(settings.cache_dir), daemon.options,
                           on_progress=_heartbeat(catalog, key, claim))
     except ClaimLost:
         log.warning("download of %s was taken over by another worker; stopping", key)
