@@ -16,6 +16,7 @@ The origin answers after ORIGIN_DELAY, as a real origin across a WAN would; the 
 from __future__ import annotations
 
 import hashlib
+from ipaddress import ip_network
 import json
 import os
 import shutil
@@ -304,7 +305,8 @@ def stack(tmp_path_factory):
             "min_size = 65536",
             "http_ports = [80]",
             # The origin namespace's addresses are private: the fetch guard needs them listed.
-            f'fetch_allow_networks = ["{topo.origin_ip4}/32", "{topo.origin_ip6}/128"]',
+            f'fetch_allow_networks = ["{ip_network(topo.origin_ip4 + "/24", strict=False)}", '
+            f'"{ip_network(topo.origin_ip6 + "/64", strict=False)}"]',
             # The router is the gateway: the RST to the origin leaves by the origin-side link.
             f'redirect_origin_interface = "{topo.router_origin_if}"',
             f'redirect_origin_mac = "{topo.origin.mac(topo.origin_if)}"',
