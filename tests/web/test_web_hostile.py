@@ -202,3 +202,44 @@ def test_a_client_that_stops_reading_is_dropped_after_send_timeout(served: Serve
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as other:
             other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert other.recv(100).startswith(b"HTTP/1.1 200")  # and the server serves on
+
+
+def _attached_client(server: CacheServer) -> tuple[socket.socket, Connection]:
+    """A client connected to `server` whose server-side socket buffer is small (loopback's own
+    buffers hold megabytes), so answers queue in the server's transport as on a real network."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(listener.getsockname())
+    accepted, _ = listener.accept()
+    listener.close()
+    accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    accepted.setblocking(False)
+    attach = server._loop.connect_accepted_socket(lambda: Connection(server), accepted)
+    _, connection = asyncio.run_coroutine_threadsafe(attach, server._loop).result(10)
+    return client, connection
+
+
+def test_input_stops_being_read_while_an_answer_waits(served: Served):
+    """Seen failing on bb0220b: 400 MB of input in 2 s went into the connection's buffer.
+
+    The client queues answers it never reads, then asks for a file (whose body must wait behind them)
+    and sends input as fast as the server takes it."""
+    client, connection = _attached_client(served.server)
+    with client:
+        deadline = time.monotonic() + 10
+        while not connection.transport.get_write_buffer_size():  # until answers queue in the server
+            assert time.monotonic() < deadline
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 10)
+            time.sleep(0.005)
+        client.sendall(f"GET {served.path()} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        client.setblocking(False)
+        junk, taken, end = b"X" * 65536, 0, time.monotonic() + 2
+        while time.monotonic() < end and taken < 400 << 20:
+            try:
+                taken += client.send(junk)
+            except BlockingIOError:
+                time.sleep(0.01)
+        held = len(connection.buffer)
+    assert held < 1 << 20, held
+    assert taken < 32 << 20, taken  # what the kernel's buffers take, no more

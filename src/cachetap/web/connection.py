@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 READING, SENDING, LINGERING, CLOSED = "reading", "sending", "lingering", "closed"
 LINGER_SECONDS = 1.0
+# Input held while an answer is under way (pipelined requests); beyond it the connection stops
+# reading until the answer is out, so a client that never reads cannot make us buffer without end.
+INPUT_LIMIT = 4 * MAX_HEAD_BYTES
 
 
 @dataclass(slots=True)
@@ -81,6 +84,8 @@ class Connection(asyncio.Protocol):
         self.buffer += data
         if self.state == READING:
             self._serve_buffered()
+        elif len(self.buffer) >= INPUT_LIMIT:
+            self.transport.pause_reading()  # resumed when the answer under way is out (_pump)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -191,15 +196,14 @@ class Connection(asyncio.Protocol):
             self.abort()  # a half-sent body cannot be repaired on this connection
             return
         self._body_end = offset
-        status, waited = body.status, self._watched is not None
+        status = body.status
         self._end_body()
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
         self.server.metrics.answered(status)
         self.state = READING
         self._answered()
         if self.state == READING:
-            if waited:
-                self.transport.resume_reading()
+            self.transport.resume_reading()  # paused while the body waited or the input was full
             if not self._serving:
                 self._serve_buffered()  # requests the client pipelined meanwhile
 
