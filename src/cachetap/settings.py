@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     serve_host: str = Field("0.0.0.0", description="Address the cache server listens on.")
     serve_port: int = Field(8642, ge=1, le=65535, description="TCP port of the cache server. Unprivileged and outside http_ports, so the capture never counts the cache's own traffic as origin requests.")
     serve_processes: int = Field(1, ge=1, le=64, description="Cache server worker processes (SO_REUSEPORT); one per core serves the most.")
+    serve_max_connections: int = Field(10_000, ge=1, description="Connections one cache server process holds at most (also kept below its open-files limit, which it raises to the hard limit at start); more are refused at once.")
+    serve_max_connections_per_address: int = Field(512, ge=1, description="Connections from one client address at most, per cache server process; high enough for a NAT or a LAN party behind one address.")
     public_url: str = Field("", description="Base URL clients are redirected to, e.g. http://10.0.0.5:8642. Empty: derived from serve_host and serve_port (a wildcard host becomes the address of the default-route interface).")
 
     # --- redirect -----------------------------------------------------------------------------

@@ -41,4 +41,6 @@ def serve(ctx: Context, host: str | None, port: int | None, processes: int | Non
         click.echo(f"listening on http://{host}:{bound}", err=True)
 
     run_server(host, port, lookup, processes=processes or settings.serve_processes, on_ready=announce,
-               strip_query_params=settings.strip_query_params, hint_secret=hint_secret)
+               strip_query_params=settings.strip_query_params, hint_secret=hint_secret,
+               max_connections=settings.serve_max_connections,
+               max_connections_per_address=settings.serve_max_connections_per_address)

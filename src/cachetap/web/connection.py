@@ -69,11 +69,22 @@ class Connection(asyncio.Protocol):
         self._watched: int | None = None  # duplicate of the socket fd, watched while its buffer is full
         self._waiting_for_head_flush = False
         self._serving = False             # inside _serve_buffered (a body that completes at once returns there)
+        self.admitted = False             # counted by the server's connection caps
+        self.peer = ""
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        refused = self.server.caps.admit(self.peer)
+        if refused is not None:
+            self.server.quiet.event(f"connections refused over the {refused} cap")
+            self.state = CLOSED
+            transport.abort()
+            return
+        self.admitted = True
         self.sock = transport.get_extra_info("socket")
         self.deadline = self.loop.time() + self.server.head_timeout
         self.server.opened(self)
@@ -98,6 +109,9 @@ class Connection(asyncio.Protocol):
         self._end_body()
         self.state = CLOSED
         self.server.closed(self)
+        if self.admitted:
+            self.admitted = False
+            self.server.caps.release(self.peer)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -188,7 +202,12 @@ class Connection(asyncio.Protocol):
                 # call, the common case, costs no epoll changes at all).
                 self.transport.pause_reading()
                 # The transport owns its fd in the event loop; a duplicate of it may be watched for us.
-                self._watched = os.dup(sock_fd)
+                try:
+                    self._watched = os.dup(sock_fd)
+                except OSError as exc:  # out of descriptors: this body cannot wait, end it cleanly
+                    self.server.quiet.event(f"cannot wait for a slow client: {os.strerror(exc.errno)}")
+                    self.abort()
+                    return
                 self.loop.add_writer(self._watched, self._pump)
             return
         except OSError:

@@ -18,6 +18,7 @@ from cachetap.core.semantics import (UNSATISFIABLE, ByteRange, not_modified, par
 from cachetap.core.urls import object_key, origin_hint
 from cachetap.web import responses as resp
 from cachetap.web.connection import SENDING, Answer, Connection
+from cachetap.web.limits import OUT_OF_DESCRIPTORS, ConnectionCaps, QuietLog, loop_error_handler
 from cachetap.web.lookup import ObjectLookup, ServedObject
 from cachetap.web.metrics import ServeMetrics
 from cachetap.web.request import Request
@@ -35,7 +36,8 @@ class CacheServer:
     def __init__(self, lookup: ObjectLookup, host: str = "127.0.0.1", port: int = 0, *,
                  head_timeout: float = 15.0, send_timeout: float = 60.0, grace: float = 10.0,
                  reuse_port: bool = False, strip_query_params: dict[str, list[str]] | None = None,
-                 hint_secret: bytes | None = None) -> None:
+                 hint_secret: bytes | None = None, max_connections: int = 10_000,
+                 max_connections_per_address: int = 512) -> None:
         self.lookup = lookup
         self.strip_query_params = strip_query_params or {}  # to check origin hints against keys
         self.hint_secret = hint_secret  # signs origin hints (core/urls.py); None: hints are ignored
@@ -46,6 +48,10 @@ class CacheServer:
         self.grace = grace                  # seconds in-flight responses get on stop
         self.reuse_port = reuse_port
         self.metrics = ServeMetrics()
+        self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        self.caps: ConnectionCaps | None = None   # made in serve_forever, under the limit then in force
+        self.quiet = QuietLog()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -63,6 +69,8 @@ class CacheServer:
 
         `on_ready(port)` is called once the socket is bound and listening."""
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(loop_error_handler(self.quiet))
+        self.caps = ConnectionCaps(self.max_connections, self.max_connections_per_address)
         self._stop_event = asyncio.Event()
         server = await self._loop.create_server(lambda: Connection(self), self.host, self.port,
                                                 reuse_port=self.reuse_port or None, backlog=1024)
@@ -171,7 +179,10 @@ class CacheServer:
             try:
                 # O_NOFOLLOW: a lookup's path is trusted, but a symlink swapped in later is not.
                 fd = os.open(obj.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except OSError:
+            except OSError as exc:
+                if exc.errno in OUT_OF_DESCRIPTORS:  # our limit, not the file: keep the key
+                    self.quiet.event(f"cannot open cached files: {os.strerror(exc.errno)}")
+                    return self._fall_back(key, obj.url, "out_of_descriptors", keep_alive, is_head)
                 self.lookup.forget(key)
                 return self._fall_back(key, obj.url, "file_missing", keep_alive, is_head)
             file = open(fd, "rb", buffering=0)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cachetap.lifetime import die_with_parent
+from cachetap.web.limits import raise_open_files_limit
 from cachetap.web.lookup import ObjectLookup
 from cachetap.web.metrics import enable_multiprocess
 from cachetap.web.server import CacheServer
@@ -44,6 +45,7 @@ def run_server(host: str, port: int, lookup: ObjectLookup, processes: int = 1, *
     """
     if processes < 1:
         raise ValueError(f"processes must be at least 1, got {processes}")
+    raise_open_files_limit()  # before the connection caps are sized from it (workers inherit it)
     if processes == 1:
         asyncio.run(_serve_with_signals(CacheServer(lookup, host, port, **options), on_ready))
         return
