@@ -12,9 +12,7 @@ from cachetap.settings import ConfigError, load_settings
 from cachetap.tasks.app import create_app
 
 try:
-    _settings = load_settings()
+    app = create_app(load_settings())
 except ConfigError as exc:
     sys.stderr.write(f"cachetap: bad configuration:\n{exc}\n")
     raise SystemExit(2) from None
-
-app = create_app(_settings)

@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 
 def open_catalog(settings: Settings) -> Catalog:
     """The operator's catalog (migrated first)."""
+    from cachetap.private import prepare_cache_dir
     from cachetap.store.catalog import open_catalog as open_at
 
+    prepare_cache_dir(settings.cache_dir)  # the SQLite catalog and its -wal/-shm files live there
     return open_at(settings.effective_database_url)
 
 

@@ -74,4 +74,8 @@ def config_show(ctx: Context, as_json: bool) -> None:
 
 def main() -> None:
     from cachetap.cli import capture_cmds, catalog_cmds, fetch_cmds, purge_cmds, run_cmds, serve_cmds  # noqa: F401  (registers commands)
-    cli(prog_name="cachetap")
+    try:
+        cli(prog_name="cachetap")
+    except ConfigError as exc:  # raised by a command, e.g. a cache_dir owned by another user
+        click.echo(f"cachetap: {exc}", err=True)
+        raise SystemExit(2) from None

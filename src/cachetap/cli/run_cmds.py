@@ -33,13 +33,14 @@ def run(ctx: Context, interface: str | None, no_capture: bool) -> None:
     import os
 
     from cachetap.cli.catalog_cmds import open_catalog
+    from cachetap.private import prepare_cache_dir
     from cachetap.supervisor import Supervisor, plan_children
 
     if interface:
         os.environ["CACHETAP_INTERFACE"] = interface  # children load settings themselves
     settings = ctx.settings(**({"interface": interface} if interface else {}))
     setup_logging(settings.log_level)
-    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    prepare_cache_dir(settings.cache_dir)
     open_catalog(settings)  # migrate once before the workers start
     children = plan_children(settings, python=sys.executable, capture=not no_capture)
     log.info("starting %s", ", ".join(c.name for c in children))

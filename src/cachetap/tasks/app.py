@@ -167,7 +167,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
     }
     if settings.embedded_broker or not settings.result_backend or not settings.database_url:
-        settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        from cachetap.private import prepare_cache_dir
+
+        prepare_cache_dir(settings.cache_dir)
     if settings.embedded_broker:
         conf["broker_transport"] = EMBEDDED_TRANSPORT  # filesystem://, with atomic message files
         conf["broker_transport_options"] = embedded_transport_options(settings.broker_dir,
