@@ -313,6 +313,7 @@ def stack(tmp_path_factory):
             f'redirect_client_subnets = ["{topo.client_ip4}/32", "{topo.client_ip6}/128"]',
             f'redirect_hosts = ["{topo.origin_ip4}", "{topo.origin_ip6}"]',
             'log_level = "INFO"',
+            'run_as_user = ""',  # the work folder is under root's private pytest folder
         ]) + "\n")
         stack = Stack(topo, origin, config, work / "cachetap-run.log", video)
         try:

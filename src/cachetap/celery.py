@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import sys
 
+from cachetap.privileges import die_with_supervisor
 from cachetap.settings import ConfigError, load_settings
 from cachetap.tasks.app import create_app
+
+die_with_supervisor()  # a worker or beat started by `cachetap run` stops with it
 
 try:
     app = create_app(load_settings())

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="Catalog database URL (SQLAlchemy): postgresql+psycopg://, mysql+pymysql://. Empty: SQLite under cache_dir.")
     broker_visibility_timeout: float = Field(3600, gt=0, le=86_400 * 7, description="Redis broker: seconds an unacknowledged task waits before it is re-delivered (a worker killed mid-task); a re-delivered download whose key is still being downloaded waits for it.")
     broker_polling_interval: float = Field(0.05, gt=0, le=10, description="Seconds between polls of the embedded filesystem broker.")
+    run_as_user: str = Field("cachetap", description="Started as root, `cachetap run` runs its workers, beat and cache server as this user (created when missing) and the capture as this user with only CAP_NET_RAW and CAP_SYS_NICE; CLI commands run as root act as the owner of cache_dir. Empty or \"root\": stay root.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every cachetap process.")
 
     # --- capture ----------------------------------------------------------------------------

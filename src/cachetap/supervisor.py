@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+from cachetap.privileges import CAPTURE_CAPS, SUPERVISOR_PID_ENV, ServiceUser, as_user
 from cachetap.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,16 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
+    env: dict[str, str] | None = None
 
 
-def plan_children(settings: Settings, python: str, capture: bool = True) -> list[Child]:
-    """The processes one machine runs: one worker per kind of work, beat, server, capture."""
+def plan_children(settings: Settings, python: str, capture: bool = True,
+                  user: ServiceUser | None = None) -> list[Child]:
+    """The processes one machine runs: one worker per kind of work, beat, server, capture.
+
+    With `user` (started as root), every child runs as that user and only the capture keeps
+    CAP_NET_RAW and CAP_SYS_NICE (privileges.py). cache_dir is resolved here once: a child whose HOME
+    still says /root would otherwise derive another default."""
     celery = [python, "-m", "celery", "-A", "cachetap"]
     level = ["--loglevel", settings.log_level]
     quiet = ["--without-gossip", "--without-mingle"] if settings.embedded_broker else []
@@ -47,6 +54,12 @@ def plan_children(settings: Settings, python: str, capture: bool = True) -> list
     ]
     if capture and settings.interface:
         children.append(Child("capture", [python, "-m", "cachetap", "capture"]))
+    env = {**os.environ, "CACHETAP_CACHE_DIR": str(settings.cache_dir.resolve()),
+           SUPERVISOR_PID_ENV: str(os.getpid())}
+    for child in children:
+        child.env = env
+        if user is not None:
+            child.argv = as_user(child.argv, user, CAPTURE_CAPS if child.name == "capture" else "")
     return children
 
 
@@ -72,7 +85,7 @@ class Supervisor:
         self._stopping = True
 
     def _start(self, child: Child) -> None:
-        child.process = subprocess.Popen(child.argv, start_new_session=True)
+        child.process = subprocess.Popen(child.argv, start_new_session=True, env=child.env)
         child.started_at = time.monotonic()
         log.info("%s started (pid %d)", child.name, child.process.pid)
 

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import psutil
@@ -16,7 +17,7 @@ def test_run_starts_everything_and_stops_cleanly_on_sigterm(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
     env.update(CACHETAP_CACHE_DIR=str(tmp_path / "cache"), CACHETAP_SERVE_HOST="127.0.0.1",
-               CACHETAP_SERVE_PORT=str(port))
+               CACHETAP_SERVE_PORT=str(port), CACHETAP_RUN_AS_USER="")  # tmp_path: root's alone
     proc = subprocess.Popen([sys.executable, "-m", "cachetap", "run"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -50,3 +51,62 @@ def test_run_with_bad_config_fails_naming_the_key(tmp_path):
                             text=True, timeout=60)
     assert result.returncode != 0
     assert "admission_window" in result.stderr and "Traceback" not in result.stderr
+
+
+CAPTURE_CAPS = (1 << 13) | (1 << 23)  # CAP_NET_RAW, CAP_SYS_NICE
+
+
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as fh:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
+
+
+def test_run_as_root_drops_every_child_but_capture_to_the_service_user(tmp_path):
+    """Seen failing on bb0220b: workers, beat and the cache server (on every address) ran as root."""
+    import pwd
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the test is about what cachetap does when started as root")
+    cache = tempfile.mkdtemp(prefix="cachetap-privileges-", dir="/tmp")  # the user must reach it
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
+    env.update(CACHETAP_CACHE_DIR=cache, CACHETAP_SERVE_HOST="127.0.0.1", CACHETAP_SERVE_PORT=str(port),
+               CACHETAP_INTERFACE="lo", CACHETAP_HTTP_PORTS="[80]")
+    proc = subprocess.Popen([sys.executable, "-m", "cachetap", "run"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def healthy():
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+        wait_for(healthy, "the cache server to answer", timeout=120, step=0.5)
+        service = pwd.getpwnam("cachetap")
+        parent = psutil.Process(proc.pid)
+        cmdlines = lambda: [" ".join(p.cmdline()) for p in parent.children(recursive=True)]  # noqa: E731
+        wait_for(lambda: sum("worker" in c for c in cmdlines()) >= 3 and any(" capture" in c for c in cmdlines()),
+                 "three workers and the capture", timeout=120, step=0.5)
+        seen = {}
+        for child in parent.children(recursive=True):
+            status = _status(child.pid)
+            seen[" ".join(child.cmdline())[-60:]] = (int(status["Uid"].split()[1]),
+                                                      int(status["CapEff"], 16), int(status["CapAmb"], 16))
+        capture = [v for k, v in seen.items() if k.endswith(" capture")]
+        others = [v for k, v in seen.items() if not k.endswith(" capture")]
+        assert capture == [(service.pw_uid, CAPTURE_CAPS, CAPTURE_CAPS)], seen
+        assert others and all(v == (service.pw_uid, 0, 0) for v in others), seen
+        # A CLI command run as root meanwhile leaves nothing root's in cache_dir.
+        listed = subprocess.run([sys.executable, "-m", "cachetap", "ls"], env=env, capture_output=True, text=True)
+        assert listed.returncode == 0, listed.stderr
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=90)
+        assert proc.returncode == 0, output
+        owned_by_root = [str(p) for p in Path(cache).rglob("*") if p.lstat().st_uid == 0]
+        assert owned_by_root == [] and Path(cache).stat().st_uid == service.pw_uid
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(cache, ignore_errors=True)

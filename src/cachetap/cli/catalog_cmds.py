@@ -20,7 +20,7 @@ def open_catalog(settings: Settings) -> Catalog:
     from cachetap.private import prepare_cache_dir
     from cachetap.store.catalog import open_catalog as open_at
 
-    prepare_cache_dir(settings.cache_dir)  # the SQLite catalog and its -wal/-shm files live there
+    prepare_cache_dir(settings.cache_dir, settings.run_as_user)  # the SQLite catalog and its -wal/-shm live there
     return open_at(settings.effective_database_url)
 
 

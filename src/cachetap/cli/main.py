@@ -17,8 +17,9 @@ from cachetap.settings import ConfigError, Settings, load_settings
 class Context:
     """What every sub-command gets: the config file (if any), settings loaded on first use."""
 
-    def __init__(self, config_file: Path | None) -> None:
+    def __init__(self, config_file: Path | None, keep_privileges: bool = False) -> None:
         self.config_file = config_file
+        self.keep_privileges = keep_privileges  # run and capture need root; the rest act as cache_dir's owner
         self._settings: Settings | None = None
 
     def settings(self, **overrides) -> Settings:
@@ -27,6 +28,10 @@ class Context:
                 self._settings = load_settings(self.config_file, **overrides)
             except ConfigError as exc:
                 raise click.ClickException(f"invalid configuration:\n{exc}") from None
+            if not self.keep_privileges:
+                from cachetap.privileges import become_cache_owner
+
+                become_cache_owner(self._settings.cache_dir, self._settings.run_as_user)
         return self._settings
 
 
@@ -48,7 +53,10 @@ def cli(click_ctx: click.Context, config_file: Path | None) -> None:
     if config_file is not None:
         # Child processes (workers, beat, capture) read the same file.
         os.environ["CACHETAP_CONFIG"] = str(config_file.resolve())
-    click_ctx.obj = Context(config_file)
+    from cachetap.privileges import die_with_supervisor
+
+    die_with_supervisor()  # a child of `cachetap run` (serve, capture) stops with it
+    click_ctx.obj = Context(config_file, keep_privileges=click_ctx.invoked_subcommand in ("run", "capture", "config"))
 
 
 @cli.group()

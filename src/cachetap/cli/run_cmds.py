@@ -34,14 +34,23 @@ def run(ctx: Context, interface: str | None, no_capture: bool) -> None:
 
     from cachetap.cli.catalog_cmds import open_catalog
     from cachetap.private import prepare_cache_dir
+    from cachetap.privileges import give_cache_dir, service_user
     from cachetap.supervisor import Supervisor, plan_children
 
     if interface:
         os.environ["CACHETAP_INTERFACE"] = interface  # children load settings themselves
     settings = ctx.settings(**({"interface": interface} if interface else {}))
     setup_logging(settings.log_level)
-    prepare_cache_dir(settings.cache_dir)
-    open_catalog(settings)  # migrate once before the workers start
-    children = plan_children(settings, python=sys.executable, capture=not no_capture)
+    user = service_user(settings)
+    if user is not None:  # the children run as this user: cache_dir and all in it must be theirs
+        settings.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        give_cache_dir(settings.cache_dir, user)
+    prepare_cache_dir(settings.cache_dir, settings.run_as_user)
+    open_catalog(settings).engine.dispose()  # migrate once before the workers start
+    if user is not None:
+        give_cache_dir(settings.cache_dir, user)  # the catalog files the migration made as root
+        log.info("workers, beat and cache server run as %s; capture with CAP_NET_RAW and CAP_SYS_NICE only",
+                 user.name)
+    children = plan_children(settings, python=sys.executable, capture=not no_capture, user=user)
     log.info("starting %s", ", ".join(c.name for c in children))
     raise SystemExit(Supervisor(children).run())

@@ -169,7 +169,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.embedded_broker or not settings.result_backend or not settings.database_url:
         from cachetap.private import prepare_cache_dir
 
-        prepare_cache_dir(settings.cache_dir)
+        prepare_cache_dir(settings.cache_dir, settings.run_as_user)
     if settings.embedded_broker:
         conf["broker_transport"] = EMBEDDED_TRANSPORT  # filesystem://, with atomic message files
         conf["broker_transport_options"] = embedded_transport_options(settings.broker_dir,

@@ -1,0 +1,109 @@
+"""Least privilege: started as root, cachetap runs everything but the capture as an unprivileged user.
+
+Only the capture needs privileges: CAP_NET_RAW for its sockets and CAP_SYS_NICE for real-time
+priority. `cachetap run` started as root therefore starts its Celery workers, beat and the cache server
+(which listens on every address) as `run_as_user` (created when missing), and the capture as the same
+user with just those two capabilities, made ambient by `setpriv` so they survive the exec of Python.
+CLI commands run as root (`ls`, `prefetch`, ...) run again as the owner of cache_dir before they open
+anything, so they leave no root-owned SQLite -wal/-shm or broker files the service cannot open.
+
+The systemd equivalent (README, "Security model"): `User=cachetap`, and for the capture unit
+`AmbientCapabilities=CAP_NET_RAW CAP_SYS_NICE` with `CapabilityBoundingSet=CAP_NET_RAW CAP_SYS_NICE`.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from cachetap.lifetime import die_with_parent
+from cachetap.settings import ConfigError, Settings
+
+CAPTURE_CAPS = "+net_raw,+sys_nice"
+SETPRIV = "/usr/bin/setpriv"
+SUPERVISOR_PID_ENV = "SUPERVISOR_PID_OF_CACHETAP"  # not CACHETAP_*: those are settings
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceUser:
+    name: str
+    uid: int
+    gid: int
+
+
+def service_user(settings: Settings) -> ServiceUser | None:
+    """The user to drop to, created when missing; None when not started as root or told to stay."""
+    if os.geteuid() != 0 or settings.run_as_user in ("", "root"):
+        return None
+    name = settings.run_as_user
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        created = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                                  "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+                                 capture_output=True, text=True)
+        if created.returncode != 0:
+            raise ConfigError(f"run_as_user {name!r} does not exist and useradd failed "
+                              f"({created.stderr.strip()[:200]}): create it, or set run_as_user") from None
+        entry = pwd.getpwnam(name)
+    return ServiceUser(name, entry.pw_uid, entry.pw_gid)
+
+
+def give_cache_dir(path: Path, user: ServiceUser) -> None:
+    """Hand cache_dir and everything in it (e.g. from a run as root) to the service user."""
+    for root, dirs, files in os.walk(path):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            try:
+                st = os.lstat(name)
+            except FileNotFoundError:
+                continue
+            if st.st_uid != user.uid:
+                os.lchown(name, user.uid, user.gid)
+
+
+def as_user(argv: list[str], user: ServiceUser, caps: str = "") -> list[str]:
+    """argv run as `user` with no supplementary groups and only the capabilities `caps` (ambient, so
+    they survive the exec of Python; "" keeps none).
+
+    setpriv rather than a preexec_fn: it changes the user after opening the program, so an
+    interpreter under a directory only root can search (pyenv in /root) still starts. The user id
+    change clears the kernel's parent-death signal, so each child sets it again itself at start
+    (`die_with_supervisor`)."""
+    keep = f"-all,{caps}" if caps else "-all"
+    return [SETPRIV, f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
+            f"--inh-caps={keep}", f"--ambient-caps={keep}", f"--bounding-set={keep}", "--", *argv]
+
+
+def die_with_supervisor() -> None:
+    """Called by every child of `cachetap run` at start (CLI and Celery entry points): stop when the
+    supervisor dies. Set here, after the user id change that would clear it."""
+    pid = os.environ.get(SUPERVISOR_PID_ENV)
+    if pid and pid.isdigit():
+        die_with_parent(int(pid))
+
+
+def become_cache_owner(cache_dir: Path, run_as_user: str) -> None:
+    """Run as root, run this command again as `run_as_user` when it owns cache_dir, so nothing it
+    creates there is root's. Otherwise stay (a cache_dir owned by someone else is refused later).
+
+    A new exec through setpriv, not setuid in this process: the interpreter's own files may sit where
+    only root can search (pyenv in /root), and later imports would fail."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = cache_dir.stat()
+    except OSError:
+        return
+    try:
+        owner = pwd.getpwnam(run_as_user) if run_as_user not in ("", "root") else None
+    except KeyError:
+        owner = None
+    if owner is None or st.st_uid != owner.pw_uid:
+        return
+    user = ServiceUser(run_as_user, owner.pw_uid, owner.pw_gid)
+    argv = as_user([sys.executable, *sys.orig_argv[1:]], user)
+    os.execv(argv[0], argv)
