@@ -17,6 +17,7 @@ ROOT = Path(cachetap.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "core"),                  # "": the package itself (__init__: the version)
     ("settings", "lifetime"),
+    ("privileges",),
     ("store",),
     ("fetch", "web"),
     ("wire",),

@@ -1,4 +1,11 @@
-"""Least privilege: started as root, cachetap runs everything but the capture as an unprivileged user.
+"""Least privilege and private files.
+
+Files: every process that writes under cache_dir first calls `prepare_cache_dir`: files are then
+created 0600 and folders 0700 (umask 077), since client addresses, signed URLs and claim tokens live
+there, and a cache directory owned by another user (than us, or as root than `run_as_user`) is refused,
+since whoever owns it can read or swap what we serve.
+
+Users: started as root, cachetap runs everything but the capture as an unprivileged user.
 
 Only the capture needs privileges: CAP_NET_RAW for its sockets and CAP_SYS_NICE for real-time
 priority. `cachetap run` started as root therefore starts its Celery workers, beat and the cache server
@@ -15,8 +22,9 @@ from __future__ import annotations
 
 import os
 import pwd
-import sys
+import stat
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,3 +115,44 @@ def become_cache_owner(cache_dir: Path, run_as_user: str) -> None:
     user = ServiceUser(run_as_user, owner.pw_uid, owner.pw_gid)
     argv = as_user([sys.executable, *sys.orig_argv[1:]], user)
     os.execv(argv[0], argv)
+
+
+class CacheDirError(ConfigError):
+    """The cache directory cannot be used; the message is one line naming the fix."""
+
+
+def prepare_cache_dir(path: Path, service_user: str = "") -> Path:
+    """Create `path` (0700) or check the existing one is ours (or, as root, `service_user`'s: see
+    privileges.py) and private; set umask 077."""
+    os.umask(0o077)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = path.stat()
+    except OSError as exc:
+        raise CacheDirError(f"cache_dir {path}: {exc.strerror}; create it for user {_user(os.geteuid())} "
+                            f"or set cache_dir") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise CacheDirError(f"cache_dir {path} is not a directory; set cache_dir to a directory")
+    if st.st_uid not in _allowed_owners(service_user):
+        raise CacheDirError(f"cache_dir {path} is owned by {_user(st.st_uid)}, not {_user(os.geteuid())} "
+                            f"who runs cachetap: chown -R {_user(os.geteuid())} {path}, or set cache_dir")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        path.chmod(0o700)  # made by an older version or by hand: close it
+    return path
+
+
+def _allowed_owners(service_user: str) -> set[int]:
+    owners = {os.geteuid()}
+    if os.geteuid() == 0 and service_user and service_user != "root":
+        try:
+            owners.add(pwd.getpwnam(service_user).pw_uid)
+        except KeyError:
+            pass
+    return owners
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -30,6 +30,7 @@ from cachetap.capture.pipeline import Pipeline, counts
 from cachetap.capture.redirector import RedirectScope, Redirector
 from cachetap.core.keys import cache_key, canonical_url
 from cachetap.core.types import Count, Decision, Ignore, Redirect
+from cachetap.core.urls import hint_signature
 from cachetap.settings import load_settings
 from cachetap.testing.pcaps import LINKTYPE_ETHERNET, frame_bytes, hostile_cases, http_get_packets
 from cachetap.web.lookup import DirectoryLookup
@@ -39,7 +40,9 @@ CLIENT, ORIGIN, HOST = "10.0.0.5", "93.184.216.34", "cdn.example.org"
 CACHE = "http://10.0.0.1:8642"
 READY_URL = canonical_url("/games/patch%201.pak", HOST, 80)
 READY = cache_key(READY_URL, {})
-LOCATION = (f"{CACHE}/c/{READY}/patch%201.pak?o=http%3A%2F%2Fcdn.example.org%2Fgames%2Fpatch%25201.pak")
+SECRET = b"s" * 32  # signs the origin hint (core/urls.py)
+LOCATION = (f"{CACHE}/c/{READY}/patch%201.pak?o=http%3A%2F%2Fcdn.example.org%2Fgames%2Fpatch%25201.pak"
+            f"&s={hint_signature(SECRET, READY, READY_URL)}")
 
 
 class Playbook:
@@ -115,7 +118,8 @@ def settings(tmp_path):
 def redirector(cache_server):
     gate = HealthGate(cache_server.base_url)
     assert gate.check_once()
-    return Redirector(HotIndex([READY]), gate, CACHE, RedirectScope(), frozenset({("10.0.0.1", 8642)}))
+    return Redirector(HotIndex([READY]), gate, CACHE, RedirectScope(), frozenset({("10.0.0.1", 8642)}),
+                      hint_secret=SECRET)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def open_catalog(settings: Settings) -> Catalog:
     """The operator's catalog (migrated first)."""
-    from cachetap.private import prepare_cache_dir
+    from cachetap.privileges import prepare_cache_dir
     from cachetap.store.catalog import open_catalog as open_at
 
     prepare_cache_dir(settings.cache_dir, settings.run_as_user)  # the SQLite catalog and its -wal/-shm live there

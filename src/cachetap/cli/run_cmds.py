@@ -33,7 +33,7 @@ def run(ctx: Context, interface: str | None, no_capture: bool) -> None:
     import os
 
     from cachetap.cli.catalog_cmds import open_catalog
-    from cachetap.private import prepare_cache_dir
+    from cachetap.privileges import prepare_cache_dir
     from cachetap.privileges import give_cache_dir, service_user
     from cachetap.supervisor import Supervisor, plan_children
 

@@ -167,7 +167,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
     }
     if settings.embedded_broker or not settings.result_backend or not settings.database_url:
-        from cachetap.private import prepare_cache_dir
+        from cachetap.privileges import prepare_cache_dir
 
         prepare_cache_dir(settings.cache_dir, settings.run_as_user)
     if settings.embedded_broker:
