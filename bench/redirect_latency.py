@@ -161,6 +161,7 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
     from cachetap.capture.redirector import RedirectScope, Redirector
     from cachetap.capture.sniffer import LiveSource, interface_linktype
     from cachetap.core.keys import cache_key, canonical_url
+    from cachetap.fetch.resolver import Resolver
     from cachetap.settings import load_settings
 
     work = tempfile.mkdtemp(prefix="cachetap-bench-capture-")
@@ -176,7 +177,10 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
         health = HealthGate(location_base, interval=settings.health_interval).start()
         while not health.ok:
             time.sleep(0.05)
-        redirector = Redirector(HotIndex(keys), health, location_base, RedirectScope(), _addresses_of(location_base))
+        # The namespaces' origin addresses are private: allowed as an operator would list them.
+        guard = Resolver(allow_networks=["10.77.0.0/16", "fd00:77::/32"]).refusal
+        redirector = Redirector(HotIndex(keys), health, location_base, RedirectScope(), _addresses_of(location_base),
+                                fetch_guard=guard)
         injector = Injector(capture_if, origin_interface=origin_if, origin_mac=origin_mac)
         pipeline = Pipeline(settings, redirector=redirector)
         sender = BatchSender(lambda batch: None, size=settings.batch_size, interval=settings.batch_interval,

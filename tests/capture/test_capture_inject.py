@@ -361,3 +361,19 @@ def test_failed_send_is_counted_not_raised(topo):
             assert list(injector.failures) == ["send_enetdown"]
     finally:
         topo.router.run(["ip", "link", "del", "ct-down0"])
+
+
+def test_by_default_injected_frames_carry_the_interface_s_own_source_mac(topo):
+    """Seen failing on bb0220b: the default copied the captured frame's MACs, so a forged GET chose the
+    source MAC of the frames cachetap transmits."""
+    from cachetap.settings import load_settings
+    seg, frame = _captured(topo.client_ip4, topo.origin_ip4)
+    chosen = parse_mac("02:de:ad:be:ef:01")
+    frame = frame[:6] + chosen + frame[12:]  # the attacker's pick as the frame's source
+    with topo.router.entered():
+        injector = Injector.from_settings(load_settings(interface=topo.router_client_if))
+    router_c = parse_mac(topo.router.mac(topo.router_client_if))
+    with injector:
+        link = injector.link_headers(frame)
+        assert link.to_client[6:12] == router_c and link.to_origin[6:12] == router_c
+        assert chosen not in (link.to_client[6:12], link.to_origin[6:12])

@@ -239,3 +239,22 @@ def test_the_playbook_needs_no_privileges(tmp_path):
         cwd=Path(__file__).parent)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "failed" not in run.stdout
+
+
+@pytest.mark.parametrize("destination", ["127.0.0.1", "10.0.0.1", "169.254.169.254", "::1", "::ffff:127.0.0.1"])
+def test_a_ready_key_sent_to_an_address_cachetap_never_fetches_from_is_not_redirected(playbook, destination):
+    """Seen failing on bb0220b: a forged GET to loopback (or another refused address) for a ready key
+    was answered with a 302, so anyone could make cachetap transmit frames for such flows."""
+    client = "fd00::5" if ":" in destination else CLIENT
+    forged = http_get_packets(client, destination, HOST, "/games/patch%201.pak", client_port=next(_PORTS))
+    assert playbook >> forged << Count(READY)
+    assert playbook.pipeline.redirector.skipped == {"destination_refused": 1}
+
+
+def test_a_ready_key_whose_host_names_another_port_is_not_redirected(playbook):
+    url = canonical_url("/games/patch%201.pak", f"{HOST}:8080", 80)
+    assert playbook >> get(host=f"{HOST}:8080") << Count(cache_key(url, {}))
+    redirector = playbook.pipeline.redirector
+    redirector.index = HotIndex([cache_key(url, {})])
+    assert playbook >> get(host=f"{HOST}:8080") << Count(cache_key(url, {}))
+    assert redirector.skipped == {"port_mismatch": 1}

@@ -32,6 +32,7 @@ from cachetap.capture.pipeline import Observation, Pipeline
 from cachetap.capture.redirector import RedirectScope, Redirector
 from cachetap.capture.sniffer import LiveSource, interface_linktype
 from cachetap.core.types import Count, Redirect, Sighting
+from cachetap.fetch.resolver import Resolver
 from cachetap.settings import Settings
 from cachetap.wire import encode_sighting
 from cachetap.web.urls import public_base_url
@@ -142,7 +143,7 @@ class FastPath:
         injector = Injector.from_settings(settings)
         scope = RedirectScope(tuple(settings.redirect_client_subnets), tuple(settings.redirect_hosts))
         redirector = Redirector(index, health, base_url, scope, _addresses_of(base_url),
-                                hint_secret=_hint_secret(app))
+                                hint_secret=_hint_secret(app), fetch_guard=Resolver.from_settings(settings).refusal)
         index_sync.ready.wait(timeout=30)  # redirect from the first packet if the catalog answers
         log.info("redirect mode: %d ready keys, cache server %s", len(index), base_url)
         return cls(index_sync, health, injector, redirector)

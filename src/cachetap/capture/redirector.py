@@ -9,12 +9,14 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote
 
 from cachetap.capture.hotindex import HotIndex
 from cachetap.capture.inject import MAX_LOCATION
+from cachetap.core import egress
 from cachetap.core.keys import path_of
 from cachetap.core.types import Redirect, RequestHead, Segment
 from cachetap.core.urls import object_url
@@ -39,6 +41,12 @@ class RedirectScope:
         return not self.host_globs or any(fnmatch.fnmatchcase(host, g) for g in self.host_globs)
 
 
+def _public_only(address: str) -> str | None:
+    """The fetch guard with nothing allowed beyond public addresses (live capture passes the
+    configured one, `fetch.resolver.Resolver.refusal`)."""
+    return egress.refusal(address, ())
+
+
 class Redirector:
     """Decide whether a GET is redirected and where to; counters say why a ready key was not.
 
@@ -49,9 +57,14 @@ class Redirector:
     def __init__(self, index: HotIndex, health: Gate, base_url: str,
                  scope: RedirectScope, server_addresses: frozenset[tuple[str, int]],
                  loop_window: float = 1.0, loop_repeats: int = 3, suppress_for: float = 60.0,
-                 max_recent: int = 65_536, hint_secret: bytes | None = None) -> None:
+                 max_recent: int = 65_536, hint_secret: bytes | None = None,
+                 fetch_guard: Callable[[str], str | None] = _public_only) -> None:
         self.index = index
         self.hint_secret = hint_secret  # signs the origin hint in Location (core/urls.py)
+        # A GET sent to an address cachetap would never fetch from (loopback, own, private unless
+        # allowed...) is no real download of a cached object but a forged frame: never answered.
+        self.fetch_guard = fetch_guard
+        self._destinations: dict[str, str | None] = {}  # verdicts per address, bounded
         self.health = health
         self.base_url = base_url
         self.scope = scope
@@ -70,7 +83,7 @@ class Redirector:
                pipelined: bool, now: float) -> Redirect | None:
         if not self.index.contains(key):
             return None
-        reason = self._refusal(seg, head, key, host, pipelined, now)
+        reason = self._refusal(seg, head, url, key, host, pipelined, now)
         if reason is not None:
             self.skipped[reason] += 1
             return None
@@ -87,7 +100,7 @@ class Redirector:
     def failed(self, reason: str = "inject_failed") -> None:
         self.skipped[reason] += 1
 
-    def _refusal(self, seg: Segment, head: RequestHead, key: str, host: str, pipelined: bool,
+    def _refusal(self, seg: Segment, head: RequestHead, url: str, key: str, host: str, pipelined: bool,
                  now: float) -> str | None:
         if not self.health.ok:
             return "cache_server_down"
@@ -95,11 +108,25 @@ class Redirector:
             return "to_cache_server"
         if pipelined:
             return "pipelined"  # one 302 + FIN would cut off the requests queued behind it
+        if self._destination_refused(seg.dst):
+            return "destination_refused"
+        if not egress.port_matches(url, seg.dport):
+            return "port_mismatch"
         if not self.scope.allows(seg.src, host):
             return "out_of_redirect_scope"
         if self._is_loop(seg.src, key, head.range, now):
             return "loop"
         return None
+
+    def _destination_refused(self, address: str) -> bool:
+        try:
+            return self._destinations[address] is not None
+        except KeyError:
+            pass
+        if len(self._destinations) >= self.max_recent:
+            self._destinations.clear()
+        verdict = self._destinations[address] = self.fetch_guard(address)
+        return verdict is not None
 
     def _is_loop(self, client: str, key: str, range_: str | None, now: float) -> bool:
         """A bounce: the cache server sent the client back (object gone there) and we keep sending it
