@@ -364,7 +364,7 @@ def test_failed_send_is_counted_not_raised(topo):
 
 
 def test_by_default_injected_frames_carry_the_interface_s_own_source_mac(topo):
-    """Seen failing on bb0220b: the default copied the captured frame's MACs, so a forged GET chose the
+    """Seen failing on 34b94e0: the default copied the captured frame's MACs, so a forged GET chose the
     source MAC of the frames cachetap transmits."""
     from cachetap.settings import load_settings
     seg, frame = _captured(topo.client_ip4, topo.origin_ip4)

@@ -243,7 +243,7 @@ def test_the_playbook_needs_no_privileges(tmp_path):
 
 @pytest.mark.parametrize("destination", ["127.0.0.1", "10.0.0.1", "169.254.169.254", "::1", "::ffff:127.0.0.1"])
 def test_a_ready_key_sent_to_an_address_cachetap_never_fetches_from_is_not_redirected(playbook, destination):
-    """Seen failing on bb0220b: a forged GET to loopback (or another refused address) for a ready key
+    """Seen failing on 34b94e0: a forged GET to loopback (or another refused address) for a ready key
     was answered with a 302, so anyone could make cachetap transmit frames for such flows."""
     client = "fd00::5" if ":" in destination else CLIENT
     forged = http_get_packets(client, destination, HOST, "/games/patch%201.pak", client_port=next(_PORTS))

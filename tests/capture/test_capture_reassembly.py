@@ -215,3 +215,15 @@ def test_bad_arguments():
 
 def _fields(seg: Segment) -> dict:
     return {name: getattr(seg, name) for name in Segment.__dataclass_fields__}
+
+
+def test_held_heads_stay_within_a_byte_budget():
+    """Seen failing on 34b94e0 (no budget): 10,000 flows x 64 KiB of unfinished heads were all held."""
+    assembler = HeadAssembler(max_flows=10_000, max_bytes=1 << 20)
+    head = b"GET /a.iso HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 60_000  # never finished
+    rejects = []
+    for n in range(200):
+        seg = Segment(1.0, "10.0.0.5", 10_000 + n, "93.184.216.34", 80, 1, 1, 0x18, head)
+        rejects += assembler.feed(seg).rejects
+    assert assembler.held_bytes <= 1 << 20
+    assert len(assembler) == (1 << 20) // len(head) and rejects.count("incomplete") == 200 - len(assembler)

@@ -233,3 +233,14 @@ def test_redirect_during_download_publishes_nothing(daemon, blobs):
             server.server_close()
     assert failed.value.reason == "redirected"
     _nothing_left(blobs, daemon)
+
+
+def test_a_content_type_changed_after_the_probe_is_not_published(origin, daemon, blobs):
+    """Seen failing on 34b94e0: the type of the last HEAD was stored unchecked (served as text/html)."""
+    origin.add("/typed.iso", Resource(size=MIB, content_type="application/x-iso9660-image"))
+    job = _job(origin, "/typed.iso", "7" * 32, etag=None, last_modified=None)  # the re-HEAD gets a 200
+    origin.add("/typed.iso", Resource(size=MIB, content_type="text/html"))
+    with pytest.raises(DownloadError) as failed:
+        download(job, daemon, blobs, OPTIONS)
+    assert failed.value.reason == "content_type_changed"
+    _nothing_left(blobs, daemon)

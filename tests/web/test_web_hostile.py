@@ -243,3 +243,35 @@ def test_input_stops_being_read_while_an_answer_waits(served: Served):
         held = len(connection.buffer)
     assert held < 1 << 20, held
     assert taken < 32 << 20, taken  # what the kernel's buffers take, no more
+
+
+@pytest.mark.parametrize("range_value, status, length", [
+    ("bytes=" + "9" * 5000 + "-", 416, None),      # a start beyond any file
+    ("bytes=0-" + "9" * 5000, 206, "whole"),       # an end beyond it: up to the last byte
+    ("bytes=-" + "9" * 5000, 206, "whole"),        # a suffix longer than the file: all of it
+])
+def test_ranges_with_thousands_of_digits_are_answered(served: Served, range_value, status, length):
+    """Seen failing on 34b94e0: int() refused the 5,000 digits inside the server (traceback, reset)."""
+    (response,) = get(served, served.path(), f"Range: {range_value}\r\n")
+    assert response.status == status
+    if length == "whole":
+        assert response.body == served.data
+
+
+def test_a_query_with_many_fields_is_no_hint_and_no_error(served: Served):
+    """Seen failing on 34b94e0: parse_qs raised for more than 4 fields (traceback, reset)."""
+    (response,) = get(served, "/c/" + "0" * 32 + "/x?" + "&".join(f"f{i}=1" for i in range(20)))
+    assert response.status == 404
+
+
+def test_a_head_ended_by_bare_line_feeds_is_answered(served: Served):
+    """Seen failing on 34b94e0: the server waited for CRLF CRLF until the head timeout."""
+    raw = exchange(served.server.port, f"GET {served.path()} HTTP/1.1\nHost: x\nConnection: close\n\n".encode(),
+                   timeout=served.server.head_timeout / 2)
+    (response,) = parse_responses(raw)
+    assert response.status == 200 and response.body == served.data
+
+
+def test_objects_are_served_with_nosniff(served: Served):
+    (response,) = get(served, served.path())
+    assert response.headers["x-content-type-options"] == "nosniff"

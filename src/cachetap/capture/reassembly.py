@@ -48,18 +48,21 @@ def _seq_after(a: int, b: int) -> int:
 class HeadAssembler:
     """Feed TCP segments towards HTTP ports; get back the request heads they complete.
 
-    Bounded: at most `max_flows` held heads (the least recently active is evicted and counted
-    ``incomplete``), each at most `max_head` bytes (``head_too_large``). Heads idle longer than
+    Bounded: at most `max_flows` held heads and `max_bytes` held bytes in all (the least recently
+    active are evicted and counted ``incomplete``), each at most `max_head` bytes (``head_too_large``). Heads idle longer than
     `idle_timeout` seconds of capture time are counted ``incomplete`` by `expire`.
     A retransmitted request start (data before the end of the last complete request on that flow,
     seen within `idle_timeout`) is ignored and counted ``retransmission`` instead of being
     reported twice.
     """
 
-    def __init__(self, max_flows: int, max_head: int = 65536, idle_timeout: float = 10.0) -> None:
-        if max_flows < 1 or max_head < 1 or idle_timeout <= 0:
-            raise ValueError("max_flows, max_head and idle_timeout must be positive")
+    def __init__(self, max_flows: int, max_head: int = 65536, idle_timeout: float = 10.0,
+                 max_bytes: int = 16 << 20) -> None:
+        if max_flows < 1 or max_head < 1 or idle_timeout <= 0 or max_bytes < max_head:
+            raise ValueError("max_flows, max_head and idle_timeout must be positive, max_bytes >= max_head")
         self.max_flows = max_flows
+        self.max_bytes = max_bytes
+        self.held_bytes = 0
         self.max_head = max_head
         self.idle_timeout = idle_timeout
         self._held: OrderedDict[FlowKey, _HeldHead] = OrderedDict()   # least recently active first
@@ -73,6 +76,8 @@ class HeadAssembler:
         key = (seg.src, seg.sport, seg.dst, seg.dport)
         payload = seg.payload
         held = self._held.pop(key, None)
+        if held is not None:
+            self.held_bytes -= len(held.data)
         if held is None:
             if not payload:
                 return AssemblyResult()
@@ -108,6 +113,7 @@ class HeadAssembler:
             if now - held.last_ts <= self.idle_timeout:
                 break
             del self._held[key]
+            self.held_bytes -= len(held.data)
             reasons.append("incomplete")
         while self._done:
             key, (_, ts) = next(iter(self._done.items()))
@@ -137,8 +143,10 @@ class HeadAssembler:
 
     def _hold(self, key: FlowKey, held: _HeldHead, result: AssemblyResult) -> None:
         self._held[key] = held  # (re)inserted last: most recently active
-        while len(self._held) > self.max_flows:
-            self._held.popitem(last=False)
+        self.held_bytes += len(held.data)
+        while len(self._held) > self.max_flows or self.held_bytes > self.max_bytes:
+            _, dropped = self._held.popitem(last=False)
+            self.held_bytes -= len(dropped.data)
             result.rejects.append("incomplete")
 
     def _remember_done(self, key: FlowKey, next_seq: int, ts: float) -> None:

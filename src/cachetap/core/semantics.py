@@ -31,6 +31,9 @@ UNSATISFIABLE = Unsatisfiable()
 _RANGE = re.compile(r"bytes[ \t]*=[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*\Z", re.IGNORECASE)
 
 
+_BEYOND = "1" + "0" * 18
+
+
 def parse_range(value: str | None, size: int) -> ByteRange | Unsatisfiable | None:
     """The byte range to send, UNSATISFIABLE, or None to send the whole object.
 
@@ -47,6 +50,8 @@ def parse_range(value: str | None, size: int) -> ByteRange | Unsatisfiable | Non
     first, last = match.groups()
     if not first and not last:
         return None
+    # Beyond any file size, and short enough for int() (which refuses more than 4,300 digits).
+    first, last = (_BEYOND if len(t) > 18 else t for t in (first, last))
     if not first:  # suffix range: the last N bytes
         suffix = int(last)
         if suffix == 0 or size == 0:

@@ -363,6 +363,12 @@ def _revalidate(spec: Job, total: int, options: Aria2Options) -> tuple[str | Non
         length = r.headers.get("Content-Length")
         if length is not None and length != str(total):
             raise DownloadError("size_changed", retryable=False, detail=f"origin now says {length}")
+        # The type stored and served is the one the probe saw and the rules accepted (content_types),
+        # never another one the origin names after the download.
+        new_type = r.headers.get("Content-Type")
+        if new_type and spec.content_type and _media_type(new_type) != _media_type(spec.content_type):
+            raise DownloadError("content_type_changed", retryable=False,
+                                detail=f"{spec.content_type} -> {new_type}"[:200])
     elif r.status_code != 304:
         raise DownloadError("revalidate_failed", retryable=True, detail=f"HEAD answered {r.status_code}")
     md5 = None
@@ -371,7 +377,11 @@ def _revalidate(spec: Job, total: int, options: Aria2Options) -> tuple[str | Non
             md5 = base64.b64decode(r.headers["Content-MD5"], validate=True)
         except ValueError:
             md5 = b"<invalid>"  # an unparseable digest can never match, so the file is not published
-    return etag, r.headers.get("Content-Type") or spec.content_type, md5
+    return etag, spec.content_type, md5
+
+
+def _media_type(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
 
 
 def _md5_file(path: Path) -> bytes:

@@ -138,13 +138,18 @@ class Connection(asyncio.Protocol):
 
     def _serve_heads(self) -> None:
         while self.state == READING and not self.write_paused:
-            end = self.buffer.find(b"\r\n\r\n")
+            end, size = self.buffer.find(b"\r\n\r\n"), 4
+            # A head ended by bare LFs (RFC 9112 2.2 lets a server accept them) must be answered too,
+            # not left waiting for a CRLF CRLF that never comes; empty lines before a request are not one.
+            bare = self.buffer.find(b"\n\n", 0, end if end >= 0 else len(self.buffer))
+            if bare >= 0 and self.buffer[:bare].strip(b"\r\n"):
+                end, size = bare, 2
             if end < 0:
                 if len(self.buffer) > MAX_HEAD_BYTES:
                     self._refuse(BadRequest("head_too_large", 431))
                 return
-            raw = bytes(self.buffer[:end + 4])
-            del self.buffer[:end + 4]
+            raw = bytes(self.buffer[:end + size])
+            del self.buffer[:end + size]
             try:
                 request = parse_request_head(raw)
             except BadRequest as bad:

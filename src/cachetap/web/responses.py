@@ -58,5 +58,7 @@ def modified_time(obj: ServedObject) -> float:
 
 
 def representation_fields(obj: ServedObject) -> list[tuple[str, str]]:
+    # nosniff: browsers take the type as given, so an object can never be run as a page or script.
     return [("Content-Type", safe_content_type(obj.content_type)),
-            ("Content-Disposition", content_disposition(obj.filename))]
+            ("Content-Disposition", content_disposition(obj.filename)),
+            ("X-Content-Type-Options", "nosniff")]
