@@ -1,11 +1,15 @@
 """Cache server vs nginx on loopback, same files, same number of worker processes; prints figures.
 
     .venv/bin/python bench/serve_bench.py [--processes 2] [--repeat 5] [--seconds 10] [--connections 32] [--rounds 3]
+                                          [--idle 2000]
 
 1. one 256 MiB file, curl to /dev/null, `--repeat` times each (alternating servers);
 2. wrk, `--connections` connections requesting random 4 MiB ranges of that file for `--seconds`
    (falls back to curl --parallel when wrk is not installed);
-3. the cache server's RSS (all workers) before and after.
+3. the same ranged load while `--idle` other keep-alive connections (one small request each, then
+   silent) stay open, with each server's memory (RSS of all its processes) beside its throughput;
+4. the cache server's RSS (all workers) before and after.
+All clients come from 127.0.0.1, so the cache server's per-address connection cap is raised for it.
 Nothing is asserted: speed depends on the machine.
 """
 
@@ -43,7 +47,8 @@ worker_processes %(processes)d;
 daemon off;
 pid %(tmp)s/nginx.pid;
 error_log %(tmp)s/nginx-error.log;
-events { worker_connections 1024; }
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
 http {
   access_log off;
   sendfile on;
@@ -105,6 +110,44 @@ def ranged_load(url: str, seconds: int, connections: int, script: Path) -> tuple
     return count * RANGE / took, count / took, 0
 
 
+def idle_connections(port: int, path: str, count: int) -> list[socket.socket]:
+    """`count` keep-alive connections that each made one small request and then stay silent."""
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        held.append(sock)
+    for sock in held:
+        if not sock.recv(4096).startswith(b"HTTP/1.1 "):
+            raise RuntimeError("an idle connection got no answer")
+    return held
+
+
+def with_idle(url: str, port: int, path: str, idle: int, pids: list[int], seconds: int, connections: int,
+              script: Path) -> tuple[float, float, int, float]:
+    """(bytes/s, requests/s, errors, RSS MiB under load) of the ranged load beside `idle` idle connections."""
+    held = idle_connections(port, path, idle)
+    try:
+        rate, reqs, errors = ranged_load(url, seconds, connections, script)
+        rss = rss_mib(pids)
+        if sum(1 for s in held if _still_open(s)) < idle:
+            errors += 1  # a server that dropped idle connections within the round is not comparable
+        return rate, reqs, errors, rss
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _still_open(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
@@ -112,6 +155,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="wrk rounds per server, alternating")
+    parser.add_argument("--idle", type=int, default=2000, help="idle keep-alive connections in the last row")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     tmp.chmod(0o755)  # nginx workers drop to an unprivileged user when started as root
@@ -126,7 +170,8 @@ def main() -> int:
     (tmp / "nginx.conf").write_text(NGINX_CONF % {"processes": args.processes, "tmp": tmp, "port": nginx_port,
                                                   "root": root})
     ours = subprocess.Popen([sys.executable, "-m", "cachetap.web", "--dir", str(root), "--port", "0",
-                             "--processes", str(args.processes)], stdout=subprocess.PIPE, text=True)
+                             "--processes", str(args.processes), "--max-connections-per-address", "100000"],
+                            stdout=subprocess.PIPE, text=True)
     nginx = subprocess.Popen(["/usr/sbin/nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
     try:
         base = ours.stdout.readline().split()[-1]
@@ -146,6 +191,14 @@ def main() -> int:
         for _ in range(args.rounds):
             ranged["cachetap"].append(ranged_load(ours_url, args.seconds, args.connections, script))
             ranged["nginx"].append(ranged_load(nginx_url, args.seconds, args.connections, script))
+        ours_port = int(base.rsplit(":", 1)[1])
+        nginx_pids = [nginx.pid, *(int(p) for p in Path(f"/proc/{nginx.pid}/task/{nginx.pid}/children").read_text().split())]
+        idle: dict[str, list[tuple[float, float, int, float]]] = {"cachetap": [], "nginx": []}
+        for _ in range(args.rounds):
+            idle["cachetap"].append(with_idle(ours_url, ours_port, ours_url.split(base, 1)[1], args.idle, pids,
+                                              args.seconds, args.connections, script))
+            idle["nginx"].append(with_idle(nginx_url, nginx_port, "/big.bin", args.idle, nginx_pids,
+                                           args.seconds, args.connections, script))
         rss_after = rss_mib(pids)
     finally:
         for process in (ours, nginx):
@@ -171,6 +224,14 @@ def main() -> int:
     print(f"{'  (median of %d rounds of %d s)' % (args.rounds, args.seconds):38}")
     print(f"{label + ' (req/s)':38}{reqs['cachetap']:14.0f}{reqs['nginx']:14.0f}")
     print(f"{'errors (non-2xx, socket)':38}{errors['cachetap']:14d}{errors['nginx']:14d}")
+    label = f"same + {args.idle} idle keep-alive"
+    rate = {k: statistics.median(r[0] for r in v) for k, v in idle.items()}
+    rss = {k: max(r[3] for r in v) for k, v in idle.items()}
+    errors = {k: sum(r[2] for r in v) for k, v in idle.items()}
+    print(f"{label + ' (GB/s)':38}{rate['cachetap'] / 1e9:14.2f}{rate['nginx'] / 1e9:14.2f}"
+          f"{rate['cachetap'] / rate['nginx']:8.2f}")
+    print(f"{'  memory under that load (RSS MiB)':38}{rss['cachetap']:14.1f}{rss['nginx']:14.1f}")
+    print(f"{'  errors (incl. idle ones dropped)':38}{errors['cachetap']:14d}{errors['nginx']:14d}")
     load = os.getloadavg()[0]
     print(f"load average at the end: {load:.1f} (figures mean little when other work shares the cores)")
     print(f"cachetap RSS, all workers: {rss_before:.1f} MiB before, {rss_after:.1f} MiB after")

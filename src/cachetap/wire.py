@@ -88,8 +88,16 @@ def decode_index_event(body: Any) -> tuple[str, list[Any]] | None:
 
 # ---- sightings: capture -> analyze --------------------------------------------------------------
 
+# What analyze never reads stays off the queue: the request-target (the URL carries what matters) and
+# the User-Agent would be most of each message's bytes, chosen by the client (up to a whole head).
+NOT_SENT = ("target", "user_agent")
+
+
 def encode_sighting(sighting: Sighting) -> dict[str, Any]:
-    return sighting.to_dict()
+    data = sighting.to_dict()
+    for name in NOT_SENT:
+        del data[name]
+    return data
 
 
 def decode_sighting(item: Any) -> Sighting | None:

@@ -143,3 +143,22 @@ def test_unreachable_redis_counts_errors_and_close_gives_up_without_raising(tmp_
     assert sender.counters.sent_items == 0
     assert sender.counters.dropped == 25  # 15 over the buffer while down, 10 left unsent at close
     assert sender.pending == 0
+
+
+def test_sightings_on_the_queue_carry_no_client_chosen_padding():
+    """Seen failing on 34b94e0: a GET with an 8 KB User-Agent put those bytes (and the raw target)
+    into every analyze message, though analyze never reads them."""
+    import json
+
+    from cachetap.capture.pipeline import Pipeline
+    from cachetap.testing.pcaps import LINKTYPE_ETHERNET, frame_bytes, http_get_packets
+    from cachetap.wire import decode_sighting, encode_sighting
+
+    pipeline = Pipeline(load_settings(http_ports=[80]))
+    packets = http_get_packets("10.0.0.5", "93.184.216.34", "cdn.example.org", "/a.iso",
+                               headers={"User-Agent": "x" * 8000})
+    (obs,) = [o for p in packets for o in pipeline.feed(float(p.time), LINKTYPE_ETHERNET, frame_bytes(p))]
+    message = encode_sighting(obs.sighting())
+    assert len(json.dumps(message)) < 600 and "target" not in message and "user_agent" not in message
+    decoded = decode_sighting(json.loads(json.dumps(message)))
+    assert decoded is not None and (decoded.url, decoded.key) == (obs.url, obs.key)

@@ -48,9 +48,9 @@ class Sighting:
     host: str                   # lower-case, no port
     url: str                    # canonical URL (see core.keys.canonical_url)
     key: str                    # cache key derived from url and the strip rules
-    target: str                 # request-target as sent
+    target: str = ""            # request-target as sent (not sent to analyze: see wire.encode_sighting)
     range: str | None = None
-    user_agent: str | None = None
+    user_agent: str | None = None  # not sent to analyze either
     authorization: bool = False
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--max-connections-per-address", type=int, default=512,
+                        help="connections from one client address at most (benches from 127.0.0.1 raise it)")
     parser.add_argument("--list", action="store_true", help="print the URL path of every file and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(message)s")
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     def announce(port: int) -> None:
         print(f"listening on http://{args.host}:{port}", flush=True)
 
-    run_server(args.host, args.port, lookup, processes=args.processes, on_ready=announce)
+    run_server(args.host, args.port, lookup, processes=args.processes, on_ready=announce,
+               max_connections_per_address=args.max_connections_per_address)
     return 0
 
 
