@@ -200,3 +200,43 @@ def test_entry_stats_and_expired_queries(catalog, blobs):
     assert not catalog.refresh(key, "0" * 64, now)  # other blob: not ours to extend
     assert not catalog.refresh(cold, digest, now)      # not ready
     assert catalog.blob_references() == {digest} and catalog.blob_referenced(digest)
+
+
+def test_evicting_a_key_keeps_a_shared_blob_another_key_is_being_published_with(catalog, blobs):
+    """Seen failing on 34b94e0 (the same steps with publish()): between key B's publish (the blob
+    existed, B's copy was dropped) and B's row naming the blob, evicting key A (the only row naming
+    it) deleted the file B then pointed at."""
+    content = b"shared" * 1000
+    key_a, digest = add_ready(catalog, blobs, "a.iso", content)
+    key_b = add_entry(catalog, "b.iso")
+    temp = blobs.temp_dir / "b.part"
+    temp.write_bytes(content)
+    path, hold = blobs.publish_held(temp, digest)   # B's download is published...
+    assert evict(catalog, blobs, key_a, "test") is True  # ...A goes before B's row names the blob
+    catalog.mark(key_b, "ready", blob=digest, size=len(content), stored_size=len(content))
+    hold.release()
+    assert path.read_bytes() == content
+    assert evict(catalog, blobs, key_b, "test") is True and not path.exists()  # the last one frees it
+
+
+def test_a_publish_waits_out_a_running_removal_and_puts_its_own_copy(blobs):
+    import fcntl
+    import threading
+
+    content = b"again" * 1000
+    digest = store_blob(blobs, content)
+    fd = os.open(blobs.path(digest), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)        # a removal holds the blob
+    temp = blobs.temp_dir / "c.part"
+    temp.write_bytes(content)
+    result = {}
+    publisher = threading.Thread(target=lambda: result.update(out=blobs.publish_held(temp, digest)))
+    publisher.start()
+    publisher.join(0.3)
+    assert publisher.is_alive()          # waiting for the removal to finish
+    blobs.path(digest).unlink()          # which deletes it
+    os.close(fd)
+    publisher.join(10)
+    path, hold = result["out"]
+    hold.release()
+    assert path.read_bytes() == content and not temp.exists()

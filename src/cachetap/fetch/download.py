@@ -45,7 +45,7 @@ import requests
 
 from cachetap.core.keys import KEY_PATTERN
 from cachetap.fetch.aria2 import Aria2Daemon, Aria2Error, Aria2Options
-from cachetap.store.blobs import BlobStore, PrefixHasher, ShortFile
+from cachetap.store.blobs import BlobHold, BlobStore, PrefixHasher, ShortFile
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class Downloaded:
     path: Path
     etag: str | None
     content_type: str | None
+    hold: BlobHold | None = None  # release() once the key's catalog row names the blob
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +152,9 @@ def download(job: Mapping[str, Any], daemon: Aria2Daemon, blobs: BlobStore, opti
             raise DownloadError("short_file", retryable=True, detail=str(exc)) from None
         if md5 is not None and _md5_file(temp) != md5:
             raise DownloadError("content_md5_mismatch", retryable=True)
-        path = blobs.publish(temp, digest)
+        path, hold = blobs.publish_held(temp, digest)  # released once the catalog names the blob
         run.forget()
-        return Downloaded(digest, total, path, etag, content_type)
+        return Downloaded(digest, total, path, etag, content_type, hold)
     except Exception:
         # Anything that went wrong, ours included, must not leave a file that looks usable.
         run.hasher.close()

@@ -16,10 +16,12 @@ download, while the `blake3` package hashes at ~4 GB/s on one thread.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import blake3
@@ -155,6 +157,37 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _open_locked(path: Path) -> int | None:
+    """The existing blob at `path`, share-locked, or None when there is none (or it was just deleted:
+    the lock waits out a running removal, and an unlinked inode has no links left)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    if os.fstat(fd).st_nlink == 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+class BlobHold:
+    """A shared lock on a published blob, held until the catalog row of the key it was published for
+    names it: a blob is shared by every key with the same content, and without the lock an eviction of
+    another key could delete it between this publish and that row's update (see remove_unreferenced)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.release()
+
+
 class BlobStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -179,20 +212,56 @@ class BlobStore:
 
         Idempotent: if the blob exists already the temp file is dropped and the existing path returned.
         """
+        path, hold = self.publish_held(temp, digest)
+        hold.release()
+        return path
+
+    def publish_held(self, temp: Path, digest: str) -> tuple[Path, BlobHold]:
+        """publish(), and a shared lock on the blob: release it once the catalog row names the blob."""
         final = self.path(digest)
         temp = Path(temp)
         if temp.resolve().parent != self.temp_dir.resolve():
             raise ValueError(f"publish only takes files from {self.temp_dir}, got {temp}")
-        if final.is_file():
-            temp.unlink(missing_ok=True)
-            return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with open(temp, "rb") as fh:
-            os.fsync(fh.fileno())  # the data must be on disk before the name is
-        os.chmod(temp, 0o644)
-        os.replace(temp, final)
-        _fsync_dir(final.parent)
-        return final
+        fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # on the inode: it stays locked through the rename
+            existing = _open_locked(final)
+            if existing is not None:
+                os.close(fd)
+                temp.unlink(missing_ok=True)
+                return final, BlobHold(existing)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.fsync(fd)  # the data must be on disk before the name is
+            os.chmod(temp, 0o600)
+            os.replace(temp, final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            os.close(fd)
+            raise
+        return final, BlobHold(fd)
+
+    def remove_unreferenced(self, digest: str, unreferenced: Callable[[], bool]) -> bool:
+        """Delete a blob no row names, unless a publish holds it (BlobHold): under an exclusive lock,
+        `unreferenced()` is asked again (a row may have named it meanwhile) before the unlink."""
+        final = self.path(digest)
+        try:
+            fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return self.remove(digest)  # a symlink is no blob of ours: unlinked, never followed
+            raise
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # being published for another key right now: it stays
+            if not unreferenced():
+                return False
+            return self.remove(digest)
+        finally:
+            os.close(fd)
 
     def remove(self, digest: str) -> bool:
         final = self.path(digest)

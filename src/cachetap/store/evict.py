@@ -71,9 +71,10 @@ def evict(catalog: Catalog, blobs: BlobStore, key: str, reason: str, expect_stat
     if on_removed is not None:
         on_removed(key)
     freed = 0
-    if entry.blob and not catalog.blob_referenced(entry.blob):
+    blob = entry.blob
+    if blob and not catalog.blob_referenced(blob) and \
+            blobs.remove_unreferenced(blob, lambda: not catalog.blob_referenced(blob)):
         freed = entry.stored_size or 0
-        blobs.remove(entry.blob)
     log.info("evicted %s (%s, was %s, %s bytes freed): %s", key, reason, entry.state, freed, entry.url)
     return True
 
@@ -100,7 +101,7 @@ def reconcile(catalog: Catalog, blobs: BlobStore, now: float, grace: float,
         if _age(blobs.path(digest), now) < grace:
             report.kept_young += 1
             continue
-        if blobs.remove(digest):
+        if blobs.remove_unreferenced(digest, lambda d=digest: not catalog.blob_referenced(d)):
             report.orphan_blobs.append(digest)
             log.info("deleted blob %s: no catalog entry names it", digest)
     # 3. Leftover temp files of downloads that are no longer running.

@@ -129,12 +129,16 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
         raise _failed(self, catalog, key, claim, exc) from None
     seconds = round(time.monotonic() - started, 3)
     now = time.time()
-    entry = catalog.get(key)
-    published = catalog.mark(
-        key, advance(downloading, Event.PUBLISH), token=claim, blob=result.digest, size=result.size, stored_size=result.size,
-        published_at=now, etag=result.etag, content_type=result.content_type,
-        expires_at=freshness_deadline(settings, entry, now), bytes_done=result.size, speed=0,
-        claim_token=None, claimed_at=None)
+    try:
+        entry = catalog.get(key)
+        published = catalog.mark(
+            key, advance(downloading, Event.PUBLISH), token=claim, blob=result.digest, size=result.size,
+            stored_size=result.size, published_at=now, etag=result.etag, content_type=result.content_type,
+            expires_at=freshness_deadline(settings, entry, now), bytes_done=result.size, speed=0,
+            claim_token=None, claimed_at=None)
+    finally:
+        if result.hold is not None:
+            result.hold.release()  # the row names the blob now: an eviction of another key keeps it
     if not published:
         log.warning("%s downloaded but its claim was taken over meanwhile; not marked by us", key)
         return {"key": key, "outcome": "taken_over", "digest": result.digest}
