@@ -38,6 +38,29 @@ class ServedObject:
     last_modified: float | None  # epoch seconds of the origin's Last-Modified, None if unknown
     url: str | None             # original URL: where to send the client if the file is gone
     mtime: float                # the local file's mtime (Last-Modified when the origin gave none)
+    beneath: Path | None = None  # a served directory the path must stay inside (see open_object)
+
+
+def open_object(obj: ServedObject) -> int:
+    """Open the object's file read-only (a file descriptor) without following any symlink.
+
+    Below a served directory every path component is opened on its own with O_NOFOLLOW, so a
+    directory swapped for a symlink after the scan cannot lead outside; blob paths are ours alone,
+    so only their last component needs it.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    if obj.beneath is None:
+        return os.open(obj.path, flags)
+    *dirs, name = obj.path.relative_to(obj.beneath).parts
+    fd = os.open(obj.beneath, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    try:
+        for part in dirs:
+            inner = os.open(part, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(name, flags, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 @runtime_checkable
@@ -79,6 +102,7 @@ class DirectoryLookup:
         self._found: dict[str, tuple[float, ServedObject]] = {}
         self._index: dict[str, str] = {}
         self._scanned_at = float("-inf")
+        self._scanning = False
         self._lock = threading.Lock()
         self._scan()
 
@@ -106,11 +130,25 @@ class DirectoryLookup:
         return object_path(directory_key(relative_path), relative_path.rsplit("/", 1)[-1])
 
     def _relative(self, key: str) -> str | None:
+        """The indexed path of key. An unknown key starts a rescan (at most every `rescan` s) in a
+        thread and is unknown for now: walking a big tree on the event loop would stall every client."""
         relative = self._index.get(key)
         if relative is None and time.monotonic() - self._scanned_at >= self.rescan:
-            self._scan()
-            relative = self._index.get(key)
+            with self._lock:
+                if self._scanning:
+                    return None
+                self._scanning = True
+                self._scanned_at = time.monotonic()
+            threading.Thread(target=self._rescan, name="directory-rescan", daemon=True).start()
         return relative
+
+    def _rescan(self) -> None:
+        try:
+            self._scan()
+        except OSError as exc:
+            log.warning("rescanning %s failed: %s", self.root, exc)
+        finally:
+            self._scanning = False
 
     def find(self, key: str) -> ServedObject | None:
         now = time.monotonic()
@@ -143,7 +181,7 @@ class DirectoryLookup:
         # The same shape as nginx's ETag: mtime and size in hex.
         etag = f'"{int(st.st_mtime):x}-{st.st_size:x}"'
         return ServedObject(path, st.st_size, name, content_type, etag, st.st_mtime,
-                            self._origin(relative), st.st_mtime)
+                            self._origin(relative), st.st_mtime, beneath=self.root)
 
     def _origin(self, relative: str) -> str | None:
         if not self.origin_base:

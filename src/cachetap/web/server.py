@@ -19,7 +19,7 @@ from cachetap.core.urls import object_key, origin_hint
 from cachetap.web import responses as resp
 from cachetap.web.connection import SENDING, Answer, Connection
 from cachetap.web.limits import OUT_OF_DESCRIPTORS, ConnectionCaps, QuietLog, loop_error_handler
-from cachetap.web.lookup import ObjectLookup, ServedObject
+from cachetap.web.lookup import ObjectLookup, ServedObject, open_object
 from cachetap.web.metrics import ServeMetrics
 from cachetap.web.request import Request
 
@@ -177,8 +177,7 @@ class CacheServer:
                 hint = origin_hint(request.query, key, self.strip_query_params, self.hint_secret) if request.query else None
                 return self._fall_back(key, hint, "not_servable", keep_alive, is_head)
             try:
-                # O_NOFOLLOW: a lookup's path is trusted, but a symlink swapped in later is not.
-                fd = os.open(obj.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                fd = open_object(obj)  # no symlink followed: one swapped in after the lookup is not ours
             except OSError as exc:
                 if exc.errno in OUT_OF_DESCRIPTORS:  # our limit, not the file: keep the key
                     self.quiet.event(f"cannot open cached files: {os.strerror(exc.errno)}")
