@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(256, ge=1, le=100_000, description="Sightings per analyze task at most.")
     batch_interval: float = Field(0.25, gt=0, le=60, description="Seconds a sighting may wait before its batch is sent.")
     batch_buffer: int = Field(100_000, ge=1000, description="Sightings held while the broker is unreachable; older ones are dropped and counted.")
+    batch_buffer_bytes: int = Field(64 << 20, ge=1 << 20, description="Bytes of sightings held while the broker is unreachable, at most (a client chooses how long its URL is); older ones are dropped and counted.")
     reassembly_flows: int = Field(10_000, ge=16, description="Flows with a split request head held for reassembly at most.")
 
     # --- which requests matter -----------------------------------------------------------------

@@ -94,6 +94,30 @@ def test_add_never_waits_for_a_send_that_hangs():
     sender.close(timeout=WAIT)
 
 
+def test_what_waits_is_bounded_in_bytes_too():
+    """Seen failing on 34b94e0 (no byte bound): 1,000 sightings with 64 KiB URLs would all be held."""
+    release, entered = threading.Event(), threading.Event()
+    sent = Collect()
+
+    def stuck_send(batch: list[dict]) -> None:
+        entered.set()
+        release.wait(WAIT)
+        sent(batch)
+
+    sender = BatchSender(stuck_send, size=1, interval=3600, buffer=1000, buffer_bytes=1 << 20)
+    sender.add({"n": 0, "url": "http://h/x"})
+    assert entered.wait(WAIT)
+    for n in range(1, 1000):
+        sender.add({"n": n, "url": "http://h/" + "a" * 65536})
+    assert sender._queued_bytes <= 1 << 20
+    assert sender.pending == 1 + (1 << 20) // (65536 + 128 + 10)
+    assert sender.counters.dropped == 999 - (sender.pending - 1)
+    release.set()
+    wait_until(lambda: sender.pending == 0)
+    assert [i["n"] for i in sent.items()][-1] == 999  # the newest are kept
+    sender.close(timeout=WAIT)
+
+
 @pytest.mark.parametrize("size, interval, buffer", [(0, 1, 10), (10, 0, 100), (10, 1, 5)])
 def test_bad_parameters_are_refused(size, interval, buffer):
     with pytest.raises(ValueError):

@@ -37,21 +37,30 @@ class BatchCounters:
     send_errors: int = 0
 
 
+def _approximate_size(sighting: dict[str, Any]) -> int:
+    """Bytes a sighting holds, near enough: its strings plus a fixed share for the rest."""
+    return 128 + sum(len(v) for v in sighting.values() if isinstance(v, str))
+
+
 class BatchSender:
     """A thread that calls `send(batch)` with lists of at most `size` sighting dicts."""
 
     def __init__(self, send: Send, size: int, interval: float, buffer: int,
-                 backoff_first: float = BACKOFF_FIRST, backoff_max: float = BACKOFF_MAX):
+                 backoff_first: float = BACKOFF_FIRST, backoff_max: float = BACKOFF_MAX,
+                 buffer_bytes: int = 64 << 20):
         if size < 1 or interval <= 0 or buffer < size:
             raise ValueError(f"need size >= 1, interval > 0, buffer >= size (got {size}, {interval}, {buffer})")
         self._send = send
         self._size = size
         self._interval = interval
         self._buffer = buffer
+        # The count alone allows buffer x the longest URL a client may send (a 64 KiB head each).
+        self._buffer_bytes = buffer_bytes
+        self._queued_bytes = 0
         self._backoff_first = backoff_first
         self._backoff_max = backoff_max
-        # (enqueue time, sighting); deque appends and pops are atomic under the GIL.
-        self._queue: deque[tuple[float, dict]] = deque()
+        # (enqueue time, sighting, its approximate size); appends and pops are atomic under the GIL.
+        self._queue: deque[tuple[float, dict, int]] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -63,15 +72,18 @@ class BatchSender:
     # --- capture side -----------------------------------------------------------------------------
     def add(self, sighting: dict[str, Any]) -> None:
         """Queue one sighting; never blocks on the broker. Drops the oldest one when full."""
+        nbytes = _approximate_size(sighting)
         with self._lock:
-            if len(self._queue) + self._in_flight >= self._buffer:
+            while (len(self._queue) + self._in_flight >= self._buffer
+                   or self._queued_bytes + nbytes > self._buffer_bytes):
                 if self._queue:
-                    self._queue.popleft()
+                    self._queued_bytes -= self._queue.popleft()[2]
                     self.counters.dropped += 1
                 else:  # the whole buffer is one batch being retried: drop the newcomer instead
                     self.counters.dropped += 1
                     return
-            self._queue.append((time.monotonic(), sighting))
+            self._queue.append((time.monotonic(), sighting, nbytes))
+            self._queued_bytes += nbytes
             if len(self._queue) >= self._size:
                 self._wake.set()
 
@@ -94,6 +106,7 @@ class BatchSender:
             left = len(self._queue)
             self.counters.dropped += left
             self._queue.clear()
+            self._queued_bytes = 0
             left += self._in_flight
         if left:
             log.warning("batch sender closed with %d sightings unsent (dropped)", left)
@@ -129,7 +142,9 @@ class BatchSender:
     def _take_batch(self) -> list[dict]:
         with self._lock:
             n = min(self._size, len(self._queue))
-            batch = [self._queue.popleft()[1] for _ in range(n)]
+            taken = [self._queue.popleft() for _ in range(n)]
+            self._queued_bytes -= sum(item[2] for item in taken)
+            batch = [item[1] for item in taken]
             self._in_flight = n
             return batch
 
@@ -167,4 +182,4 @@ def make_analyze_sender(app: TaskSender) -> Send:
 def analyze_batch_sender(app: TaskSender, settings: Settings) -> BatchSender:
     """A BatchSender to `app`'s analyze queue, sized by `settings` (live capture, replay, replay task)."""
     return BatchSender(make_analyze_sender(app), size=settings.batch_size, interval=settings.batch_interval,
-                       buffer=settings.batch_buffer)
+                       buffer=settings.batch_buffer, buffer_bytes=settings.batch_buffer_bytes)
