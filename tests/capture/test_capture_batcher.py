@@ -70,16 +70,22 @@ def test_close_flushes_what_waits():
     assert sender.pending == 0
 
 
+class StuckSend:
+    """A send() that hangs until released, then collects (a broker that stopped answering)."""
+
+    def __init__(self) -> None:
+        self.release, self.entered, self.sent = threading.Event(), threading.Event(), Collect()
+
+    def __call__(self, batch: list[dict]) -> None:
+        self.entered.set()
+        self.release.wait(WAIT)
+        self.sent(batch)
+
+
 def test_add_never_waits_for_a_send_that_hangs():
-    release, entered = threading.Event(), threading.Event()
-    sent = Collect()
-
-    def stuck_send(batch: list[dict]) -> None:
-        entered.set()
-        release.wait(WAIT)
-        sent(batch)
-
-    sender = BatchSender(stuck_send, size=10, interval=3600, buffer=1000)
+    stuck = StuckSend()
+    release, entered, sent = stuck.release, stuck.entered, stuck.sent
+    sender = BatchSender(stuck, size=10, interval=3600, buffer=1000)
     for n in range(10):
         sender.add({"n": n})
     assert entered.wait(WAIT)
@@ -96,15 +102,9 @@ def test_add_never_waits_for_a_send_that_hangs():
 
 def test_what_waits_is_bounded_in_bytes_too():
     """Seen failing on 34b94e0 (no byte bound): 1,000 sightings with 64 KiB URLs would all be held."""
-    release, entered = threading.Event(), threading.Event()
-    sent = Collect()
-
-    def stuck_send(batch: list[dict]) -> None:
-        entered.set()
-        release.wait(WAIT)
-        sent(batch)
-
-    sender = BatchSender(stuck_send, size=1, interval=3600, buffer=1000, buffer_bytes=1 << 20)
+    stuck = StuckSend()
+    release, entered, sent = stuck.release, stuck.entered, stuck.sent
+    sender = BatchSender(stuck, size=1, interval=3600, buffer=1000, buffer_bytes=1 << 20)
     sender.add({"n": 0, "url": "http://h/x"})
     assert entered.wait(WAIT)
     for n in range(1, 1000):

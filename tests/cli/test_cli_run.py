@@ -13,20 +13,27 @@ import pytest
 from cachetap.testing.waiting import free_port, wait_for
 
 
-def test_run_starts_everything_and_stops_cleanly_on_sigterm(tmp_path):
+def start_run(cache_dir, **settings: str) -> tuple[subprocess.Popen, dict[str, str]]:
+    """`cachetap run` with CACHETAP_* `settings`, once its cache server answers; also its environment."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
-    env.update(CACHETAP_CACHE_DIR=str(tmp_path / "cache"), CACHETAP_SERVE_HOST="127.0.0.1",
-               CACHETAP_SERVE_PORT=str(port), CACHETAP_RUN_AS_USER="")  # tmp_path: root's alone
+    env.update(CACHETAP_CACHE_DIR=str(cache_dir), CACHETAP_SERVE_HOST="127.0.0.1", CACHETAP_SERVE_PORT=str(port),
+               **{f"CACHETAP_{k.upper()}": v for k, v in settings.items()})
     proc = subprocess.Popen([sys.executable, "-m", "cachetap", "run"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def healthy():
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return proc.poll() is not None  # ended: the caller's assertions say how
+    wait_for(healthy, "the cache server to answer", timeout=120, step=0.5)
+    return proc, env
+
+
+def test_run_starts_everything_and_stops_cleanly_on_sigterm(tmp_path):
+    proc, _ = start_run(tmp_path / "cache", run_as_user="")  # tmp_path: only root can reach it
     try:
-        def healthy():
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-        wait_for(healthy, "the cache server to answer", timeout=120, step=0.5)
         parent = psutil.Process(proc.pid)
         cmdlines = lambda: [" ".join(p.cmdline()) for p in parent.children(recursive=True)]  # noqa: E731
         wait_for(lambda: sum("worker" in c for c in cmdlines()) >= 3 and any(" beat" in c for c in cmdlines()),
@@ -70,19 +77,8 @@ def test_run_as_root_drops_every_child_but_capture_to_the_service_user(tmp_path)
     if os.geteuid() != 0:
         pytest.skip("needs root: the test is about what cachetap does when started as root")
     cache = tempfile.mkdtemp(prefix="cachetap-privileges-", dir="/tmp")  # the user must reach it
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
-    env.update(CACHETAP_CACHE_DIR=cache, CACHETAP_SERVE_HOST="127.0.0.1", CACHETAP_SERVE_PORT=str(port),
-               CACHETAP_INTERFACE="lo", CACHETAP_HTTP_PORTS="[80]")
-    proc = subprocess.Popen([sys.executable, "-m", "cachetap", "run"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, env = start_run(cache, interface="lo", http_ports="[80]")
     try:
-        def healthy():
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-        wait_for(healthy, "the cache server to answer", timeout=120, step=0.5)
         service = pwd.getpwnam("cachetap")
         parent = psutil.Process(proc.pid)
         cmdlines = lambda: [" ".join(p.cmdline()) for p in parent.children(recursive=True)]  # noqa: E731
