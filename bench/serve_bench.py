@@ -10,6 +10,11 @@
    silent) stay open, with each server's memory (RSS of all its processes) beside its throughput;
 4. the cache server's RSS (all workers) before and after.
 All clients come from 127.0.0.1, so the cache server's per-address connection cap is raised for it.
+
+Where one stream goes: for a 256 MiB body both servers make the same system calls (strace -c: ~150
+sendfile calls that fill the socket, ~150 that hit EAGAIN, ~150 epoll waits), so the gap is only
+Python's time per wake-up (tens of microseconds, a few percent); medians swing far more than that
+when other work shares the two cores (the best-of row shows it), so compare runs on an idle machine.
 Nothing is asserted: speed depends on the machine.
 """
 
