@@ -100,7 +100,7 @@ def average_frame(path: Path, packets: int) -> float:
 
 def consumer_cachetap(interface: str, realtime: bool) -> None:
     from cachetap.capture.bpf import request_filter
-    from cachetap.capture.live import _freeze_startup_objects, _raise_priority
+    from cachetap.capture.live import _freeze_startup_objects, _raise_priority, _shorten_switch_interval
     from cachetap.capture.pipeline import Pipeline
     from cachetap.capture.sniffer import LiveSource, interface_linktype
     from cachetap.settings import load_settings
@@ -112,6 +112,7 @@ def consumer_cachetap(interface: str, realtime: bool) -> None:
         signal.signal(signal.SIGTERM, lambda *_: source.stop())
         if realtime:
             _raise_priority()
+        _shorten_switch_interval()
         _freeze_startup_objects()
         busy = 0.0
         with source:

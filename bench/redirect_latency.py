@@ -147,15 +147,18 @@ def role_router(mode: str, capture_if: str, origin_if: str, origin_mac: str, loc
 def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base: str, out: str,
                  stop: threading.Event) -> None:
     """The production fast path, composed as capture/live.py's FastPath does, and acted on by its `act`
-    (302 first, then the sighting to a real BatchSender whose batches go nowhere instead of a broker)."""
+    (302 first, then the sighting through a SightingRelay to a BatchSender in its own process)."""
     import tempfile
 
     from cachetap.capture.bpf import request_filter
     from cachetap.capture.health import HealthGate
     from cachetap.capture.hotindex import HotIndex
     from cachetap.capture.inject import Injector
-    from cachetap.capture.batcher import BatchSender
-    from cachetap.capture.live import _addresses_of, _freeze_startup_objects, _raise_priority, act
+    from celery import Celery
+
+    from cachetap.capture.batcher import BatchSender, make_analyze_sender
+    from cachetap.capture.relay import SightingRelay
+    from cachetap.capture.live import _addresses_of, _freeze_startup_objects, _raise_priority, _shorten_switch_interval, act
     from cachetap.wire import encode_sighting
     from cachetap.capture.pipeline import Pipeline
     from cachetap.capture.redirector import RedirectScope, Redirector
@@ -174,6 +177,11 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
         keys = {cache_key(canonical_url(bench_path(d, i), "origin.test", 80), {})
                 for d in delays for i in range(MAX_COUNT)}
         settings = load_settings(cache_dir=work, http_ports=[80], mode="redirect", interface=capture_if)
+        # Forked before the first thread, as in capture/live.py. Batches are encoded by kombu as for a
+        # broker and kept in memory (no broker in this namespace): the sending costs what it costs live.
+        broker = Celery("bench", broker="memory://")
+        relay = SightingRelay(lambda: BatchSender(make_analyze_sender(broker), size=settings.batch_size,
+                                                  interval=settings.batch_interval, buffer=settings.batch_buffer))
         health = HealthGate(location_base, interval=settings.health_interval).start()
         while not health.ok:
             time.sleep(0.05)
@@ -183,15 +191,14 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
                                 fetch_guard=guard)
         injector = Injector(capture_if, origin_interface=origin_if, origin_mac=origin_mac)
         pipeline = Pipeline(settings, redirector=redirector)
-        sender = BatchSender(lambda batch: None, size=settings.batch_size, interval=settings.batch_interval,
-                             buffer=settings.batch_buffer)
 
         def queue(sighting) -> None:
-            sender.add(encode_sighting(sighting))
+            relay.add(encode_sighting(sighting))
 
-        source = LiveSource(capture_if, request_filter([80], interface_linktype(capture_if)))
+        source = LiveSource(capture_if, request_filter([80], interface_linktype(capture_if)), on_idle=relay.flush)
         signal.signal(signal.SIGTERM, lambda *_: (stop.set(), source.stop()))
         _raise_priority()
+        _shorten_switch_interval()
         _freeze_startup_objects()
         records: list[tuple[str, float, float]] = []
         with source:
@@ -206,7 +213,7 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
                         records.append((obs.head.target, sent_at - ts, sent_at - received))
         health.stop()
         injector.close()
-        sender.close()
+        relay.close()
         Path(out).write_text(json.dumps(records))
         print(json.dumps({"summary": pipeline.summary()}), file=sys.stderr)
     finally:

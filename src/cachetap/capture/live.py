@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from cachetap.capture.index_sync import IndexSync
 from cachetap.capture.inject import Injector
 from cachetap.capture.pipeline import Observation, Pipeline
 from cachetap.capture.redirector import RedirectScope, Redirector
+from cachetap.capture.relay import SightingRelay
 from cachetap.capture.sniffer import LiveSource, interface_linktype
 from cachetap.core.types import Count, Redirect, Sighting
 from cachetap.fetch.resolver import Resolver
@@ -39,6 +41,8 @@ from cachetap.web.urls import public_base_url
 
 log = logging.getLogger(__name__)
 STATS_EVERY = 60.0
+# How long the capture loop may wait for the GIL a helper thread holds (CPython's default: 5 ms).
+SWITCH_INTERVAL = 0.0002
 EXPIRE_EVERY = 1.0
 
 
@@ -46,16 +50,17 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
     """Capture until SIGTERM/SIGINT (or `stop` is set), sending sightings through `app` (the cachetap
     Celery app, handed in by the CLI); returns the final summary."""
     stop = stop or threading.Event()
-    sender = analyze_batch_sender(app, settings)
+    bpf = request_filter(settings.http_ports, interface_linktype(settings.interface))
+    # Before any thread exists: the relay forks the process that talks to the broker.
+    relay = SightingRelay(lambda: analyze_batch_sender(app, settings))
     fast_path = FastPath.start(settings, app) if settings.mode == "redirect" else None
     pipeline = Pipeline(settings, redirector=fast_path.redirector if fast_path else None)
     injector = fast_path.injector if fast_path else None
 
     def queue(sighting: Sighting) -> None:
-        sender.add(encode_sighting(sighting))
+        relay.add(encode_sighting(sighting))
 
-    bpf = request_filter(settings.http_ports, interface_linktype(settings.interface))
-    source = LiveSource(settings.interface, bpf)
+    source = LiveSource(settings.interface, bpf, on_idle=relay.flush)
 
     def _stop(signum, _frame):
         log.info("signal %s: stopping capture", signum)
@@ -67,6 +72,7 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
         signal.signal(signal.SIGINT, _stop)
     if settings.capture_realtime:
         _raise_priority()
+    _shorten_switch_interval()
     _freeze_startup_objects()
 
     log.info("capturing on %s (mode %s) with filter: %s", settings.interface, settings.mode, bpf)
@@ -84,14 +90,14 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
                     pipeline.finish(time.time())
                     next_expire = now + EXPIRE_EVERY
                 if now >= next_stats:
-                    log.info("capture stats: %s queued: %s", pipeline.summary(), asdict(sender.counters))
+                    log.info("capture stats: %s queued: %s", pipeline.summary(), asdict(relay.counters))
                     next_stats = now + STATS_EVERY
                 if stop.is_set():
                     break
     finally:
         if fast_path is not None:
             fast_path.stop()
-        sender.close()
+        relay.close()
     summary = pipeline.summary()
     log.info("capture stopped: %s", summary)
     return summary
@@ -171,6 +177,14 @@ def _freeze_startup_objects() -> None:
     loop for about 12 ms in the middle of a redirect (bench/redirect_latency.py)."""
     gc.collect()
     gc.freeze()
+
+
+def _shorten_switch_interval() -> None:
+    """A frame wakes the loop out of recv while a helper thread (index sync, health gate) may be
+    running Python: the loop then waits for the GIL until that thread blocks or the
+    switch interval forces a hand-over. The default 5 ms would put 5 ms into a redirect that races
+    an origin answering in 1; the helpers are light, so switching more often costs them little."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 def _raise_priority() -> None:

@@ -14,7 +14,7 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from scapy.arch.linux import L2ListenSocket, get_last_packet_timestamp
 from scapy.error import Scapy_Exception
@@ -37,6 +37,15 @@ SOL_PACKET = 263
 PACKET_STATISTICS = 6
 RECEIVE_BUFFER = 8 << 20  # absorbs bursts while the pipeline is busy; only request starts get here
 POLL_SECONDS = 1.0        # wake-up interval even without traffic or stop() (belt and braces)
+PACKET_AUXDATA = 8
+SO_TIMESTAMPNS = 35
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
+ETH_P_8021Q = 0x8100
+_AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata (linux/if_packet.h)
+_TIMESPEC = struct.Struct("=qq")      # struct timespec on 64-bit Linux
+_TIMESPEC32 = struct.Struct("=ii")    # and on 32-bit
+_ANCILLARY_SPACE = socket.CMSG_SPACE(_AUXDATA.size) + socket.CMSG_SPACE(_TIMESPEC.size)
 
 
 class CaptureOpenError(Exception):
@@ -68,11 +77,14 @@ class LiveSource:
 
     Use as a context manager; `stop()` (from any thread or a signal handler) ends the iteration
     promptly. `promisc` puts the interface in promiscuous mode while open, which a mirror port
-    needs to see frames addressed to other hosts.
+    needs to see frames addressed to other hosts. `on_idle` is called each time the frames queued
+    in the kernel have all been yielded, before waiting for more (the loop flushes work it batched).
     """
 
-    def __init__(self, interface: str, bpf: str | None, snaplen: int = 65535, promisc: bool = True) -> None:
+    def __init__(self, interface: str, bpf: str | None, snaplen: int = 65535, promisc: bool = True,
+                 on_idle: Callable[[], None] | None = None) -> None:
         self.interface = interface
+        self.on_idle = on_idle
         self.bpf = bpf
         self.snaplen = snaplen
         self.promisc = promisc
@@ -149,7 +161,7 @@ class LiveSource:
         sock = self._sock
         assert sock is not None and self.linktype is not None
         fd, wake, linktype = sock.ins.fileno(), self._wake_r, self.linktype
-        recv = sock._recv_raw  # scapy's raw path: (bytes, sockaddr_ll, kernel ts); re-inserts VLAN tags
+        recv = _receiver(sock)
         outgoing = socket.PACKET_OUTGOING
         while not self._stopped.is_set():
             try:
@@ -161,8 +173,9 @@ class LiveSource:
             # Drain everything queued before polling again: one select per burst, not per frame.
             while not self._stopped.is_set():
                 try:
-                    frame, address, ts = recv(sock.ins, self.snaplen)
+                    frame, address, ts = recv(self.snaplen)
                 except BlockingIOError:
+                    self._idle()
                     break
                 except OSError as exc:
                     if exc.errno == errno.EBADF:
@@ -180,6 +193,15 @@ class LiveSource:
                 self.received += 1
                 yield ts, linktype, frame
 
+    def _idle(self) -> None:
+        if self.on_idle is None:
+            return
+        try:
+            self.on_idle()
+        except Exception:  # the capture goes on whatever the hook does
+            self.errors += 1
+            log.exception("capture on %s: idle hook failed", self.interface)
+
     def _collect_kernel_drops(self) -> None:
         # Reading PACKET_STATISTICS resets the kernel's counters, so accumulate.
         if self._sock is None:
@@ -190,3 +212,43 @@ class LiveSource:
             return
         _packets, drops = struct.unpack("II", raw)
         self.kernel_drops += drops
+
+
+def _receiver(sock: L2ListenSocket) -> Callable[[int], tuple[bytes, tuple, float | None]]:
+    """recv(snaplen) -> (frame, sockaddr_ll, kernel timestamp or None), VLAN tag put back.
+
+    What scapy's `_recv_raw` does, hand-written for the hot path: scapy asks for 4 KiB of ancillary
+    data and decodes the auxdata with ctypes, several microseconds per frame; here the buffer fits
+    the two messages the socket was asked for (PACKET_AUXDATA, SO_TIMESTAMPNS) and `struct` reads them.
+    """
+    ins = sock.ins
+    if not sock.auxdata_available:  # a kernel without auxdata: no tags to restore, no timestamps
+        def recv_plain(snaplen: int) -> tuple[bytes, tuple, float | None]:
+            frame, _, _, address = ins.recvmsg(snaplen)
+            return frame, address, None
+        return recv_plain
+
+    recvmsg, auxdata, aux_size = ins.recvmsg, _AUXDATA.unpack_from, _AUXDATA.size
+
+    def recv(snaplen: int) -> tuple[bytes, tuple, float | None]:
+        frame, ancillary, _, address = recvmsg(snaplen, _ANCILLARY_SPACE)
+        ts = None
+        for level, kind, data in ancillary:
+            if level == SOL_PACKET and kind == PACKET_AUXDATA:
+                if len(data) < aux_size:
+                    continue
+                status, _, _, _, _, tci, tpid = auxdata(data)
+                if tci or status & TP_STATUS_VLAN_VALID:  # the kernel took the tag off: put it back
+                    tag = struct.pack("!HH", tpid if status & TP_STATUS_VLAN_TPID_VALID else ETH_P_8021Q, tci)
+                    frame = frame[:12] + tag + frame[12:]
+            elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                if len(data) == _TIMESPEC.size:
+                    seconds, nanoseconds = _TIMESPEC.unpack(data)
+                elif len(data) == _TIMESPEC32.size:
+                    seconds, nanoseconds = _TIMESPEC32.unpack(data)
+                else:
+                    continue  # unknown layout: the iterator falls back to SIOCGSTAMP
+                ts = seconds + nanoseconds * 1e-9
+        return frame, address, ts
+
+    return recv
