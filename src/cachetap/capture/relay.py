@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 FLUSH_COUNT = 64          # sightings per message at most (a message is one sendmsg, ~10 KiB)
 SOCKET_BUFFER = 4 << 20   # bytes of messages the child may lag behind before batches are dropped
 MAX_MESSAGE = 1 << 20     # the child's receive size; a message of FLUSH_COUNT sightings is far below
+_PARENTS_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class Sink(Protocol):
@@ -59,10 +60,13 @@ class SightingRelay:
         for end in (parent_end, child_end):
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
             end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        # Held back across the fork, so that none reaches the child before it chose to ignore them.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENTS_SIGNALS)
         self.pid = os.fork()
         if self.pid == 0:  # the child: never returns
             parent_end.close()
-            _child_main(child_end, make_sink)
+            _child_main(child_end, make_sink, held)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         child_end.close()
         parent_end.setblocking(False)
         self._sock: socket.socket | None = parent_end
@@ -112,11 +116,12 @@ class SightingRelay:
         self.counters.fallback += len(batch)
 
 
-def _child_main(sock: socket.socket, make_sink: Callable[[], Sink]) -> None:
+def _child_main(sock: socket.socket, make_sink: Callable[[], Sink], mask: set[signal.Signals]) -> None:
     # Signals to the process group (Ctrl-C, systemd's SIGTERM) are the parent's to act on: it
     # closes the socket when it stops, and only then has the child seen every sighting.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for signum in _PARENTS_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     code = 0
     try:
         threading.current_thread().name = "cachetap-sighting-sender"
