@@ -14,7 +14,9 @@ nobody owns, so the router's kernel drops them right after the taps.
 Two consumers sniff `r-c` in the same run, side by side:
   cachetap: `LiveSource` + `Pipeline`, the real capture path (kernel BPF passes request starts only,
             byte-sliced decode, head parser, rules, cache key), at SCHED_FIFO like `cachetap capture`
-            (capture_realtime, on by default; --no-realtime to compare).
+            (capture_realtime, on by default; --no-realtime to compare). With --sightings it also
+            sends each GET's sighting as `cachetap capture` does (SightingRelay to a child process
+            where kombu encodes the batches; its memory transport stands in for the broker).
   scapy:    plain `AsyncSniffer` with full dissection of every packet and no BPF, counting GETs in the
             callback (the straightforward scapy way), at normal priority.
 Each rate (tcpreplay --mbps; 0 = --topspeed) gets fresh consumers; a rate's GETs count as missed when a
@@ -98,17 +100,21 @@ def average_frame(path: Path, packets: int) -> float:
 
 # ---- consumers (each its own process in the router namespace) -------------------------------------
 
-def consumer_cachetap(interface: str, realtime: bool) -> None:
+def consumer_cachetap(interface: str, realtime: bool, sightings: bool = False) -> None:
     from cachetap.capture.bpf import request_filter
-    from cachetap.capture.live import _freeze_startup_objects, _raise_priority, _shorten_switch_interval
+    from cachetap.capture.live import _freeze_startup_objects, _raise_priority, _shorten_switch_interval, act
     from cachetap.capture.pipeline import Pipeline
     from cachetap.capture.sniffer import LiveSource, interface_linktype
     from cachetap.settings import load_settings
+    from cachetap.wire import encode_sighting
 
     with tempfile.TemporaryDirectory() as cache:
         settings = load_settings(cache_dir=cache, http_ports=[80])
-        pipeline = Pipeline(settings)  # no sink: decisions only, nothing queued
-        source = LiveSource(interface, request_filter([80], interface_linktype(interface)))
+        pipeline = Pipeline(settings)
+        relay = _sighting_relay(settings) if sightings else None  # else decisions only, nothing queued
+        queue = (lambda sighting: relay.add(encode_sighting(sighting))) if relay else None
+        source = LiveSource(interface, request_filter([80], interface_linktype(interface)),
+                            on_idle=relay.flush if relay else None)
         signal.signal(signal.SIGTERM, lambda *_: source.stop())
         if realtime:
             _raise_priority()
@@ -119,13 +125,30 @@ def consumer_cachetap(interface: str, realtime: bool) -> None:
             print("ready", flush=True)
             for ts, linktype, frame in source:
                 started = time.process_time()
-                pipeline.feed(ts, linktype, frame)
+                observations = pipeline.feed(ts, linktype, frame)
+                if relay is not None:
+                    act(observations, frame, pipeline, None, queue)
                 busy += time.process_time() - started
             stats = source.stats()
+        if relay is not None:
+            relay.close()
         summary = pipeline.summary()
         print(json.dumps({"gets": summary["requests"], "frames": stats["received"],
                           "kernel_drops": stats["kernel_drops"], "cpu": time.process_time(),
                           "decisions": summary["decisions"], "rejected": summary["rejected"]}), flush=True)
+
+
+def _sighting_relay(settings):
+    """Sightings as `cachetap capture` sends them: through a SightingRelay to a child whose BatchSender
+    has kombu encode every batch as for a broker (its memory transport: no broker in the namespace)."""
+    from celery import Celery
+
+    from cachetap.capture.batcher import BatchSender, make_analyze_sender
+    from cachetap.capture.relay import SightingRelay
+
+    broker = Celery("bench", broker="memory://")
+    return SightingRelay(lambda: BatchSender(make_analyze_sender(broker), size=settings.batch_size,
+                                             interval=settings.batch_interval, buffer=settings.batch_buffer))
 
 
 def consumer_scapy(interface: str) -> None:
@@ -157,10 +180,12 @@ def _me(*args: str) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), *args]
 
 
-def _start(topo, kind: str, realtime: bool):
+def _start(topo, kind: str, realtime: bool, sightings: bool = False):
     argv = ["--consumer", kind, "--interface", topo.router_client_if]
     if not realtime:
         argv.append("--no-realtime")
+    if sightings:
+        argv.append("--sightings")
     proc = topo.router.popen(_me(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()
     if line != "ready":
@@ -184,8 +209,8 @@ ACTUAL = re.compile(r"Actual:\s+\d+ packets \(\d+ bytes\) sent in ([\d.]+) secon
 
 
 def replay_once(topo, pcap: Path, mbps: float, packets: int, consumers: list[str], realtime: bool,
-                drain: float, get_every: int) -> dict:
-    procs = {kind: _start(topo, kind, realtime) for kind in consumers}
+                drain: float, get_every: int, sightings: bool = False) -> dict:
+    procs = {kind: _start(topo, kind, realtime, sightings) for kind in consumers}
     speed = ["--topspeed"] if mbps == 0 else [f"--mbps={mbps}"]
     result = topo.client.run(["tcpreplay", "-i", topo.client_if, "--preload-pcap", f"--limit={packets}",
                               *speed, str(pcap)], timeout=600)
@@ -205,7 +230,8 @@ def replay_once(topo, pcap: Path, mbps: float, packets: int, consumers: list[str
 
 
 def measure(rates: list[float], seconds: float, min_packets: int, alone: bool, realtime: bool, drain: float,
-            get_every: int = MIXES["mixed"], consumers_run: tuple[str, ...] = ("cachetap", "scapy")) -> list:
+            get_every: int = MIXES["mixed"], consumers_run: tuple[str, ...] = ("cachetap", "scapy"),
+            sightings: bool = False) -> list:
     from cachetap.testing.netns import Topology
 
     rows = []
@@ -222,7 +248,7 @@ def measure(rates: list[float], seconds: float, min_packets: int, alone: bool, r
             for mbps in rates:
                 wanted = capacity if mbps == 0 else int(mbps * 1e6 / 8 / avg * seconds)
                 packets = min(capacity, max(min_packets, wanted))
-                row = replay_once(topo, pcap, mbps, packets, consumers, realtime, drain, get_every)
+                row = replay_once(topo, pcap, mbps, packets, consumers, realtime, drain, get_every, sightings)
                 row["consumers"] = "+".join(consumers)
                 rows.append(row)
                 cells = "  ".join(f"{k}: {row[k]['gets']}/{row['sent_gets']} GETs" for k in consumers)
@@ -266,11 +292,13 @@ def main() -> None:
                         help="mixed: 1 frame in 10 a GET start; get-heavy: 1 in 2")
     parser.add_argument("--consumers", default="cachetap,scapy", help="consumers to run, comma-separated")
     parser.add_argument("--consumer", choices=["cachetap", "scapy"])
+    parser.add_argument("--sightings", action="store_true",
+                        help="cachetap consumer also sends a sighting per GET, as `cachetap capture` does")
     parser.add_argument("--interface")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     if args.consumer == "cachetap":
-        consumer_cachetap(args.interface, realtime=not args.no_realtime)
+        consumer_cachetap(args.interface, realtime=not args.no_realtime, sightings=args.sightings)
         return
     if args.consumer == "scapy":
         consumer_scapy(args.interface)
@@ -283,7 +311,7 @@ def main() -> None:
     if not consumers or set(consumers) - {"cachetap", "scapy"}:
         sys.exit(f"--consumers: choose from cachetap, scapy (got {args.consumers!r})")
     rows = measure(rates, args.seconds, args.min_packets, args.alone, not args.no_realtime, args.drain,
-                   MIXES[args.mix], consumers)
+                   MIXES[args.mix], consumers, args.sightings)
     report(rows, MIXES[args.mix])
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

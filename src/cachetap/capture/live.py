@@ -42,7 +42,7 @@ from cachetap.web.urls import public_base_url
 log = logging.getLogger(__name__)
 STATS_EVERY = 60.0
 # How long the capture loop may wait for the GIL a helper thread holds (CPython's default: 5 ms).
-SWITCH_INTERVAL = 0.0002
+SWITCH_INTERVAL = 0.0001
 EXPIRE_EVERY = 1.0
 
 
@@ -183,7 +183,8 @@ def _shorten_switch_interval() -> None:
     """A frame wakes the loop out of recv while a helper thread (index sync, health gate) may be
     running Python: the loop then waits for the GIL until that thread blocks or the
     switch interval forces a hand-over. The default 5 ms would put 5 ms into a redirect that races
-    an origin answering in 1; the helpers are light, so switching more often costs them little."""
+    an origin answering in 1, for instance while the index reconcile walks a million keys; the
+    helpers are light otherwise, so switching more often costs them little."""
     sys.setswitchinterval(SWITCH_INTERVAL)
 
 
