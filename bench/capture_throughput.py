@@ -135,7 +135,8 @@ def consumer_cachetap(interface: str, realtime: bool, sightings: bool = False) -
         summary = pipeline.summary()
         print(json.dumps({"gets": summary["requests"], "frames": stats["received"],
                           "kernel_drops": stats["kernel_drops"], "cpu": time.process_time(),
-                          "decisions": summary["decisions"], "rejected": summary["rejected"]}), flush=True)
+                          "decisions": summary["decisions"], "rejected": summary["rejected"],
+                          "sightings_dropped": relay.counters.dropped if relay else 0}), flush=True)
 
 
 def _sighting_relay(settings):
@@ -269,6 +270,10 @@ def report(rows: list[dict], get_every: int = MIXES["mixed"]) -> None:
         asked = f"{row['asked_mbps']:g}" if row["asked_mbps"] else "top"
         print(f"{row['consumers']:<16}{asked:>8}{row['mbps']:>10.1f}{row['pps']:>10.0f}{row['gets_per_s']:>10.0f}"
               f"{ours_cell:>16}{drops:>8}{theirs_cell:>14}")
+    for row in rows:
+        if row.get("cachetap", {}).get("sightings_dropped"):
+            print(f"  note: at {row['asked_mbps']:g} Mbit/s the sighting sender lagged: "
+                  f"{row['cachetap']['sightings_dropped']} sightings dropped")
     print("\nHighest achieved rate with zero missed GETs:")
     for run in sorted({r["consumers"] for r in rows}, key=len, reverse=True):
         for kind in run.split("+"):
