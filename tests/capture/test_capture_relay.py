@@ -135,6 +135,20 @@ def test_sightings_reach_the_analyze_queue_of_a_real_broker(tmp_path):
     assert sorted(received, key=lambda item: item["client_port"]) == [sighting(n) for n in range(25)]
 
 
+def test_when_no_process_can_be_forked_the_capture_process_sends_itself(tmp_path, monkeypatch):
+    def fork_fails() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")  # fork(2)'s EAGAIN
+
+    monkeypatch.setattr(os, "fork", fork_fails)
+    sink = FileSink(tmp_path / "sent.jsonl")
+    relay = SightingRelay(sink)
+    relay.add(sighting(0))
+    relay.close(timeout=30)
+    assert sink.items() == [sighting(0)]
+    assert {line["pid"] for line in sink.lines()} == {os.getpid()}
+    assert relay.counters.fallback == 1
+
+
 def _alive(pid: int) -> bool:
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)

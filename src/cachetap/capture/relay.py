@@ -56,13 +56,18 @@ class SightingRelay:
         self._make_sink = make_sink
         self._pending: list[dict[str, Any]] = []
         self._fallback: Sink | None = None
+        self._reaped = False
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for end in (parent_end, child_end):
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
             end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         # Held back across the fork, so that none reaches the child before it chose to ignore them.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENTS_SIGNALS)
-        self.pid = os.fork()
+        try:
+            self.pid = os.fork()
+        except OSError as exc:  # out of processes or memory: send from this process instead
+            log.warning("cannot start the sighting sender process (%s); sending from the capture process", exc)
+            self.pid = -1
         if self.pid == 0:  # the child: never returns
             parent_end.close()
             _child_main(child_end, make_sink, held)
@@ -70,6 +75,9 @@ class SightingRelay:
         child_end.close()
         parent_end.setblocking(False)
         self._sock: socket.socket | None = parent_end
+        if self.pid < 0:
+            parent_end.close()
+            self._sock = None
 
     # --- capture side (hot path) ----------------------------------------------------------------
     def add(self, sighting: dict[str, Any]) -> None:
@@ -104,7 +112,9 @@ class SightingRelay:
         if self._sock is not None:
             self._sock.close()  # EOF for the child: it sends what it holds and exits
             self._sock = None
-            _wait_child(self.pid, timeout)
+        if self.pid > 0 and not self._reaped:
+            _wait_child(self.pid, timeout)  # a child that died earlier is reaped here too
+            self._reaped = True
         if self._fallback is not None:
             self._fallback.close(timeout)
 
