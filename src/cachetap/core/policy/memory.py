@@ -1,0 +1,86 @@
+"""In-memory policy state and hit counting (the simulator's storage): dicts plus a heap per queue.
+
+Hand-written because it is the simulator's hot path: a million requests go through it per policy.
+The heaps keep stale entries (a key re-prioritised or removed) and skip them lazily when popped.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+from cachetap.core.policy.base import Record
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.records: dict[str, Record] = {}
+        self.values: dict[str, float] = {}
+        self._heaps: dict[str, list[tuple[float, int, str]]] = {}
+        self._stamp: dict[str, int] = {}   # key -> sequence of its live heap item
+        self._seq = 0
+
+    def get(self, key: str) -> Record | None:
+        return self.records.get(key)
+
+    def put(self, key: str, record: Record) -> None:
+        self.records[key] = record
+        self._seq += 1
+        self._stamp[key] = self._seq
+        heap = self._heaps.setdefault(record.queue, [])
+        heapq.heappush(heap, (record.priority, self._seq, key))
+        if len(heap) > 64 and len(heap) > 4 * len(self.records):
+            self._compact()
+
+    def remove(self, key: str) -> None:
+        if self.records.pop(key, None) is not None:
+            del self._stamp[key]
+
+    def lowest(self, queue: str, limit: int) -> list[tuple[str, Record]]:
+        heap = self._heaps.get(queue)
+        found: list[tuple[str, Record]] = []
+        if not heap:
+            return found
+        # Drop stale items from the top, then read the live ones without disturbing the heap.
+        while heap and self._stamp.get(heap[0][2]) != heap[0][1]:
+            heapq.heappop(heap)
+        if limit == 1:
+            return [(heap[0][2], self.records[heap[0][2]])] if heap else found
+        want = limit
+        while True:
+            found = [(key, self.records[key]) for _p, seq, key in heapq.nsmallest(want, heap)
+                     if self._stamp.get(key) == seq]
+            if len(found) >= limit or want >= len(heap):
+                return found[:limit]
+            want *= 4
+
+    def value(self, name: str) -> float:
+        return self.values.get(name, 0.0)
+
+    def set_value(self, name: str, value: float) -> None:
+        self.values[name] = value
+
+    def _compact(self) -> None:
+        for queue, heap in self._heaps.items():
+            live = [item for item in heap if self._stamp.get(item[2]) == item[1]]
+            heapq.heapify(live)
+            self._heaps[queue] = live
+
+
+class MemoryHits:
+    """Requests per key within a sliding window: the simulator's stand-in for the catalog's hits table."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._times: dict[str, deque[float]] = {}
+
+    def record(self, key: str, now: float) -> int:
+        """Count a request at `now`; returns the requests for `key` within the window, this one included."""
+        times = self._times.get(key)
+        if times is None:
+            times = self._times[key] = deque()
+        times.append(now)
+        horizon = now - self.window
+        while times and times[0] <= horizon:
+            times.popleft()
+        return len(times)

@@ -1,0 +1,129 @@
+"""Cache policies over the in-memory store: byte accounting, victim order, admission, shared state."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from cachetap.core.policy import GHOST, POLICIES, make_policy
+from cachetap.core.policy.base import USED
+from cachetap.core.policy.gdsf import INFLATION
+from cachetap.core.policy.memory import MemoryHits, MemoryStore
+
+
+def test_unknown_policy_names_the_choices():
+    with pytest.raises(ValueError, match="lru"):
+        make_policy("nope", MemoryStore(), 10)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_never_exceeds_capacity_and_accounts_bytes(name):
+    policy = make_policy(name, MemoryStore(), 1000)
+    rng = random.Random(5)
+    resident: dict[str, int] = {}
+    for step in range(3000):
+        key = f"k{int(rng.paretovariate(0.8)) % 300}"
+        size = 1 + (hash(key) % 7) * 40
+        if policy.resident(key):
+            policy.hit(key, step)
+            continue
+        policy.miss(key, size, step)
+        if policy.admit(key, size, step):
+            for victim in policy.insert(key, size, step):
+                resident.pop(victim)
+            resident[key] = size
+        assert policy.used <= 1000
+        assert policy.used == sum(resident.values())
+    assert all(policy.resident(k) for k in resident)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_remove_releases_reserved_bytes(name):
+    policy = make_policy(name, MemoryStore(), 100)
+    assert policy.insert("a", 60, 0.0) == []
+    assert policy.used == 60
+    assert policy.remove("a") is True
+    assert policy.used == 0 and not policy.resident("a")
+    assert policy.remove("a") is False
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_object_larger_than_the_cache_is_refused(name):
+    policy = make_policy(name, MemoryStore(), 100)
+    assert policy.admit("big", 101, 0.0) is False
+    assert policy.admit("zero", 0, 0.0) is False
+
+
+def test_lru_evicts_least_recently_requested_first():
+    policy = make_policy("lru", MemoryStore(), 30)
+    for t, key in enumerate("abc"):
+        policy.insert(key, 10, float(t))
+    policy.hit("a", 5.0)
+    assert policy.insert("d", 10, 6.0) == ["b"]
+    assert policy.insert("e", 20, 7.0) == ["c", "a"]
+
+
+def test_gdsf_prefers_small_frequent_objects_and_raises_inflation():
+    store = MemoryStore()
+    policy = make_policy("gdsf", store, 100)
+    policy.insert("big", 60, 0.0)
+    policy.insert("small", 10, 1.0)
+    policy.hit("small", 2.0)
+    assert policy.insert("new", 40, 3.0) == ["big"]
+    assert store.value(INFLATION) == pytest.approx(1 / 60)
+
+
+def test_s3fifo_one_hit_wonders_leave_through_the_small_queue():
+    store = MemoryStore()
+    policy = make_policy("s3fifo", store, 100)
+    policy.insert("hot", 10, 0.0)
+    policy.hit("hot", 1.0)
+    for i in range(20):   # a scan of objects never requested again
+        policy.insert(f"scan{i}", 10, 2.0 + i)
+    assert policy.resident("hot")
+    assert store.get("scan5").queue == GHOST and store.get("scan0") is None   # ghosts: as many bytes as the cache
+    policy.insert("scan5", 10, 30.0)   # a ghost that comes back goes to the main queue
+    assert store.get("scan5").queue == "main"
+
+
+def test_lrfu_keeps_the_frequent_object_through_a_scan_and_forgets_with_time():
+    store = MemoryStore()
+    policy = make_policy("lrfu", store, 100)
+    policy.miss("hot", 10, 0.0)
+    policy.insert("hot", 10, 0.0)
+    for t in range(1, 6):
+        policy.hit("hot", float(t))
+    for i in range(30):
+        policy.miss(f"s{i}", 10, 10.0 + i)
+        policy.insert(f"s{i}", 10, 10.0 + i)
+    assert policy.resident("hot")
+    # A month later its score has halved many times: newer objects win.
+    later = 30 * 86_400.0
+    for i in range(12):
+        key = f"n{i}"
+        policy.miss(key, 10, later + i)
+        policy.hit(key, later + i)
+        policy.insert(key, 10, later + i)
+        policy.hit(key, later + i + 0.5)
+    assert not policy.resident("hot")
+
+
+def test_memory_store_lowest_skips_stale_heap_items():
+    store = MemoryStore()
+    from cachetap.core.policy.base import Record
+    for i in range(10):
+        store.put(f"k{i}", Record(size=1, priority=float(i)))
+    store.put("k0", Record(size=1, priority=100.0))   # re-prioritised
+    store.remove("k1")
+    assert [k for k, _ in store.lowest("main", 3)] == ["k2", "k3", "k4"]
+    assert store.lowest("other", 2) == []
+    store.set_value(USED, 5.0)
+    assert store.value(USED) == 5.0 and store.value("unset") == 0.0
+
+
+def test_memory_hits_count_within_the_window():
+    hits = MemoryHits(window=10.0)
+    assert [hits.record("a", t) for t in (0.0, 1.0, 5.0)] == [1, 2, 3]
+    assert hits.record("a", 10.5) == 3   # the request at 0 fell out of the window
+    assert hits.record("b", 10.5) == 1
