@@ -1,0 +1,1 @@
+"""`cachetap simulate`: replay access logs and captures through the production cache policy code."""
