@@ -7,10 +7,11 @@
 Traces come from bench/traces.py (models and seeds are written down there). Cache sizes are
 percentages of each trace's unique bytes. Columns:
   * libCacheSim policies, run by libCacheSim itself on the same trace (a CSV it reads);
-  * cachetap's policies run by `cachetap.core.simulation` with the default settings, in the same
-    model as libCacheSim (an object admitted on a miss is there for its next request);
-  * `bypass`: cachetap's default policy in the bypass model (requests go to the origin until the
-    download at --rate has finished; BHR counts only bytes served from the cache);
+  * cachetap's policies run by `cachetap.core.simulation` in the same model as libCacheSim: an object
+    may be admitted on its first miss (admission_threshold 0) and is there for its next request;
+  * `bypass`: cachetap's default policy with the default settings (admission_threshold 1) in the
+    bypass model: requests go to the origin until the download at --rate has finished, BHR counts
+    only bytes served from the cache, and `saved` subtracts the bytes the downloads cost;
   * `belady`: the exact offline Belady reference of bench/belady.py. (libCacheSim's BeladySize needs
     next-access times its CSV reader does not compute; it did not finish on these traces.)
 """
@@ -63,11 +64,13 @@ def lcs_run(csv_path: str, policy: str, capacity: int, timeout: float) -> float:
     return out.get() if not out.empty() else float("nan")
 
 
-def ours(trace, name: str, capacity: int, config: SimConfig) -> float:
+def ours(trace, name: str, capacity: int, config: SimConfig, saved: bool = False):
+    """BHR of a cachetap policy (and with `saved`, net bytes saved as a share of the bytes asked)."""
     sim = Simulation(make_policy(name, MemoryStore(), capacity), config)
     for ts, obj, size in trace:
         sim.request(ts, str(obj), size)
-    return sim.finish(trace[-1][0]).byte_hit_ratio
+    result = sim.finish(trace[-1][0])
+    return (result.byte_hit_ratio, result.net_saved / result.bytes_requested) if saved else result.byte_hit_ratio
 
 
 def main() -> None:
@@ -85,10 +88,10 @@ def main() -> None:
     except ImportError:
         sys.exit("libcachesim is missing: pip install -e '.[bench]' (or pip install libcachesim==0.3.5)")
     settings = Settings()
-    instant = SimConfig(admission_threshold=settings.admission_threshold, admission_window=settings.admission_window,
+    instant = SimConfig(admission_threshold=0, admission_window=settings.admission_window,
                         default_ttl=settings.default_ttl, max_ttl=settings.max_ttl,
                         revalidate_interval=settings.revalidate_interval)
-    bypass = replace(instant, download_rate=args.rate)
+    bypass = replace(instant, admission_threshold=settings.admission_threshold, download_rate=args.rate)
     sizes = [float(s) for s in args.sizes.split(",")]
     lcs_names = [p for p in args.lcs.split(",") if p]
     our_names = [p for p in args.ours.split(",") if p]
@@ -114,20 +117,26 @@ def main() -> None:
                     t0 = time.time()
                     rows.setdefault(f"cachetap:{name}", []).append(ours(trace, name, cap, instant))
                     took[f"cachetap:{name}"] = took.get(f"cachetap:{name}", 0) + time.time() - t0
-                rows.setdefault(f"bypass:{DEFAULT_POLICY}@{args.rate / 1e6:g}MB/s", []).append(
-                    ours(trace, DEFAULT_POLICY, cap, bypass))
+                bhr, saved = ours(trace, DEFAULT_POLICY, cap, bypass, saved=True)
+                rows.setdefault(f"bypass:{DEFAULT_POLICY}@{args.rate / 1e6:g}MB/s BHR", []).append(bhr)
+                rows.setdefault(f"bypass:{DEFAULT_POLICY} saved/asked", []).append(saved)
                 rows.setdefault("belady (exact, offline)", []).append(belady_bhr(trace, cap))
             print_table(rows, sizes, took)
 
 
 def print_table(rows: dict[str, list[float]], sizes: list[float], took: dict[str, float]) -> None:
     online = {k: v for k, v in rows.items() if k.startswith("lcs:")}
+    ours_default = rows.get(f"cachetap:{DEFAULT_POLICY}")
     best = [max((v[i] for v in online.values() if v[i] == v[i]), default=0.0) if online else 0.0 for i in range(len(sizes))]
     print(f"{'policy':34}" + "".join(f"{f'{s:g}%':>9}" for s in sizes) + "   seconds")
     for name, values in rows.items():
         marks = "".join(f"{v:9.4f}" for v in values)
         print(f"{name:34}{marks}   {took.get(name, 0):.1f}")
     print(f"{'best online libCacheSim':34}" + "".join(f"{b:9.4f}" for b in best))
+    belady = rows["belady (exact, offline)"]
+    if ours_default:
+        print(f"{'default - best online':34}" + "".join(f"{o - b:+9.4f}" for o, b in zip(ours_default, best)))
+        print(f"{'default / belady':34}" + "".join(f"{o / b if b else 0:9.3f}" for o, b in zip(ours_default, belady)))
 
 
 if __name__ == "__main__":

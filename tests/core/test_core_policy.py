@@ -127,3 +127,42 @@ def test_memory_hits_count_within_the_window():
     assert [hits.record("a", t) for t in (0.0, 1.0, 5.0)] == [1, 2, 3]
     assert hits.record("a", 10.5) == 3   # the request at 0 fell out of the window
     assert hits.record("b", 10.5) == 1
+
+
+def _play(policy, requests):
+    hits = 0
+    for now, key, size in requests:
+        if policy.resident(key):
+            policy.hit(key, now)
+            hits += size
+            continue
+        policy.miss(key, size, now)
+        if policy.admit(key, size, now):
+            policy.insert(key, size, now)
+    return hits
+
+
+def test_adaptive_lrfu_shortens_its_half_life_when_popularity_fades_fast():
+    from cachetap.core.policy.lrfu import HALF_LIFE
+    rng = random.Random(3)
+    requests = []
+    for wave in range(40):   # every 6 hours a new set of files is hot, then never asked again
+        start = wave * 6 * 3600.0
+        requests += sorted((start + rng.uniform(0, 6 * 3600), f"w{wave}-{rng.randrange(5)}", 10) for _ in range(60))
+    store = MemoryStore()
+    policy = make_policy("lrfu", store, 60)
+    _play(policy, requests)
+    assert store.value(HALF_LIFE) <= 12 * 3600
+    # a fixed long half-life keeps yesterday's hot files and earns less
+    from cachetap.core.policy.lrfu import LRFU
+    assert _play(LRFU(MemoryStore(), 60, 192 * 3600.0), requests) < _play(make_policy("lrfu", MemoryStore(), 60), requests)
+
+
+def test_rescale_keeps_order_relative_to_last_request():
+    from cachetap.core.policy.base import Record
+    store = MemoryStore()
+    store.put("a", Record(size=1, priority=110.0, last=100.0))
+    store.put("b", Record(size=1, priority=105.0, last=50.0))
+    store.rescale(10.0)
+    assert store.get("a").priority == 200.0 and store.get("b").priority == 600.0
+    assert [k for k, _ in store.lowest("main", 2)] == ["a", "b"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from cachetap.core.policy.base import GHOST, Policy, PolicyStore, Record
 from cachetap.core.policy.gdsf import GDSF
-from cachetap.core.policy.lrfu import LRFU
+from cachetap.core.policy.lrfu import LRFU, AdaptiveLRFU
 from cachetap.core.policy.lru import LRU
 from cachetap.core.policy.s3fifo import S3FIFO
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LRU, GDSF, S3FIFO, LRFU)}
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LRU, GDSF, S3FIFO, AdaptiveLRFU)}
 DEFAULT_POLICY = "lrfu"
 
 

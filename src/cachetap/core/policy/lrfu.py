@@ -1,4 +1,4 @@
-"""LRFU behind a probation window.
+"""LRFU behind a probation window, its half-life tuned online by miniature simulations.
 
 Main queue: LRFU (Lee et al., IEEE ToC 2001). Every request adds 1 to an object's score and scores
 halve every `half_life` seconds, so the order runs from LRU (short half-life) to LFU (long). Scores
@@ -11,21 +11,30 @@ and one-hit wonders never push out objects that earn hits. Evicted objects keep 
 history (up to `history` x capacity bytes), and one that comes back goes straight to the main queue.
 Byte hit ratio is the goal, and a byte of an object requested r times per second earns r whatever
 the object's size, so scores are not divided by size; size enters as the bytes a resident occupies.
+
+The right half-life depends on the workload (patch-day releases fade within hours, a stable catalogue
+rewards weeks of memory), so `AdaptiveLRFU` (the policy called "lrfu") runs miniature simulations
+(Waldspurger et al., ATC 2017): one fixed-half-life LRFU per candidate, fed the same requests (or a
+hash-sampled 1/`sample` of the keys at 1/`sample` of the capacity), and follows the candidate whose
+miniature earned clearly more hit bytes lately. On a switch the kept scores are re-expressed in the
+new half-life (one pass over the records; switches are rare). The chosen half-life is shared state;
+the miniatures live in the memory of the process that runs the policy.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 
 from cachetap.core.policy.base import GHOST, Policy, PolicyStore, Record
 
 WINDOW, MAIN = "window", "main"
 GHOST_BYTES, WINDOW_BYTES, HALF_LIFE = "lrfu_ghost_bytes", "lrfu_window_bytes", "lrfu_half_life"
-WINDOW_SHARE = 0.10
+WINDOW_SHARE = 0.05
 
 
 class LRFU(Policy):
-    name = "lrfu"
+    name = "lrfu-fixed"
     queues = (WINDOW, MAIN)
 
     def __init__(self, store: PolicyStore, capacity: int, half_life: float = 48 * 3600.0,
@@ -120,3 +129,53 @@ class LRFU(Policy):
             key, record = found[0]
             self.store.remove(key)
             self._add(GHOST_BYTES, -record.size)
+
+
+class AdaptiveLRFU(LRFU):
+    """LRFU whose half-life follows the best of several miniature simulations (see the module doc)."""
+
+    name = "lrfu"
+    sample = 1                                                  # one key in `sample` feeds the miniatures
+    candidates = tuple(h * 3600.0 for h in (3, 12, 48, 192, 768))   # half-lives tried, seconds
+    decay = 0.99995                                             # per sampled request
+    margin = 1.02                                               # switch only for a clear gain
+
+    def __init__(self, store: PolicyStore, capacity: int, history: float = 4.0) -> None:
+        super().__init__(store, capacity, self.candidates[2], history)
+        from cachetap.core.policy.memory import MemoryStore
+
+        self.minis = [LRFU(MemoryStore(), max(1, capacity // self.sample), h, history) for h in self.candidates]
+        self.earned = [0.0] * len(self.candidates)
+
+    def _sampled(self, key: str) -> bool:
+        return self.sample == 1 or zlib.crc32(key.encode()) % self.sample == 0
+
+    def hit(self, key: str, now: float) -> None:
+        if self._sampled(key):
+            record = self.store.get(key)
+            if record is not None:
+                self._shadow(key, record.size, now)
+        super().hit(key, now)
+
+    def miss(self, key: str, size: int, now: float) -> None:
+        if self._sampled(key):
+            self._shadow(key, size, now)
+        super().miss(key, size, now)
+
+    def _shadow(self, key: str, size: int, now: float) -> None:
+        earned, decay = self.earned, self.decay
+        for i, mini in enumerate(self.minis):
+            earned[i] *= decay
+            if mini.resident(key):
+                mini.hit(key, now)
+                earned[i] += size
+            else:
+                mini.miss(key, size, now)
+                if mini.admit(key, size, now):
+                    mini.insert(key, size, now)
+        best = max(range(len(earned)), key=earned.__getitem__)
+        current = self.candidates.index(self.half_life) if self.half_life in self.candidates else best
+        if best != current and earned[best] > self.margin * earned[current]:
+            # Scores are kept as offsets of half-lives: re-express them in the new one.
+            self.store.rescale(self.candidates[best] / self.half_life)
+            self.store.set_value(HALF_LIFE, self.candidates[best])

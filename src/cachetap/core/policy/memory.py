@@ -60,6 +60,15 @@ class MemoryStore:
     def set_value(self, name: str, value: float) -> None:
         self.values[name] = value
 
+    def rescale(self, factor: float) -> None:
+        for record in self.records.values():
+            record.priority = record.last + (record.priority - record.last) * factor
+        self._heaps = {}
+        for key, record in self.records.items():
+            self._heaps.setdefault(record.queue, []).append((record.priority, self._stamp[key], key))
+        for heap in self._heaps.values():
+            heapq.heapify(heap)
+
     def _compact(self) -> None:
         for queue, heap in self._heaps.items():
             live = [item for item in heap if self._stamp.get(item[2]) == item[1]]
