@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from cachetap.store import db
 from cachetap.store.models import Base
 
-HEAD = "0002_secrets"
+HEAD = "0003_policy_state"
 
 
 def test_upgrade_creates_tables_matching_models(catalog_url):
@@ -21,7 +21,7 @@ def test_upgrade_creates_tables_matching_models(catalog_url):
     assert db.current_revision(catalog_url) == HEAD
     engine = db.make_engine(catalog_url)
     try:
-        assert {"entries", "hits", "alembic_version"} <= set(sa.inspect(engine).get_table_names())
+        assert {"entries", "hits", "policy_records", "policy_values", "alembic_version"} <= set(sa.inspect(engine).get_table_names())
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == []
@@ -49,7 +49,7 @@ def test_downgrade_to_base_removes_tables(catalog_url):
             cfg = db.alembic_config()
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "base")
-        assert not {"entries", "hits"} & set(sa.inspect(engine).get_table_names())
+        assert not {"entries", "hits", "policy_records", "policy_values"} & set(sa.inspect(engine).get_table_names())
     finally:
         engine.dispose()
 

@@ -13,13 +13,13 @@ def plot(path: Path, runs: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, (over_time, by_size) = plt.subplots(1, 2, figsize=(12, 4.5))
-    largest = max(r["capacity"] for r in runs)
+    smallest = min(r["capacity"] for r in runs)   # where policies differ most
     for run in runs:
-        if run["capacity"] == largest and run["result"].timeline:
+        if run["capacity"] == smallest and run["result"].timeline:
             t0 = run["result"].timeline[0][0]
             over_time.plot([(t - t0) / 86_400 for t, _ in run["result"].timeline],
                            [bhr for _, bhr in run["result"].timeline], label=run["policy"])
-    over_time.set(title=f"Byte hit ratio so far ({largest / 1e9:,.0f} GB cache)", xlabel="days",
+    over_time.set(title=f"Byte hit ratio so far ({smallest / 1e9:,.0f} GB cache)", xlabel="days",
                   ylabel="byte hit ratio", ylim=(0, 1))
     over_time.legend()
     for policy in dict.fromkeys(r["policy"] for r in runs):

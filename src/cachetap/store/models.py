@@ -79,3 +79,27 @@ class Secret(Base):
     name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     value: Mapped[str] = mapped_column(sa.String(128))
     created_at: Mapped[float] = mapped_column(sa.Double)
+
+
+class PolicyRecord(Base):
+    """Cache policy state per key (core.policy.base.Record): its queue and its place in it."""
+
+    __tablename__ = "policy_records"
+    __table_args__ = (sa.Index("ix_policy_records_queue_priority", "queue", "priority"), MYSQL_TABLE_OPTIONS)
+
+    key: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    queue: Mapped[str] = mapped_column(sa.String(16))
+    priority: Mapped[float] = mapped_column(sa.Double)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    freq: Mapped[float] = mapped_column(sa.Double)
+    last: Mapped[float] = mapped_column(sa.Double)
+
+
+class PolicyValue(Base):
+    """Cache policy state shared by every worker: bytes used, GDSF's inflation, queue sizes."""
+
+    __tablename__ = "policy_values"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[float] = mapped_column(sa.Double)

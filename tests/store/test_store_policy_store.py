@@ -1,0 +1,69 @@
+"""The catalog as policy storage: every policy decides exactly as it does over the in-memory store."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from cachetap.core.policy import POLICIES, make_policy
+from cachetap.core.policy.base import Record
+from cachetap.core.policy.memory import MemoryStore
+from cachetap.store.db import make_engine, upgrade
+from cachetap.store.policy_store import CatalogPolicyStore
+
+
+@pytest.fixture
+def store(catalog_url):
+    upgrade(catalog_url)
+    engine = make_engine(catalog_url)
+    yield CatalogPolicyStore(engine)
+    engine.dispose()
+
+
+def play(policy, steps: int = 400) -> list[str]:
+    rng = random.Random(11)
+    events = []
+    for step in range(steps):
+        n = int(rng.paretovariate(0.9)) % 60
+        key, size, now = f"{n:032x}", 5 + n * 3, 1_000.0 + step * 97.0
+        with getattr(policy.store, "transaction", _nothing)():
+            if policy.resident(key):
+                policy.hit(key, now)
+                continue
+            policy.miss(key, size, now)
+            if policy.admit(key, size, now):
+                events += [f"+{key[-2:]}"] + [f"-{v[-2:]}" for v in policy.insert(key, size, now)]
+    return events
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_same_decisions_as_memory(store, name):
+    expected = play(make_policy(name, MemoryStore(), 400))
+    policy = make_policy(name, store, 400)
+    assert play(policy) == expected
+    assert any(e.startswith("-") for e in expected)   # evictions happened
+    assert 0 < policy.used <= 400
+
+
+def test_records_values_and_order(store):
+    with store.transaction():
+        for i, priority in enumerate([5.0, 1.0, 3.0]):
+            store.put(f"{i:032x}", Record(size=10 + i, priority=priority, last=0.0))
+        store.put(f"{1:032x}", Record(size=11, priority=9.0, last=0.0))   # moved
+        store.remove(f"{2:032x}")
+        store.set_value("used", 21.0)
+    assert [k[-1] for k, _ in store.lowest("main", 5)] == ["0", "1"]
+    assert store.get(f"{0:032x}") == Record(size=10, priority=5.0, last=0.0)
+    assert store.get("f" * 32) is None
+    assert store.value("used") == 21.0 and store.value("missing") == 0.0
+    store.rescale(2.0)
+    assert store.get(f"{1:032x}").priority == 18.0
