@@ -126,3 +126,17 @@ class Policy:
     def _drop(self, key: str, record: Record) -> None:
         self.store.remove(key)
         self.store.set_value(USED, max(0.0, self.used - record.size))
+
+    def _add(self, name: str, delta: float) -> None:
+        self.store.set_value(name, max(0.0, self.store.value(name) + delta))
+
+    def _trim_ghosts(self, total: str, limit: float) -> None:
+        """Forget the lowest history records until the bytes they stand for (value `total`) fit `limit`."""
+        while self.store.value(total) > limit:
+            found = self.store.lowest(GHOST, 1)
+            if not found:
+                self.store.set_value(total, 0.0)
+                return
+            key, record = found[0]
+            self.store.remove(key)
+            self._add(total, -record.size)

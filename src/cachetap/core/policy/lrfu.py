@@ -54,9 +54,6 @@ class LRFU(Policy):
         h = self.half_life
         return now + h * math.log2(2.0 ** min(64.0, (record.priority - now) / h) + 1.0)
 
-    def _add(self, name: str, delta: float) -> None:
-        self.store.set_value(name, max(0.0, self.store.value(name) + delta))
-
     def hit(self, key: str, now: float) -> None:
         record = self.store.get(key)
         if record is not None:
@@ -120,15 +117,7 @@ class LRFU(Policy):
         self._trim_history()
 
     def _trim_history(self) -> None:
-        limit = self.history * self.capacity
-        while self.store.value(GHOST_BYTES) > limit:
-            found = self.store.lowest(GHOST, 1)
-            if not found:
-                self.store.set_value(GHOST_BYTES, 0.0)
-                return
-            key, record = found[0]
-            self.store.remove(key)
-            self._add(GHOST_BYTES, -record.size)
+        self._trim_ghosts(GHOST_BYTES, self.history * self.capacity)
 
 
 class AdaptiveLRFU(LRFU):

@@ -39,9 +39,6 @@ class S3FIFO(Policy):
         self.store.set_value(SEQ, seq)
         return seq
 
-    def _add(self, name: str, delta: float) -> None:
-        self.store.set_value(name, max(0.0, self.store.value(name) + delta))
-
     def _place(self, key: str, size: int, now: float) -> None:
         old = self.store.get(key)
         queue = SMALL
@@ -74,7 +71,7 @@ class S3FIFO(Policy):
                 self.store.put(key, Record(size=record.size, queue=GHOST, priority=self._next(), last=record.last))
                 self._add(USED, -record.size)
                 self._add(GHOST_BYTES, record.size)
-                self._trim_ghosts()
+                self._trim_ghosts(GHOST_BYTES, self.capacity)
                 return key
             if record.freq > 0:
                 record.freq -= 1
@@ -83,13 +80,3 @@ class S3FIFO(Policy):
                 continue
             self._drop(key, record)
             return key
-
-    def _trim_ghosts(self) -> None:
-        while self.store.value(GHOST_BYTES) > self.capacity:
-            found = self.store.lowest(GHOST, 1)
-            if not found:
-                self.store.set_value(GHOST_BYTES, 0.0)
-                return
-            key, record = found[0]
-            self.store.remove(key)
-            self._add(GHOST_BYTES, -record.size)
