@@ -131,3 +131,20 @@ def test_mistakes_get_one_line(tmp_path):
     result = run(str(empty), ok=False)
     assert result.exit_code == 1 and "no cacheable request" in result.output + (result.stderr or "")
     assert "Traceback" not in result.output
+
+
+def test_cut_off_gzip_log_and_capture_are_read_up_to_the_cut(tmp_path):
+    lines = "".join(squid_line(1_700_000_000 + i, f"http://h.example/{i % 4}", 3 * MB) for i in range(4000))
+    whole = gzip.compress(lines.encode())
+    cut = tmp_path / "cut.log.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    data = results(str(cut), "--cache-size", "100M")
+    assert 0 < data["input"]["requests"] < 4000 and data["input"]["skipped"] == {"truncated_file": 1}
+    packets = []
+    for i in range(3):
+        packets += conversation(40000 + i, "/iso/a.iso", 3000, 1_700_000_000 + i)
+    path = tmp_path / "cap.pcap"
+    write_capture(path, packets)
+    path.write_bytes(path.read_bytes()[:-10])
+    data = results(str(path), "--cache-size", "1M")
+    assert data["input"]["skipped"]["truncated_file"] == 1 and data["input"]["requests"] == 3

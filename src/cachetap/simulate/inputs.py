@@ -144,6 +144,8 @@ def _capture_requests(path: Path, settings: Settings, skipped: Counter[str], pro
                     skipped["not_get"] += 1
                 else:
                     yield sighting.ts, sighting.key, found[0], found[1]
+            if frames.end_reason:
+                skipped[frames.end_reason] += 1
     except CaptureFileError as exc:
         raise InputError(f"{path}: {exc}") from None
     pipeline.finish()
