@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cachetap.capture.linklayer import decode_frame
 from cachetap.capture.pcapfile import PCAP_MAGIC, PCAPNG_SHB, CaptureFileError, read_frames
-from cachetap.capture.pipeline import Pipeline
+from cachetap.capture.pipeline import Pipeline, counts
 from cachetap.core.keys import BadTarget, cache_key, canonical_url
 from cachetap.core.types import Sighting
 from cachetap.settings import Settings
@@ -119,17 +119,16 @@ def _capture_requests(path: Path, settings: Settings, skipped: Counter[str], pro
                       ) -> Iterator[Request]:
     ports = frozenset(settings.http_ports)
     waiting: dict[tuple, deque[Sighting]] = {}   # connection -> requests awaiting their response head
-    seen: list[Sighting] = []
-    pipeline = Pipeline(settings, sink=seen.append)
+    pipeline = Pipeline(settings)
     try:
         with read_frames(path) as frames:
             for n, (ts, linktype, frame) in enumerate(frames):
                 if progress is not None and n % 50_000 == 0:
                     progress(n)
-                pipeline.feed(ts, linktype, frame)
-                for s in seen:
-                    waiting.setdefault((s.client, s.client_port, s.server, s.server_port), deque()).append(s)
-                seen.clear()
+                for obs in pipeline.feed(ts, linktype, frame):
+                    if counts(obs.decision):
+                        s = obs.sighting()
+                        waiting.setdefault((s.client, s.client_port, s.server, s.server_port), deque()).append(s)
                 seg = decode_frame(linktype, frame, ts)
                 if isinstance(seg, str) or seg.sport not in ports or not seg.payload.startswith(b"HTTP/1."):
                     continue
