@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fetch", "web"),
     ("wire",),
     ("capture",),
-    ("tasks", "supervisor"),
+    ("tasks", "supervisor", "simulate"),
     ("cli", "testing"),
     ("__main__", "celery"),        # entry points: `python -m cachetap`, `celery -A cachetap`
 )

@@ -20,6 +20,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from cachetap.core import lifecycle
 from cachetap.core.lifecycle import EntryState
 from cachetap.fetch.probe import ProbeError, probe
+from cachetap.tasks.policy import forget, reserve
 from cachetap.wire import DOWNLOAD_FETCH, DownloadJob, send
 
 if TYPE_CHECKING:
@@ -71,7 +72,13 @@ def admit_key(app: CachetapCelery, key: str, now: float, forced: bool = False) -
         log.info("rejected %s: %s", entry.url, verdict.reason)
         catalog.set_probe(key, result, state=state, reason=verdict.reason, token=token)
         return Admission(state, state=state, reason=verdict.reason)
+    if not reserve(app, key, result.size or 0, now, forced):
+        reason = "policy: not worth the space it would take"
+        rejected = lifecycle.probe_outcome(failed=False, accepted=False)
+        catalog.set_probe(key, result, state=rejected, reason=reason, token=token)
+        return Admission(rejected, state=rejected, reason=reason)
     if not catalog.set_probe(key, result, state=state, token=token):
+        forget(app, key)
         return Admission(BUSY)  # the claim went stale and someone else took it
     catalog.mark(key, state, token=token, claimed_at=time.time())  # the download's lease starts now
     job = DownloadJob.from_probe(key, entry.url, result, token)

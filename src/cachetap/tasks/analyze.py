@@ -34,6 +34,7 @@ from cachetap.core.types import Sighting
 from cachetap.fetch.resolver import Resolver
 from cachetap.tasks.admit import admit_key
 from cachetap.tasks.app import retry_countdown
+from cachetap.tasks.policy import note_requests
 from cachetap.wire import ANALYZE_BATCH, decode_sighting
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def batch(self: Any, sightings: list[dict]) -> dict[str, int]:
         log.warning("recording %d sightings failed (%s); retry %d", len(trusted), exc, self.request.retries + 1)
         raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from None
     tally["counted"] = len(trusted)
+    note_requests(app, sorted(hits), now)
     # From here on a failure must not retry the batch (it would count twice): each key is handled
     # alone, and a claim left behind by an error is recovered by the reclaim task.
     for key, hits_in_window in sorted(hits.items()):

@@ -46,6 +46,7 @@ from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog, EntryView
 from cachetap.tasks.app import retry_countdown
 from cachetap.tasks.index_events import publish_index_event
+from cachetap.tasks.policy import forget
 from cachetap.wire import DOWNLOAD_FETCH, INDEX_READY, DownloadJob
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ def _failed(task: Any, catalog: Catalog, key: str, claim: str, exc: DownloadErro
         log.warning("download of %s failed (%s); retry %d in %.0fs", key, exc, task.request.retries + 1, countdown)
         return task.retry(exc=exc, countdown=countdown, max_retries=None, throw=False)
     log.error("download of %s failed for good: %s", key, exc)
+    forget(task.app, key)
     catalog.mark(key, advance(EntryState.DOWNLOADING, Event.GIVE_UP), reason=reason, token=claim,
                  claim_token=None, claimed_at=None, bytes_done=0, speed=0)
     return exc

@@ -1,0 +1,74 @@
+"""The cache policy over the catalog, as the workers use it: requests seen, space reserved, keys gone.
+
+The policy (`settings.eviction_policy`, `core.policy`) runs over `CatalogPolicyStore`, so every
+worker shares its state and each decision runs in one locked transaction. Its capacity is
+`disk_quota` (0: no quota, so the policy never evicts; `min_free_bytes` is still kept by the quota pass).
+Space is reserved when a download is admitted, since its bytes land while it runs: the victims that
+make room are evicted then, not at the next housekeeping pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from cachetap.core.policy import Policy, make_policy
+from cachetap.store.blobs import BlobStore
+from cachetap.store.evict import evict
+from cachetap.store.policy_store import CatalogPolicyStore
+
+if TYPE_CHECKING:
+    from cachetap.tasks.app import CachetapCelery
+
+log = logging.getLogger(__name__)
+NO_QUOTA = float(1 << 62)
+_POLICIES: dict[tuple[int, int], Policy] = {}
+
+
+def policy_for(app: CachetapCelery) -> Policy:
+    """One policy per app and process (a policy may keep in-memory helpers, e.g. lrfu's miniatures)."""
+    slot = (id(app), os.getpid())
+    policy = _POLICIES.get(slot)
+    if policy is None:
+        capacity = app.settings.disk_quota or NO_QUOTA
+        policy = _POLICIES[slot] = make_policy(app.settings.eviction_policy, CatalogPolicyStore(app.catalog.engine),
+                                               int(capacity))
+    return policy
+
+
+def note_requests(app: CachetapCelery, keys: list[str], now: float) -> None:
+    """Tell the policy about requests counted by analyze: hits on stored keys, history for the rest."""
+    policy = policy_for(app)
+    with policy.store.transaction():
+        for key in keys:
+            if policy.resident(key):
+                policy.hit(key, now)
+            else:
+                policy.miss(key, 0, now)
+
+
+def reserve(app: CachetapCelery, key: str, size: int, now: float, forced: bool = False) -> bool:
+    """Reserve `size` bytes for `key`'s download, evicting what the policy picks; False if it refuses
+    (never when `forced`: an operator's prefetch)."""
+    policy = policy_for(app)
+    with policy.store.transaction():
+        if not forced and not policy.admit(key, size, now):
+            return False
+        victims = policy.insert(key, size, now)
+    if victims:
+        from cachetap.tasks.index_events import IndexNotifier
+
+        blobs, index = BlobStore(app.settings.cache_dir), IndexNotifier(app)
+        gone = sum(evict(app.catalog, blobs, v, "quota", expect_state="ready", on_removed=index.removed)
+                   for v in victims)
+        log.info("space for %s (%d bytes): %d of %d victims evicted (the rest were not stored yet)",
+                 key, size, gone, len(victims))
+    return True
+
+
+def forget(app: CachetapCelery, key: str) -> None:
+    """Release what `key` holds in the policy (a download that failed for good)."""
+    policy = policy_for(app)
+    with policy.store.transaction():
+        policy.remove(key)
