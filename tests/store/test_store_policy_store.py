@@ -67,3 +67,33 @@ def test_records_values_and_order(store):
     assert store.value("used") == 21.0 and store.value("missing") == 0.0
     store.rescale(2.0)
     assert store.get(f"{1:032x}").priority == 18.0
+
+
+def test_upgrade_gives_objects_stored_before_it_a_place_in_the_policy(catalog_url):
+    from cachetap.core.keys import cache_key
+    from cachetap.core.types import Sighting
+    from cachetap.store.catalog import Catalog
+
+    upgrade(catalog_url, "0002_secrets")
+    engine = make_engine(catalog_url)
+    try:
+        catalog = Catalog(engine)
+        keys = []
+        for name in ("a", "b"):
+            url = f"http://files.test/{name}.iso"
+            key = cache_key(url, {})
+            keys.append(key)
+            catalog.record_sightings([Sighting(ts=1.0, client="10.0.0.5", client_port=1, server="1.2.3.4",
+                                               server_port=80, method="GET", host="files.test", url=url, key=key,
+                                               target="/")] * 3, window=10.0, now=1.0)
+        catalog.mark(keys[0], "ready", blob="ab" * 32, stored_size=700, published_at=2.0)
+        upgrade(catalog_url)
+        store = CatalogPolicyStore(engine)
+        assert store.get(keys[0]) == Record(size=700, queue="main", priority=0.0, freq=3.0, last=0.0)
+        assert store.get(keys[1]) is None   # not stored: nothing to place
+        assert store.value("used") == 700.0
+        policy = make_policy("lru", store, 1000)
+        with store.transaction():
+            assert policy.insert("c" * 32, 500, 5.0) == [keys[0]]
+    finally:
+        engine.dispose()

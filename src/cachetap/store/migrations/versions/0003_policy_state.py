@@ -1,5 +1,9 @@
 """Cache policy state shared by workers: per-key records (indexed by queue and priority) and values.
 
+Objects stored before this revision get a record in the main queue at priority 0 and count toward
+the bytes used, so a quota holds from the first admission on; priority 0 puts them first in line
+until they are requested again, when each policy ranks them like any other object.
+
 Revision ID: 0003_policy_state
 Revises: 0002_secrets
 Create Date: 2026-11-29
@@ -36,6 +40,18 @@ def upgrade() -> None:
         sa.Column("value", sa.Double(), nullable=False),
         **MYSQL_TABLE_OPTIONS,
     )
+    # Built with SQLAlchemy so that `key` (a reserved word in MySQL) is quoted on every database.
+    entries = sa.table("entries", sa.column("key"), sa.column("state"), sa.column("stored_size"), sa.column("hits"))
+    records = sa.table("policy_records", *(sa.column(c) for c in ("key", "queue", "priority", "size", "freq", "last")))
+    values = sa.table("policy_values", sa.column("name"), sa.column("value"))
+    ready = sa.and_(entries.c.state == "ready", entries.c.stored_size.is_not(None))
+    op.execute(records.insert().from_select(
+        ["key", "queue", "priority", "size", "freq", "last"],
+        sa.select(entries.c.key, sa.literal("main"), sa.literal(0.0), entries.c.stored_size, entries.c.hits,
+                  sa.literal(0.0)).where(ready)))
+    op.execute(values.insert().from_select(
+        ["name", "value"], sa.select(sa.literal("used"), sa.func.coalesce(sa.func.sum(entries.c.stored_size), 0))
+        .where(ready)))
 
 
 def downgrade() -> None:
