@@ -13,6 +13,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from cachetap.core.lifecycle import EntryState
 from cachetap.core.policy import Policy, make_policy
 from cachetap.store.blobs import BlobStore
 from cachetap.store.evict import evict
@@ -60,7 +61,7 @@ def reserve(app: CachetapCelery, key: str, size: int, now: float, forced: bool =
         from cachetap.tasks.index_events import IndexNotifier
 
         blobs, index = BlobStore(app.settings.cache_dir), IndexNotifier(app)
-        gone = sum(evict(app.catalog, blobs, v, "quota", expect_state="ready", on_removed=index.removed)
+        gone = sum(evict(app.catalog, blobs, v, "quota", expect_state=EntryState.READY, on_removed=index.removed)
                    for v in victims)
         log.info("space for %s (%d bytes): %d of %d victims evicted (the rest were not stored yet)",
                  key, size, gone, len(victims))
