@@ -35,3 +35,18 @@ def test_a_policy_may_refuse_and_a_prefetch_is_never_refused(make_settings):
     key = add_entry(app.catalog, "http://files.test/huge.bin")
     assert reserve(app, key, 5000, time.time()) is False      # larger than the whole quota
     assert reserve(app, key, 500, time.time(), forced=True) is True
+
+
+def test_housekeeping_removals_release_the_space_in_the_policy(make_settings):
+    from cachetap.tasks.housekeeping import run_reconcile
+
+    app = create_app(make_settings(disk_quota=3000, eviction_policy="lrfu", reconcile_grace=0))
+    catalog, blobs = app.catalog, BlobStore(app.settings.cache_dir)
+    key, digest = make_ready(catalog, blobs, "http://files.test/gone.bin", b"x" * 1000)
+    assert reserve(app, key, 1000, time.time())
+    policy = policy_for(app)
+    assert policy.used == 1000
+    blobs.remove(digest)                      # the file vanished: reconcile drops the row
+    report = run_reconcile(catalog, blobs, app.settings, time.time())
+    assert report["rows_missing_blob"] == 1
+    assert policy.used == 0 and not policy.resident(key)

@@ -37,12 +37,14 @@ def purge(ctx: Context, target: str) -> None:
     """
     from cachetap.store.blobs import BlobStore
     from cachetap.store.evict import evict
+    from cachetap.tasks.policy import forgetting
 
     settings = ctx.settings()
     key, url = resolve_key(target, settings.strip_query_params)
     catalog, blobs = open_catalog(settings), BlobStore(settings.cache_dir)
     entry = catalog.get(key)
-    if entry is None or not evict(catalog, blobs, key, "purge", on_removed=_index_notifier(settings).removed):
+    removed = forgetting(catalog, settings, _index_notifier(settings).removed)   # the policy's space too
+    if entry is None or not evict(catalog, blobs, key, "purge", on_removed=removed):
         raise click.ClickException(f"{key}: not in the cache{f' ({url})' if url else ''}")
     file_note = ""
     if entry.blob:

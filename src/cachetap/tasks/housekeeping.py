@@ -32,6 +32,7 @@ from cachetap.store.catalog import Catalog, EntryView
 from cachetap.store.evict import evict, reconcile
 from cachetap.tasks.app import CachetapCelery
 from cachetap.tasks.index_events import NO_INDEX, IndexNotifier
+from cachetap.tasks.policy import forgetting
 from cachetap.wire import SCHEDULE_CLEANUP, SCHEDULE_QUOTA, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,14 @@ STORED_HEADERS = (("cache_control", "cache-control"), ("last_modified", "last-mo
 def run_cleanup(catalog: Catalog, blobs: BlobStore, settings: Settings, now: float,
                 index: IndexNotifier = NO_INDEX) -> dict[str, int]:
     """Drop entries with fewer than cleanup_min_hits hits and no request for cleanup_idle seconds."""
+    removed = forgetting(catalog, settings, index.removed)   # the policy releases the key's space too
     min_hits, idle = settings.cleanup_min_hits, settings.cleanup_idle
     if min_hits <= 0:
         return {"candidates": 0, "evicted": 0}
     stats = catalog.entry_stats(lifecycle.AT_REST, fewer_hits_than=min_hits, last_hit_before=now - idle)
     states = {s.key: s.state for s in stats}
     victims = cleanup_victims(stats, now, min_hits, idle)
-    evicted = sum(evict(catalog, blobs, v.key, v.reason, expect_state=states[v.key], on_removed=index.removed)
+    evicted = sum(evict(catalog, blobs, v.key, v.reason, expect_state=states[v.key], on_removed=removed)
                   for v in victims)
     log.info("cleanup: %d of %d entries with < %d hits idle for %ds evicted", evicted, len(victims), min_hits, idle)
     return {"candidates": len(victims), "evicted": evicted}
@@ -61,6 +63,7 @@ def run_quota(catalog: Catalog, blobs: BlobStore, settings: Settings,
               free_bytes: int | None = None, index: IndexNotifier = NO_INDEX) -> dict[str, int]:
     """Evict ready entries, least recently requested first, until the stored bytes fit disk_quota
     and min_free_bytes are free on the cache filesystem (`free_bytes` overrides the measurement)."""
+    removed = forgetting(catalog, settings, index.removed)   # the policy releases the key's space too
     stats = catalog.entry_stats([EntryState.READY])
     used = sum(s.stored_size or 0 for s in stats)
     free = shutil.disk_usage(blobs.root).free if free_bytes is None else free_bytes
@@ -68,7 +71,7 @@ def run_quota(catalog: Catalog, blobs: BlobStore, settings: Settings,
     victims = quota_victims(stats, used, budget)
     sizes = {s.key: s.stored_size or 0 for s in stats}
     evicted = [v.key for v in victims
-               if evict(catalog, blobs, v.key, v.reason, expect_state=EntryState.READY, on_removed=index.removed)]
+               if evict(catalog, blobs, v.key, v.reason, expect_state=EntryState.READY, on_removed=removed)]
     freed = sum(sizes[k] for k in evicted)
     if victims:
         log.warning("quota: %d bytes stored, %d allowed (quota %d, %d free, keep %d free): %d entries evicted, "
@@ -78,7 +81,8 @@ def run_quota(catalog: Catalog, blobs: BlobStore, settings: Settings,
 
 def run_reconcile(catalog: Catalog, blobs: BlobStore, settings: Settings, now: float,
                   index: IndexNotifier = NO_INDEX) -> dict[str, int]:
-    report = reconcile(catalog, blobs, now, settings.reconcile_grace, on_removed=index.removed)
+    removed = forgetting(catalog, settings, index.removed)   # the policy releases the key's space too
+    report = reconcile(catalog, blobs, now, settings.reconcile_grace, on_removed=removed)
     log.info("reconcile: %s", report.summary())
     return report.summary()
 
@@ -86,6 +90,7 @@ def run_reconcile(catalog: Catalog, blobs: BlobStore, settings: Settings, now: f
 def run_revalidate(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Settings,
                    now: float, index: IndexNotifier = NO_INDEX) -> dict[str, int]:
     """Conditional HEAD of up to revalidate_batch expired ready entries (see the module doc)."""
+    removed = forgetting(catalog, settings, index.removed)   # the policy releases the key's space too
     done = {"checked": 0, "fresh": 0, "changed": 0, "gone": 0, "error": 0}
     for entry in catalog.expired(now, settings.revalidate_batch):
         done["checked"] += 1
@@ -99,7 +104,7 @@ def run_revalidate(catalog: Catalog, blobs: BlobStore, resolver: Resolver, setti
                 index.ready(entry.key)  # capture nodes dropped it when it expired
                 log.info("revalidated %s (%s): fresh for %.0fs more", entry.key, reason, until - answered)
         elif outcome in ("changed", "gone"):
-            if evict(catalog, blobs, entry.key, outcome, expect_state=EntryState.READY, on_removed=index.removed):
+            if evict(catalog, blobs, entry.key, outcome, expect_state=EntryState.READY, on_removed=removed):
                 log.info("revalidated %s (%s): %s, evicted: %s", entry.key, reason, outcome, entry.url)
         else:
             log.warning("revalidation of %s failed (%s): not served until it succeeds: %s", entry.key, reason,

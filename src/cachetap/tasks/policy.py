@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cachetap.core.lifecycle import EntryState
 from cachetap.core.policy import Policy, make_policy
+from cachetap.settings import Settings
 from cachetap.store.blobs import BlobStore
+from cachetap.store.catalog import Catalog
 from cachetap.store.evict import evict
 from cachetap.store.policy_store import CatalogPolicyStore
 
@@ -73,3 +76,16 @@ def forget(app: CachetapCelery, key: str) -> None:
     policy = policy_for(app)
     with policy.store.transaction():
         policy.remove(key)
+
+
+def forgetting(catalog: Catalog, settings: Settings, then: Callable[[str], None]) -> Callable[[str], None]:
+    """An `on_removed` hook for housekeeping: release the key's space in the policy, then call `then`."""
+    policy = make_policy(settings.eviction_policy, CatalogPolicyStore(catalog.engine),
+                         int(settings.disk_quota or NO_QUOTA))
+
+    def removed(key: str) -> None:
+        with policy.store.transaction():
+            policy.remove(key)
+        then(key)
+
+    return removed
