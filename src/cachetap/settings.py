@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cachetap.core.refresh import RefreshPolicy, rules_from
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -41,6 +43,17 @@ DEFAULT_CONTENT_TYPES = [
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "cachetap"
+
+
+class RefreshRuleSetting(BaseModel):
+    """One freshness rule (first match wins), like a line of Squid's refresh_pattern."""
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("*", description="Host glob, e.g. *.steamcontent.com.")
+    extensions: list[str] = Field([], description="File extensions (no dot); empty: any.")
+    min_ttl: int = Field(0, ge=0, description="Seconds fresh at least when the origin states no lifetime.")
+    max_ttl: int | None = Field(None, ge=0, description="Seconds fresh at most (unset: max_ttl).")
+    ignore_cache_control: bool = Field(False, description="Ignore the origin's Cache-Control/Expires (immutable files).")
 
 
 class ConfigError(Exception):
@@ -125,6 +138,9 @@ class Settings(BaseSettings):
     # --- housekeeping ---------------------------------------------------------------------------
     default_ttl: int = Field(7 * 86_400, ge=0, description="Seconds a stored object stays fresh when the origin gives no Cache-Control max-age, Expires or Last-Modified (big files are usually immutable).")
     max_ttl: int = Field(90 * 86_400, ge=0, description="Seconds a stored object stays fresh at most, whatever the origin says; then it is revalidated.")
+    refresh_min: int = Field(86_400, ge=0, description="Seconds an object with one of `extensions` stays fresh at least when the origin gives no max-age or Expires (RFC 9111's heuristic would make a file modified an hour ago fresh for six minutes); 0: strict RFC 9111.")
+    refresh_rules: list[RefreshRuleSetting] = Field([], description="Freshness rules by host glob and extension, first match wins, like Squid's refresh_pattern: [{host = \"*.cdn.example.com\", extensions = [\"zip\"], min_ttl = 2592000, ignore_cache_control = true}]. URLs no rule matches get refresh_min.")
+    revalidate_lease: int = Field(60, ge=1, le=3600, description="Seconds one revalidation of a requested expired object may take before another worker may try it again (one conditional request per key at a time).")
     revalidate_interval: int = Field(600, ge=10, description="Seconds between revalidation runs (conditional HEAD of entries past their freshness).")
     revalidate_batch: int = Field(200, ge=1, le=100_000, description="Entries revalidated per run at most (the oldest expiries first).")
     cleanup_min_hits: int = Field(3, ge=0, description="Cleanup removes entries with fewer than this many hits that were idle for cleanup_idle seconds; 0 disables it.")
@@ -193,6 +209,11 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
     # --- derived values -----------------------------------------------------------------------
+    def refresh_policy(self) -> RefreshPolicy:
+        return RefreshPolicy(rules=rules_from(r.model_dump() for r in self.refresh_rules),
+                             default_min_ttl=self.refresh_min, big_extensions=frozenset(self.extensions),
+                             default_ttl=self.default_ttl, max_ttl=self.max_ttl)
+
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or "filesystem://"

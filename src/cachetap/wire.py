@@ -70,20 +70,31 @@ INDEX_READY, INDEX_REMOVED = "ready", "removed"
 INDEX_OPS = frozenset({INDEX_READY, INDEX_REMOVED})
 
 
-def index_event(op: str, keys: list[str]) -> dict[str, Any]:
+def index_event(op: str, keys: list[str], expires: list[float | None] | None = None) -> dict[str, Any]:
+    """A "ready" event may carry each key's deadline (`expires`, epoch seconds or None for none), so
+    that capture nodes stop redirecting to a copy the moment it turns stale."""
     if op not in INDEX_OPS:
         raise ValueError(f"unknown index event {op!r}")
-    return {"op": op, "keys": keys}
+    body: dict[str, Any] = {"op": op, "keys": keys}
+    if expires is not None:
+        if len(expires) != len(keys):
+            raise ValueError("one expiry per key")
+        body["expires"] = expires
+    return body
 
 
-def decode_index_event(body: Any) -> tuple[str, list[Any]] | None:
-    """(op, keys) of a well-formed event, else None; each key is still the receiver's to check."""
+def decode_index_event(body: Any) -> tuple[str, list[Any], list[float | None]] | None:
+    """(op, keys, expiries) of a well-formed event, else None; each key is still the receiver's to
+    check. Expiries that are missing (an older sender) or malformed are None."""
     if not isinstance(body, Mapping):
         return None
     op, keys = body.get("op"), body.get("keys")
     if op not in INDEX_OPS or not isinstance(keys, list):
         return None
-    return op, keys
+    expires = body.get("expires")
+    if not isinstance(expires, list) or len(expires) != len(keys):
+        expires = [None] * len(keys)
+    return op, keys, [e if isinstance(e, (int, float)) and not isinstance(e, bool) else None for e in expires]
 
 
 # ---- sightings: capture -> analyze --------------------------------------------------------------

@@ -155,6 +155,32 @@ def test_one_million_keys_stay_well_under_60_mb():
     index = HotIndex(f"{(i * 0x9E3779B97F4A7C15) & (2**64 - 1):016x}{i:016x}" for i in range(1_000_000))
     grown = _rss_bytes() - before
     assert len(index) == 1_000_000
-    assert index.table_bytes() == 16 << 20
+    assert index.table_bytes() == 24 << 20  # 8-byte prefix + 4-byte expiry per slot
     assert grown < 60 << 20, f"RSS grew by {grown >> 20} MiB"
     assert index.contains(f"{(77 * 0x9E3779B97F4A7C15) & (2**64 - 1):016x}{77:016x}")
+
+
+def test_a_key_is_redirectable_only_until_its_expiry():
+    key = "ab" * 16
+    index = HotIndex()
+    index.add(key, expires=1000.5)
+    assert index.contains(key, now=999.0)
+    assert not index.contains(key, now=1000.0)  # floored: never held beyond its deadline
+    assert index.expires(key) == 1000.0
+    assert index.add(key, expires=5000) is False  # a revalidation extends the deadline in place
+    assert index.contains(key, now=4000)
+    index.add(key)  # no deadline
+    assert index.contains(key, now=2.0**40) and index.expires(key) is None
+
+
+def test_expiries_survive_a_reconcile_and_a_resize():
+    def k_(i: int) -> str:
+        return f"{(i * 0x9E3779B97F4A7C15) & (2**64 - 1):016x}{i:016x}"
+
+    keys = [k_(i) for i in range(1, 3001)]
+    index = HotIndex((k, 100.0 + i) for i, k in enumerate(keys))
+    for k in [k_(i) for i in range(3001, 6001)]:
+        index.add(k, expires=50.0)  # grows the table several times
+    assert index.contains(keys[10], now=105.0) and not index.contains(keys[10], now=111.0)
+    assert index.expires(keys[2999]) == 3099.0
+    assert index.contains(k_(4000), now=49.0) and not index.contains(k_(4000), now=60.0)

@@ -327,3 +327,21 @@ def test_add_hits_from_the_cache_server(catalog, key):
     catalog.add_hits({key: 1}, now=T0 - 50)  # a late flush never moves last_hit back
     assert catalog.get(key).last_hit == T0 + 50
     assert catalog.get(missing) is None
+
+
+def test_one_revalidation_per_key_at_a_time(catalog, key):
+    catalog.mark(key, "ready", blob="b" * 64, expires_at=T0 + 10)
+    assert catalog.expired_among([key], T0 + 5) == []
+    assert not catalog.begin_revalidation(key, "t1", now=T0 + 5, lease=60)  # still fresh
+    assert [e.key for e in catalog.expired_among([key, key_of("other")], T0 + 20)] == [key]
+    assert catalog.begin_revalidation(key, "t1", now=T0 + 20, lease=60)
+    assert not catalog.begin_revalidation(key, "t2", now=T0 + 30, lease=60)  # t1 is on it
+    assert catalog.begin_revalidation(key, "t2", now=T0 + 81, lease=60)    # t1's worker vanished
+    assert not catalog.end_revalidation(key, "t1", "late")                   # superseded: no effect
+    assert catalog.end_revalidation(key, "t2", "revalidation: HTTP 503")
+    row = catalog.get(key)
+    assert row.claim_token is None and row.reason == "revalidation: HTTP 503" and row.state == "ready"
+    assert catalog.begin_revalidation(key, "t3", now=T0 + 82, lease=60)
+    assert catalog.refresh(key, "b" * 64, T0 + 1000)
+    row = catalog.get(key)
+    assert row.expires_at == T0 + 1000 and row.claim_token is None and row.reason is None

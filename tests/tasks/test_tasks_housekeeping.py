@@ -156,7 +156,7 @@ def test_revalidation_304_extends_freshness(reval):
 
     before = time.time()
     assert run_revalidate(catalog, blobs, resolver, settings, time.time()) == {
-        "checked": 2, "fresh": 2, "changed": 0, "gone": 0, "error": 0}
+        "checked": 2, "fresh": 2, "changed": 0, "gone": 0, "error": 0, "busy": 0}
     assert origin.stats("/same.iso").statuses[304] == 1
     assert origin.stats("/max-age.iso").statuses[304] == 1
     entry = catalog.get(same)
@@ -204,7 +204,7 @@ def test_revalidation_with_the_origin_down_keeps_the_entry_unserved(reval):
     origin.stop()
 
     assert run_revalidate(catalog, blobs, resolver, settings, time.time()) == {
-        "checked": 2, "fresh": 0, "changed": 0, "gone": 0, "error": 2}
+        "checked": 2, "fresh": 0, "changed": 0, "gone": 0, "error": 2, "busy": 0}
     entry = catalog.get(key)
     assert (entry.state, entry.expires_at, entry.blob) == ("ready", expired_at, digest) and blobs.exists(digest)
     lookup = CatalogLookup(catalog, blobs, ttl=0)

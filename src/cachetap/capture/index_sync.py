@@ -57,14 +57,16 @@ class IndexSync:
         if event is None:
             log.warning("ignoring malformed index event %r", body)
             return
-        op, keys = event
+        op, keys, expires = event
         with self._lock:
             if self._during_reconcile is not None:
                 self._during_reconcile.append(body)  # re-applied over the reconciled table
-        change = self.index.add if op == INDEX_READY else self.index.remove
-        for key in keys:
+        for key, until in zip(keys, expires):
             try:
-                change(key)
+                if op == INDEX_READY:
+                    self.index.add(key, until)
+                else:
+                    self.index.remove(key)
             except (BadKey, TypeError):
                 log.warning("ignoring bad key in index event: %r", key)
         self.events += 1

@@ -24,24 +24,42 @@ def open_catalog(settings: Settings) -> Catalog:
     return open_at(settings.effective_database_url)
 
 
+STATES = ("counting", "probing", "queued", "downloading", "ready", "rejected", "failed")
+
+
 @cli.command("ls")
-@click.option("--state", help="Only entries in this state (counting, probing, queued, downloading, ready, rejected, failed).")
+@click.option("--state", type=click.Choice(STATES), help="Only entries in this state.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @pass_ctx
 def ls(ctx: Context, state: str | None, limit: int, as_json: bool) -> None:
-    """List catalog entries with hits and state, most recently requested first."""
-    catalog = open_catalog(ctx.settings())
+    """List catalog entries, most recently requested first: hits, state, whether the cache serves
+    them now (and why not), and the URL clients are sent to."""
+    from cachetap.core.serving import serving
+    from cachetap.web.urls import object_url, public_base_url
+
+    settings = ctx.settings()
+    catalog = open_catalog(settings)
     rows = catalog.entries(limit=limit, state=state)
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(_row_dict(row), default=str))
-        return
     now = time.time()
-    click.echo(f"{'KEY':32}  {'STATE':11} {'HITS':>6} {'SIZE':>10} {'LAST HIT':>9}  URL")
+    base = public_base_url(settings.public_url, settings.serve_host, settings.serve_port)
+    shown = []
     for row in rows:
+        verdict = serving(row.state, row.expires_at, row.claimed_at if row.claim_token else None, row.reason, now,
+                          settings.revalidate_lease)
+        sent_to = object_url(base, row.key, row.filename) if verdict.served else row.url
+        shown.append((row, verdict, sent_to))
+    if as_json:
+        for row, verdict, sent_to in shown:
+            click.echo(json.dumps({**_row_dict(row), "served": verdict.served, "why": verdict.why,
+                                   "sent_to": sent_to}, default=str))
+        return
+    click.echo(f"{'KEY':32}  {'STATE':11} {'HITS':>6} {'SIZE':>10} {'LAST HIT':>9}  {'SERVED':26}  CLIENTS SENT TO")
+    for row, verdict, sent_to in shown:
         ago = _ago(now - row.last_hit) if row.last_hit else "-"
-        click.echo(f"{row.key:32}  {row.state:11} {row.hits:>6} {_size(row.size):>10} {ago:>9}  {row.url}")
+        served = ("yes, " if verdict.served else "no, ") + verdict.why
+        click.echo(f"{row.key:32}  {row.state:11} {row.hits:>6} {_size(row.size):>10} {ago:>9}  {served:26}  "
+                   f"{sent_to}")
     counts = catalog.counts_by_state()
     click.echo("total: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"))
 

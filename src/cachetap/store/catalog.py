@@ -331,15 +331,16 @@ class Catalog:
             .order_by(ENTRIES.c.claimed_at)
         )
 
-    def ready_keys(self, now: float, chunk: int = 10_000) -> Iterator[str]:
-        """Keys the cache server would serve now (ready, not expired), streamed for a capture's index."""
-        stmt = (sa.select(ENTRIES.c.key)
+    def ready_keys(self, now: float, chunk: int = 10_000) -> Iterator[tuple[str, float | None]]:
+        """(key, expires_at) of what the cache server would serve now (ready, not expired), streamed
+        for a capture's index."""
+        stmt = (sa.select(ENTRIES.c.key, ENTRIES.c.expires_at)
                 .where(ENTRIES.c.state == EntryState.READY.value,
                        sa.or_(ENTRIES.c.expires_at.is_(None), ENTRIES.c.expires_at > now))
                 .execution_options(yield_per=chunk))
         with self.engine.connect() as conn:
-            for (key,) in conn.execute(stmt):
-                yield key
+            for key, expires in conn.execute(stmt):
+                yield key, expires
 
     # ---- housekeeping (tasks/housekeeping.py, store/evict.py) -------------------------------------
 
@@ -389,10 +390,43 @@ class Catalog:
             return True
         return self._write(work)
 
+    def expired_among(self, keys: Collection[str], now: float) -> list[EntryView]:
+        """The ready entries among `keys` that are past their freshness (requested, so revalidate)."""
+        keys = [_check_key(k) for k in keys]
+        if not keys:
+            return []
+        return self._select(sa.select(ENTRIES).where(ENTRIES.c.key.in_(keys),
+                                                     ENTRIES.c.state == EntryState.READY.value,
+                                                     ENTRIES.c.expires_at <= now))
+
+    def begin_revalidation(self, key: str, token: str, now: float, lease: float) -> bool:
+        """Take the revalidation of an expired ready entry; True for the one winner.
+
+        A ready entry's claim columns hold the revalidation in progress (a ready entry has no other
+        claim), so there is one conditional request per key at a time; one whose worker vanished
+        may be taken again after `lease` seconds.
+        """
+        stmt = (sa.update(ENTRIES)
+                .where(ENTRIES.c.key == _check_key(key), ENTRIES.c.state == EntryState.READY.value,
+                       ENTRIES.c.expires_at <= now,
+                       sa.or_(ENTRIES.c.claim_token.is_(None), ENTRIES.c.claimed_at.is_(None),
+                              ENTRIES.c.claimed_at < now - lease))
+                .values(claim_token=token, claimed_at=now))
+        return self._write(lambda conn: conn.execute(stmt).rowcount == 1)
+
+    def end_revalidation(self, key: str, token: str, reason: str | None) -> bool:
+        """Release a revalidation that did not refresh the entry, keeping why (shown by `ls`)."""
+        stmt = (sa.update(ENTRIES)
+                .where(ENTRIES.c.key == _check_key(key), ENTRIES.c.claim_token == token)
+                .values(claim_token=None, claimed_at=None, reason=None if reason is None else reason[:500],
+                        updated_at=time.time()))
+        return self._write(lambda conn: conn.execute(stmt).rowcount == 1)
+
     def refresh(self, key: str, blob: str, expires_at: float, cache_control: str | None = None) -> bool:
         """Extend a revalidated entry's freshness (and its Cache-Control when the origin sent one),
-        only while it is still ready with the same blob."""
-        values: dict[str, Any] = {"expires_at": expires_at, "updated_at": time.time()}
+        only while it is still ready with the same blob; ends its revalidation claim."""
+        values: dict[str, Any] = {"expires_at": expires_at, "updated_at": time.time(), "claim_token": None,
+                                  "claimed_at": None, "reason": None}
         if cache_control is not None:
             values["cache_control"] = _fits(cache_control, "cache_control")
         stmt = (sa.update(ENTRIES)

@@ -32,8 +32,11 @@ from cachetap.core import admission, egress
 from cachetap.core.lifecycle import EntryState
 from cachetap.core.types import Sighting
 from cachetap.fetch.resolver import Resolver
+from cachetap.store.blobs import BlobStore
 from cachetap.tasks.admit import admit_key
 from cachetap.tasks.app import retry_countdown
+from cachetap.tasks.housekeeping import revalidate_entry
+from cachetap.tasks.index_events import IndexNotifier
 from cachetap.tasks.policy import note_requests
 from cachetap.wire import ANALYZE_BATCH, decode_sighting
 
@@ -65,9 +68,31 @@ def batch(self: Any, sightings: list[dict]) -> dict[str, int]:
         except Exception:
             log.exception("admitting %s failed; its claim will be reclaimed when stale", key)
             tally[EntryState.FAILED] += 1
+    _revalidate_requested(app, list(hits), tally)
     summary = dict(tally)
     log.info("analyze batch: %s", summary)
     return summary
+
+
+def _revalidate_requested(app: Any, keys: list[str], tally: Counter[str]) -> None:
+    """Requested ready entries past their freshness are revalidated now, not at the next periodic
+    pass: until then clients go to the origin. One conditional request per key at a time (a
+    catalog claim); a 304 puts the key back into every capture's redirect index."""
+    if not keys:
+        return
+    try:
+        expired = app.catalog.expired_among(keys, time.time())
+    except sa.exc.OperationalError as exc:
+        log.warning("looking up expired entries failed: %s; the periodic pass revalidates them", exc)
+        return
+    for entry in expired:
+        try:
+            outcome = revalidate_entry(app.catalog, BlobStore(app.settings.cache_dir), app.resolver, app.settings,
+                                       entry, time.time(), IndexNotifier(app))
+        except Exception:
+            log.exception("revalidating %s failed; the periodic pass tries again", entry.key)
+            outcome = "error"
+        tally[f"revalidated_{outcome}"] += 1
 
 
 def _trusted_sightings(raw: list[Any], resolver: Resolver, trusted_networks: list,

@@ -132,10 +132,11 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
     now = time.time()
     try:
         entry = catalog.get(key)
+        deadline = freshness_deadline(settings, entry, now)
         published = catalog.mark(
             key, advance(downloading, Event.PUBLISH), token=claim, blob=result.digest, size=result.size,
             stored_size=result.size, published_at=now, etag=result.etag, content_type=result.content_type,
-            expires_at=freshness_deadline(settings, entry, now), bytes_done=result.size, speed=0,
+            expires_at=deadline, bytes_done=result.size, speed=0,
             claim_token=None, claimed_at=None)
     finally:
         if result.hold is not None:
@@ -145,7 +146,7 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
         return {"key": key, "outcome": "taken_over", "digest": result.digest}
     log.info("downloaded %s: %d bytes in %.1fs, digest %s", job.url, result.size, seconds, result.digest)
     # Capture nodes add the key to their redirect index now (best effort: they also reconcile).
-    publish_index_event(app, INDEX_READY, [key])
+    publish_index_event(app, INDEX_READY, [key], expires=[deadline])
     return {"key": key, "digest": result.digest, "size": result.size, "seconds": seconds}
 
 
@@ -229,10 +230,11 @@ def _failed(task: Any, catalog: Catalog, key: str, claim: str, exc: DownloadErro
 
 
 def freshness_deadline(settings: Settings, entry: EntryView | None, now: float) -> float:
-    """When the stored copy stops being fresh, from the validators the probe stored on the entry."""
+    """When the stored copy stops being fresh: the probe's validators under the refresh rules."""
     headers = {}
     if entry is not None and entry.cache_control:
         headers["Cache-Control"] = entry.cache_control
     if entry is not None and entry.last_modified:
         headers["Last-Modified"] = entry.last_modified
-    return expires_at(now, headers, settings.default_ttl, settings.max_ttl)
+    host, path = (entry.host, urlsplit(entry.url).path) if entry is not None else ("", "")
+    return settings.refresh_policy().fresh_until(now, headers, host, path)

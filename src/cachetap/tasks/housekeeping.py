@@ -5,6 +5,9 @@ Each pass is a plain function (catalog, blob store, settings, clock in; summary 
 
 Revalidation needs no "stale" state: `web.lookup.CatalogLookup` refuses entries past `expires_at`,
 so an expired entry is not handed out from the moment it expires until a revalidation extends it.
+A requested expired entry is revalidated at once by the analyze worker that counts the request
+(`revalidate_entry`); the periodic pass catches the rest. A ready entry's claim columns hold the one
+revalidation in progress per key.
 Outcomes: 304 or the same validators -> `expires_at` extended; changed -> evicted, and the next
 requests admit it again like any new object (re-downloading on our own would fetch objects nobody
 may want any more; admission already re-fetches those that are wanted); 404/410 -> evicted; error
@@ -16,13 +19,15 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import shared_task
 
 from cachetap.core import lifecycle
 from cachetap.core.eviction import bytes_budget, cleanup_victims, quota_victims
-from cachetap.core.freshness import expires_at, revalidation_headers, revalidation_outcome
+from cachetap.core.freshness import revalidation_headers, revalidation_outcome
 from cachetap.core.lifecycle import EntryState
 from cachetap.fetch.probe import ProbeError, probe_response
 from cachetap.fetch.resolver import Resolver
@@ -90,26 +95,40 @@ def run_reconcile(catalog: Catalog, blobs: BlobStore, settings: Settings, now: f
 def run_revalidate(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Settings,
                    now: float, index: IndexNotifier = NO_INDEX) -> dict[str, int]:
     """Conditional HEAD of up to revalidate_batch expired ready entries (see the module doc)."""
-    removed = forgetting(catalog, settings, index.removed)   # the policy releases the key's space too
-    done = {"checked": 0, "fresh": 0, "changed": 0, "gone": 0, "error": 0}
+    done = {"checked": 0, "fresh": 0, "changed": 0, "gone": 0, "error": 0, "busy": 0}
     for entry in catalog.expired(now, settings.revalidate_batch):
         done["checked"] += 1
-        outcome, reason, headers = _revalidate_one(entry, resolver, settings)
-        done[outcome] += 1
-        if outcome == "fresh":
-            stored = {name: getattr(entry, field) for field, name in STORED_HEADERS if getattr(entry, field)}
-            answered = time.time()
-            until = expires_at(answered, {**stored, **headers}, settings.default_ttl, settings.max_ttl)
-            if entry.blob and catalog.refresh(entry.key, entry.blob, until, headers.get("cache-control")):
-                index.ready(entry.key)  # capture nodes dropped it when it expired
-                log.info("revalidated %s (%s): fresh for %.0fs more", entry.key, reason, until - answered)
-        elif outcome in ("changed", "gone"):
-            if evict(catalog, blobs, entry.key, outcome, expect_state=EntryState.READY, on_removed=removed):
-                log.info("revalidated %s (%s): %s, evicted: %s", entry.key, reason, outcome, entry.url)
-        else:
-            log.warning("revalidation of %s failed (%s): not served until it succeeds: %s", entry.key, reason,
-                        entry.url)
+        done[revalidate_entry(catalog, blobs, resolver, settings, entry, now, index)] += 1
     return done
+
+
+def revalidate_entry(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Settings, entry: EntryView,
+                     now: float, index: IndexNotifier = NO_INDEX) -> str:
+    """One conditional HEAD of an expired ready entry under its revalidation claim (one per key at a
+    time, across workers); returns the outcome, or "busy" when another worker is on it."""
+    token = str(uuid.uuid4())
+    if not catalog.begin_revalidation(entry.key, token, now, settings.revalidate_lease):
+        return "busy"
+    outcome, reason, headers = _revalidate_one(entry, resolver, settings)
+    if outcome == "fresh":
+        stored = {name: getattr(entry, field) for field, name in STORED_HEADERS if getattr(entry, field)}
+        answered = time.time()
+        until = settings.refresh_policy().fresh_until(answered, {**stored, **headers}, entry.host,
+                                                      urlsplit(entry.url).path)
+        if entry.blob and catalog.refresh(entry.key, entry.blob, until, headers.get("cache-control")):
+            index.ready(entry.key, until)  # capture nodes dropped it when it expired
+            log.info("revalidated %s (%s): fresh for %.0fs more", entry.key, reason, until - answered)
+            return outcome
+    elif outcome in ("changed", "gone"):
+        removed = forgetting(catalog, settings, index.removed)  # the policy releases the key's space too
+        if evict(catalog, blobs, entry.key, outcome, expect_state=EntryState.READY, on_removed=removed):
+            log.info("revalidated %s (%s): %s, evicted: %s", entry.key, reason, outcome, entry.url)
+            return outcome
+    else:
+        log.warning("revalidation of %s failed (%s): not served until it succeeds: %s", entry.key, reason,
+                    entry.url)
+    catalog.end_revalidation(entry.key, token, None if outcome == "fresh" else f"revalidation: {reason}")
+    return outcome
 
 
 def _revalidate_one(entry: EntryView, resolver: Resolver, settings: Settings) -> tuple[str, str, dict[str, str]]:

@@ -18,10 +18,13 @@ from cachetap.wire import INDEX_EXCHANGE, INDEX_READY, INDEX_REMOVED, INDEX_ROUT
 log = logging.getLogger(__name__)
 
 
-def publish_index_event(app: Celery, op: str, keys: Iterable[str]) -> bool:
-    """Broadcast `op` (INDEX_READY or INDEX_REMOVED) for `keys`; False (and a log line) if it could not."""
+def publish_index_event(app: Celery, op: str, keys: Iterable[str],
+                        expires: Iterable[float | None] | None = None) -> bool:
+    """Broadcast `op` (INDEX_READY or INDEX_REMOVED) for `keys`, with each key's deadline when given;
+    False (and a log line) if it could not."""
     keys = list(keys)
-    body = index_event(op, keys)  # an unknown op raises here, before anything is sent
+    # An unknown op or a wrong number of expiries raises here, before anything is sent.
+    body = index_event(op, keys, None if expires is None else list(expires))
     if not keys:
         return True
     try:
@@ -45,9 +48,9 @@ class IndexNotifier:
     def __init__(self, app: Celery | None = None) -> None:
         self.app = app
 
-    def ready(self, key: str) -> None:
+    def ready(self, key: str, expires: float | None = None) -> None:
         if self.app is not None:
-            publish_index_event(self.app, INDEX_READY, [key])
+            publish_index_event(self.app, INDEX_READY, [key], expires=[expires])
 
     def removed(self, key: str) -> None:
         if self.app is not None:

@@ -92,6 +92,7 @@ class Resource:
     extra_length: int = 0              # announce this many bytes more than exist (lying Content-Length)
     change_after: int | None = None    # content and ETag change once this many requests were answered
     version: int = 0                   # bumped by change_after or Origin.change()
+    mtime: int | None = None           # Last-Modified in epoch seconds (default: a fixed date in 2023)
 
 
 @dataclass
@@ -261,7 +262,9 @@ def _etag(res: Resource, seed: str) -> str:
 
 
 def _mtime(res: Resource, version: int) -> int:
-    return int(res.file.stat().st_mtime) if res.file is not None else BASE_MTIME + 3600 * version
+    if res.file is not None:
+        return int(res.file.stat().st_mtime)
+    return (BASE_MTIME if res.mtime is None else res.mtime) + 3600 * version
 
 
 def _content(res: Resource, seed: str, start: int, end: int, chunk: int):
