@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cachetap.core.refresh import RefreshPolicy, rules_from
+from cachetap.settings_sources import describe_errors, env_value, parse_size, unknown_key_message
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -41,8 +42,8 @@ DEFAULT_CONTENT_TYPES = [
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "cachetap"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "cachetap"  # "~/.cache" stays as it is with no HOME: the writability check names it
 
 
 class RefreshRuleSetting(BaseModel):
@@ -160,6 +161,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"not a MAC address (aa:bb:cc:dd:ee:ff): {mac!r}")
         return mac
 
+    @field_validator("min_size", "max_size", "disk_quota", "min_free_bytes", "download_min_split_size", mode="before")
+    @classmethod
+    def _size_with_unit(cls, value: Any) -> Any:
+        return parse_size(value)
+
     @field_validator("http_ports")
     @classmethod
     def _ports_valid(cls, ports: list[int]) -> list[int]:
@@ -205,8 +211,9 @@ class Settings(BaseSettings):
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
                                    env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment beats the file (init values carry the TOML file's contents).
-        return (env_settings, init_settings)
+        # load_settings merges file and CACHETAP_* environment itself, remembering where each value
+        # came from, so that an error can name the file or the variable that held it.
+        return (init_settings,)
 
     # --- derived values -----------------------------------------------------------------------
     def refresh_policy(self) -> RefreshPolicy:
@@ -261,39 +268,63 @@ def config_path_from_env() -> Path | None:
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Load settings from a TOML file (optional), the environment and explicit overrides.
+    """Load settings from a TOML file (optional), the CACHETAP_* environment (which wins) and
+    explicit overrides.
 
-    Raises ConfigError naming each bad key and why.
+    Raises ConfigError naming each bad key, the file or variable that held it, and why.
     """
     config_file = config_file or config_path_from_env()
-    file_values: dict[str, Any] = {}
+    fields = Settings.model_fields
+    values: dict[str, Any] = {}
+    origin_of: dict[str, str] = {}
+    problems: list[str] = []
     if config_file is not None:
         try:
             with open(config_file, "rb") as fh:
                 file_values = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {config_file}: not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {config_file}: is a directory, not a TOML file") from None
+        except PermissionError:
+            raise ConfigError(f"config file {config_file}: not readable by this user") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {config_file}: not valid TOML: {exc}") from None
         # A [cachetap] table is accepted as well as top-level keys.
         file_values = file_values.get("cachetap", file_values)
-    env_keys = {k for k in os.environ if k.startswith("CACHETAP_") and k != "CACHETAP_CONFIG"}
-    unknown_env = sorted(k for k in env_keys if k[len("CACHETAP_"):].lower() not in Settings.model_fields)
-    if unknown_env:
-        raise ConfigError("\n".join(f"{k}: unknown setting" for k in unknown_env))
+        for key, value in file_values.items():
+            if key not in fields:
+                problems.append(unknown_key_message(key, fields, str(config_file)))
+            else:
+                values[key], origin_of[key] = value, str(config_file)
+    for var in sorted(os.environ):
+        if not var.startswith("CACHETAP_") or var == "CACHETAP_CONFIG":
+            continue
+        key = var[len("CACHETAP_"):].lower()
+        if key not in fields:
+            problems.append(unknown_key_message(key, fields, var, env=True))
+            continue
+        try:
+            values[key] = env_value(os.environ[var], _kind(fields[key].annotation))
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            problems.append(f"{var}: {key} = {os.environ[var]!r}: {exc}")
+            continue
+        origin_of[key] = var
+    if problems:
+        raise ConfigError("\n".join(problems))
+    for key in overrides:
+        origin_of.setdefault(key, "override")
     try:
-        settings = Settings(**file_values)
-        if overrides:
-            settings = Settings.model_validate({**settings.model_dump(), **overrides})
+        return Settings(**{**values, **overrides})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, config_file)) from None
-    return settings
+        raise ConfigError(describe_errors(exc.errors(), origin_of)) from None
 
 
-def _describe(exc: ValidationError, config_file: Path | None) -> str:
-    where = f" (from {config_file} or CACHETAP_* environment)" if config_file else ""
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "settings"
-        lines.append(f"{key}: {err['msg']}{where}")
-    return "\n".join(lines)
+def _kind(annotation: Any) -> str:
+    text = str(annotation)
+    return "list" if text.startswith("list") else "dict" if text.startswith("dict") else "scalar"
+
+
+def field_help() -> dict[str, str]:
+    """Each setting's help text (for `cachetap config show`)."""
+    return {name: field.description or "" for name, field in Settings.model_fields.items()}

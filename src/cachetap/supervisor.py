@@ -19,6 +19,8 @@ from cachetap.settings import Settings
 
 log = logging.getLogger(__name__)
 
+EXIT_CONFIG = 78  # sysexits EX_CONFIG: a child that needs the operator to fix something is not restarted
+
 
 @dataclass
 class Child:
@@ -96,6 +98,11 @@ class Supervisor:
             if proc is not None and proc.poll() is None:
                 if now - child.started_at > self.max_backoff:
                     child.restarts = 0  # ran long enough: forget old crashes
+                continue
+            if proc is not None and proc.returncode == EXIT_CONFIG:
+                log.error("%s stopped: its configuration needs fixing (see its message above); not restarted",
+                          child.name)
+                child.process, child.next_start = None, float("inf")
                 continue
             if proc is not None:
                 delay = min(2 ** child.restarts, self.max_backoff)

@@ -62,7 +62,7 @@ def test_prefetch_shows_progress_until_ready_and_status_reports_it(tmp_path, ori
     overall = cachetap(settings, "status")
     assert overall.returncode == 0 and "ready 1" in overall.stdout
     unknown = cachetap(settings, "status", "00000000-0000-0000-0000-000000000000")
-    assert unknown.stdout.startswith("00000000-0000-0000-0000-000000000000: PENDING")
+    assert unknown.returncode == 1 and "00000000-0000-0000-0000-000000000000: unknown" in unknown.stderr
     again = cachetap(settings, "prefetch", url)
     assert again.returncode == 0 and "already ready" in again.stderr
 
@@ -91,7 +91,7 @@ def test_detached_prefetch_is_listed_in_progress_and_failures_name_the_reason(tm
         assert follow.returncode == 0 and "already downloading" in follow.stderr, follow.stderr
         assert cachetap(settings, "status", task_id).stdout.startswith(f"{task_id}: SUCCESS")
     rejected = cachetap(settings, "prefetch", f"http://files.test:{origin.port}/tiny.iso")
-    assert rejected.returncode == 1 and "too_small" in rejected.stderr
+    assert rejected.returncode == 1 and "too_small" in rejected.stderr and "below min_size" in rejected.stderr
     missing = cachetap(settings, "prefetch", f"http://files.test:{origin.port}/missing.iso")
     assert missing.returncode == 1 and "probe_status_404" in missing.stderr
     bad = cachetap(settings, "prefetch", "ftp://files.test/x.iso")

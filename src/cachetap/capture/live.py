@@ -75,7 +75,8 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
     _shorten_switch_interval()
     _freeze_startup_objects()
 
-    log.info("capturing on %s (mode %s) with filter: %s", settings.interface, settings.mode, bpf)
+    log.info("capturing on %s (mode %s)", settings.interface, settings.mode)
+    log.debug("capture filter: %s", bpf)
     next_expire = next_stats = time.monotonic()
     try:
         with source:

@@ -38,7 +38,7 @@ def replay(ctx: Context, capture_file: Path, dry_run: bool, quiet: bool) -> None
 
     summary = replay_capture(settings, capture_file, app=app, each=None if quiet else show)
     if "error" in summary:
-        raise click.ClickException(f"{capture_file}: {summary['error']}")
+        raise click.ClickException(f"{summary['error']}; replay reads pcap or pcapng files (tcpdump -w FILE)")
     summary["dry_run"] = dry_run
     out.write(json.dumps({"summary": summary}) + "\n")
 
@@ -49,10 +49,43 @@ def replay(ctx: Context, capture_file: Path, dry_run: bool, quiet: bool) -> None
 def capture(ctx: Context, interface: str | None) -> None:
     """Run the live capture process (needs root or CAP_NET_RAW)."""
     from cachetap.capture.live import run_live_capture
+    from cachetap.capture.sniffer import CaptureOpenError
     from cachetap.tasks.app import create_app
 
     settings = ctx.settings(**({"interface": interface} if interface else {}))
     setup_logging(settings.log_level)
     if not settings.interface:
-        raise click.ClickException("no interface: set `interface` in the config, CACHETAP_INTERFACE, or -i")
-    run_live_capture(settings, create_app(settings))
+        raise ConfigProblem("no interface: set `interface` in the config, CACHETAP_INTERFACE, or -i")
+    try:
+        check_interface(settings.interface)
+        run_live_capture(settings, create_app(settings))
+    except CaptureOpenError as exc:
+        raise ConfigProblem(capture_fix(str(exc), settings.interface)) from None
+
+
+class ConfigProblem(click.ClickException):
+    """A mistake only the operator can fix: exit status 78 (EX_CONFIG), which `cachetap run`
+    does not restart."""
+    exit_code = 78
+
+
+def check_interface(name: str) -> None:
+    """Raise ConfigProblem naming the interfaces that exist when `name` is not one of them."""
+    import socket
+
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        names = ", ".join(n for _, n in socket.if_nameindex())
+        raise ConfigProblem(f"cannot capture on {name}: no such network interface (this machine has: {names}); "
+                            "set `interface` or -i to one of them") from None
+
+
+def capture_fix(message: str, interface: str) -> str:
+    if "permission denied" not in message:
+        return message
+    caps = "CAP_NET_RAW CAP_SYS_NICE"
+    return (f"cannot capture on {interface}: permission denied, the capture needs CAP_NET_RAW (only the capture).\n"
+            f"Under systemd: AmbientCapabilities={caps} in its unit (`cachetap deploy systemd` writes it); "
+            f"by hand as root: setpriv --reuid=cachetap --regid=cachetap --init-groups "
+            f"--inh-caps=+net_raw,+sys_nice --ambient-caps=+net_raw,+sys_nice cachetap capture -i {interface}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 
 import click
 
@@ -13,6 +14,21 @@ from cachetap.core import lifecycle
 from cachetap.core.lifecycle import EntryState
 
 POLL_EVERY = 0.5
+# What to change when the probe rejects an object the operator asked for by name.
+PROBE_FIXES = {
+    "too_small": ("min_size", "{size} bytes is below min_size ({limit} bytes); to cache it lower min_size, "
+                              "e.g. CACHETAP_MIN_SIZE={size}"),
+    "too_large": ("max_size", "{size} bytes is above max_size ({limit} bytes); to cache it raise max_size, "
+                              "e.g. CACHETAP_MAX_SIZE={size}"),
+    "content_type": ("content_types", "its type {ctype!r} is not among content_types; add it there"),
+}
+
+
+def _fix(reason: str, entry, settings) -> str:
+    if reason not in PROBE_FIXES or entry is None:
+        return ""
+    name, text = PROBE_FIXES[reason]
+    return " (" + text.format(size=entry.size, limit=getattr(settings, name), ctype=entry.content_type) + ")"
 
 
 @cli.command()
@@ -25,6 +41,7 @@ def prefetch(ctx: Context, url: str, detach: bool) -> None:
     from cachetap.core.keys import BadTarget, cache_key, canonical_url, host_of
     from cachetap.core.types import Sighting
     from cachetap.tasks.admit import ADMITTED, admit_key
+    from cachetap.settings import mask_url
     from cachetap.tasks.app import create_app
 
     settings = ctx.settings()
@@ -52,12 +69,16 @@ def prefetch(ctx: Context, url: str, detach: bool) -> None:
     if admission.outcome == EntryState.FAILED:
         raise click.ClickException(f"probe of {canonical} failed: {admission.reason.removeprefix('probe: ')}")
     if admission.outcome == EntryState.REJECTED:
-        raise click.ClickException(f"{canonical} is not cacheable: {admission.reason}")
+        reason = admission.reason or ""
+        raise click.ClickException(f"{canonical} is not cacheable: {reason}{_fix(reason, catalog.get(key), settings)}")
     if admission.outcome != ADMITTED:
         raise click.ClickException(f"{key} is being probed by another worker; try again shortly")
     if admission.task_id is None:
-        raise click.ClickException(f"{key} is queued but the broker refused the download job "
-                                   f"({admission.reason}); check broker_url, the job is re-sent on its own")
+        # Not left queued under a job nobody will run: the next prefetch or admission starts afresh.
+        catalog.mark(key, EntryState.FAILED, reason=f"broker unreachable: {admission.reason}"[:500],
+                     claim_token=None, claimed_at=None)
+        raise click.ClickException(f"cannot reach the broker at {mask_url(settings.effective_broker_url)} "
+                                   f"({admission.reason}); start it or fix broker_url, then run prefetch again")
     click.echo(admission.task_id)
     if not detach:
         _follow(catalog, key)
@@ -86,6 +107,12 @@ def _follow(catalog, key: str) -> None:
     click.echo(f"ready {key} {entry.stored_size} bytes digest {entry.blob}")
 
 
+def _issued(settings, task_id: str) -> bool:
+    from cachetap.cli.catalog_cmds import open_catalog
+
+    return open_catalog(settings).by_task_id(task_id) is not None
+
+
 @cli.command()
 @click.argument("task_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -98,8 +125,17 @@ def status(ctx: Context, task_id: str | None, as_json: bool) -> None:
 
         from cachetap.tasks.app import create_app
 
+        try:
+            uuid.UUID(task_id)
+        except ValueError:
+            raise click.ClickException(f"{task_id!r} is not a task id (prefetch prints one, like "
+                                       "1b4e28ba-2fa1-11d2-883f-0016d3cca427)") from None
         result = AsyncResult(task_id, app=create_app(settings))
         report = {"task_id": task_id, "state": result.state}
+        if result.state == "PENDING" and not _issued(settings, task_id):
+            # Celery calls every id it has no record of PENDING; the catalog knows the ones we sent.
+            raise click.ClickException(f"{task_id}: unknown (no prefetch or download with this id is known; "
+                                       "results are kept for 6 hours)")
         if result.state == "SUCCESS":
             report["result"] = result.result
         elif result.state in ("FAILURE", "RETRY"):

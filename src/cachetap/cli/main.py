@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import json
 import sys
+import textwrap
 from pathlib import Path
 
 import click
@@ -22,7 +24,7 @@ class Context:
         self.keep_privileges = keep_privileges  # run and capture need root; the rest act as cache_dir's owner
         self._settings: Settings | None = None
 
-    def settings(self, **overrides) -> Settings:
+    def settings(self, need_cache_dir: bool = True, **overrides) -> Settings:
         if self._settings is None or overrides:
             try:
                 self._settings = load_settings(self.config_file, **overrides)
@@ -32,7 +34,22 @@ class Context:
                 from cachetap.privileges import become_cache_owner
 
                 become_cache_owner(self._settings.cache_dir, self._settings.run_as_user)
+        if need_cache_dir:
+            ensure_cache_dir(self._settings.cache_dir)
         return self._settings
+
+
+def ensure_cache_dir(path: Path) -> None:
+    """Create cache_dir if needed; a path we cannot write is named with the way to choose another."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise click.ClickException(
+            f"cache_dir {path} is not writable ({exc.strerror or exc}); set cache_dir in the config file "
+            "or CACHETAP_CACHE_DIR, e.g. CACHETAP_CACHE_DIR=/var/cache/cachetap") from None
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -68,16 +85,31 @@ def config() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
 @pass_ctx
 def config_show(ctx: Context, as_json: bool) -> None:
-    """Print the effective settings (file + environment), secrets masked."""
-    data = ctx.settings().masked()
+    """Print the effective settings (file + environment), secrets masked, each with its help text."""
+    from cachetap.settings import field_help
+
+    data = ctx.settings(need_cache_dir=False).masked()
     if as_json:
-        import json
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
-    unset = sorted(k for k, v in data.items() if v is None)
-    click.echo(tomli_w.dumps({k: v for k, v in sorted(data.items()) if v is not None}), nl=False)
-    for key in unset:
-        click.echo(f"# {key} is unset")
+    helps = field_help()
+    for key in sorted(data):
+        for line in textwrap.wrap(helps.get(key, ""), width=98):
+            click.echo(f"# {line}")
+        value = data[key]
+        if value is None:
+            click.echo(f"# {key} is unset\n")
+        else:
+            click.echo(f"{key} = {toml_inline(value)}\n")
+
+
+def toml_inline(value) -> str:
+    """A value as TOML on one line (tables inline), so that every key stays at the top level."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_inline(v)}" for k, v in value.items() if v is not None) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_inline(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value})[4:].strip()
 
 
 def main() -> None:

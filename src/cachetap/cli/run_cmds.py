@@ -41,6 +41,9 @@ def run(ctx: Context, interface: str | None, no_capture: bool) -> None:
         os.environ["CACHETAP_INTERFACE"] = interface  # children load settings themselves
     settings = ctx.settings(**({"interface": interface} if interface else {}))
     setup_logging(settings.log_level)
+    if settings.interface and not no_capture:
+        from cachetap.cli.capture_cmds import check_interface
+        check_interface(settings.interface)
     user = service_user(settings)
     if user is not None:  # the children run as this user: cache_dir and all in it must be theirs
         settings.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -306,6 +306,10 @@ class Catalog:
         found = self._select(sa.select(ENTRIES).where(ENTRIES.c.key == key))
         return found[0] if found else None
 
+    def by_task_id(self, task_id: str) -> EntryView | None:
+        rows = self._select(sa.select(ENTRIES).where(ENTRIES.c.task_id == str(task_id)[:64]).limit(1))
+        return rows[0] if rows else None
+
     def entries(self, limit: int = 100, state: str | None = None) -> list[EntryView]:
         """Entries most recently requested first."""
         stmt = sa.select(ENTRIES).order_by(ENTRIES.c.last_hit.desc(), ENTRIES.c.id.desc()).limit(max(0, int(limit)))
