@@ -21,6 +21,7 @@ The systemd equivalent (README, "Security model"): `User=cachetap`, and for the 
 from __future__ import annotations
 
 import os
+import signal
 import pwd
 import stat
 import subprocess
@@ -87,11 +88,13 @@ def as_user(argv: list[str], user: ServiceUser, caps: str = "") -> list[str]:
 
 
 def die_with_supervisor() -> None:
-    """Called by every child of `cachetap run` at start (CLI and Celery entry points): stop when the
-    supervisor dies. Set here, after the user id change that would clear it."""
+    """Called by every child of `cachetap run` at start (CLI and Celery entry points): die when the
+    supervisor dies. Set here, after the user id change that would clear it. SIGKILL: a Celery
+    worker's own shutdown takes seconds; its pool processes, aria2c and the cache server's workers
+    each die with their parent in turn."""
     pid = os.environ.get(SUPERVISOR_PID_ENV)
     if pid and pid.isdigit():
-        die_with_parent(int(pid))
+        die_with_parent(int(pid), signal.SIGKILL)
 
 
 def become_cache_owner(cache_dir: Path, run_as_user: str) -> None:

@@ -1,8 +1,15 @@
 """Start and watch the processes of an all-in-one `cachetap run`.
 
 Each child runs in its own session so that a Ctrl-C in the terminal reaches only the supervisor, which
-then stops the children in order with SIGTERM (Celery's warm shutdown) and, after a grace period, SIGKILL.
-A child that dies on its own is restarted with a growing back-off, so one crash does not end the service.
+then stops the children: Celery workers with SIGQUIT (cold shutdown: running downloads are not waited
+for, they resume from their partial file on the next start), the others with SIGTERM, and after a
+short grace period whatever is left of each child's process group with SIGKILL. Only each child's
+main process is signalled, so a worker ends its own pool without logging it as a crash.
+
+A child dies with the supervisor too (privileges.die_with_supervisor: SIGKILL on the supervisor's death,
+set by the child after any user change), so a `kill -9` of `cachetap run` leaves nothing holding the
+port or the catalog. A child that dies on its own is restarted with a growing back-off, so one crash does not end the service; one that exits with
+EXIT_CONFIG is not, since only the operator can fix it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from cachetap.settings import Settings
 
 log = logging.getLogger(__name__)
 
+LOG_WRITERS = ("serve", "capture")  # the children that write the access log
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: a child that needs the operator to fix something is not restarted
 
 
@@ -26,6 +34,7 @@ EXIT_CONFIG = 78  # sysexits EX_CONFIG: a child that needs the operator to fix s
 class Child:
     name: str
     argv: list[str]
+    stop_signal: int = signal.SIGTERM
     process: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -40,19 +49,20 @@ def plan_children(settings: Settings, python: str, capture: bool = True,
     With `user` (started as root), every child runs as that user and only the capture keeps
     CAP_NET_RAW and CAP_SYS_NICE (privileges.py). cache_dir is resolved here once: a child whose HOME
     still says /root would otherwise derive another default."""
-    celery = [python, "-m", "celery", "-A", "cachetap"]
-    level = ["--loglevel", settings.log_level]
+    celery = [python, "-m", "celery", "-A", "cachetap", "--quiet"]  # no banner
+    level = ["--loglevel", settings.log_level]  # WARNING by default: Celery logs every task at INFO
     quiet = ["--without-gossip", "--without-mingle"] if settings.embedded_broker else []
+    cold = signal.SIGQUIT  # Celery's cold shutdown: running downloads are not waited for
     children = [
-        Child("analyze", celery + ["worker", "-Q", "analyze", "-c", "2", "-n", "analyze@%h", *quiet, *level]),
+        Child("analyze", celery + ["worker", "-Q", "analyze", "-c", "2", "-n", "analyze@%h", *quiet, *level], cold),
         # Downloads spend their time waiting on aria2, so threads are enough and cost no extra memory.
         Child("download", celery + ["worker", "-Q", "download", "-P", "threads",
                                     "-c", str(settings.download_max_concurrent),
-                                    "-n", "download@%h", *quiet, *level]),
+                                    "-n", "download@%h", *quiet, *level], cold),
         Child("schedule", celery + ["worker", "-Q", "schedule,capture", "-c", "1", "-n", "schedule@%h",
-                                    *quiet, *level]),
+                                    *quiet, *level], cold),
         Child("beat", celery + ["beat", "-s", str(settings.cache_dir / "beat-schedule"), *level]),
-        Child("serve", [python, "-m", "cachetap", "serve"]),
+        Child("serve", [python, "-m", "cachetap", "serve", "--quiet"]),
     ]
     if capture and settings.interface:
         children.append(Child("capture", [python, "-m", "cachetap", "capture"]))
@@ -66,7 +76,7 @@ def plan_children(settings: Settings, python: str, capture: bool = True,
 
 
 class Supervisor:
-    def __init__(self, children: list[Child], grace: float = 30.0, max_backoff: float = 60.0) -> None:
+    def __init__(self, children: list[Child], grace: float = 1.5, max_backoff: float = 60.0) -> None:
         self.children = children
         self.grace = grace
         self.max_backoff = max_backoff
@@ -75,12 +85,19 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGUSR1, self._reopen_logs)
         for child in self.children:
             self._start(child)
         while not self._stopping:
             self._watch()
             time.sleep(0.2)
         return self._stop_all()
+
+    def _reopen_logs(self, signum, _frame) -> None:
+        """USR1 (logrotate moved the access log): the processes that write it reopen it."""
+        for child in self.children:
+            if child.name in LOG_WRITERS and child.process is not None and child.process.poll() is None:
+                _signal(child.process.pid, signum)
 
     def _request_stop(self, signum, _frame) -> None:
         log.info("signal %s: stopping", signum)
@@ -89,7 +106,7 @@ class Supervisor:
     def _start(self, child: Child) -> None:
         child.process = subprocess.Popen(child.argv, start_new_session=True, env=child.env)
         child.started_at = time.monotonic()
-        log.info("%s started (pid %d)", child.name, child.process.pid)
+        log.debug("%s started (pid %d)", child.name, child.process.pid)
 
     def _watch(self) -> None:
         now = time.monotonic()
@@ -116,21 +133,25 @@ class Supervisor:
     def _stop_all(self) -> int:
         running = [c for c in self.children if c.process and c.process.poll() is None]
         for child in reversed(running):  # capture and server first, then the workers behind them
-            _signal_group(child.process, signal.SIGTERM)
+            _signal(child.process.pid, child.stop_signal)
         deadline = time.monotonic() + self.grace
         for child in running:
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0fs: killing", child.name, self.grace)
-                _signal_group(child.process, signal.SIGKILL)
+                # Expected for Celery workers, whose shutdown takes seconds after their tasks ended.
+                log.debug("%s still running after %.1fs: killing", child.name, self.grace)
+        for child in self.children:  # leftovers: a pool process, an aria2c, a child that hung
+            if child.process is not None:
+                _signal(-child.process.pid, signal.SIGKILL)
                 child.process.wait()
         log.info("all stopped")
         return 0
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+def _signal(pid: int, sig: int) -> None:
+    """Signal a process (pid > 0) or a process group (pid < 0) that may be gone already."""
     try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
         pass

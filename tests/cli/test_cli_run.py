@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,8 @@ import psutil
 import pytest
 
 from cachetap.testing.waiting import free_port, wait_for
+
+CACHETAP = str(Path(sys.executable).with_name("cachetap"))
 
 
 def start_run(cache_dir, **settings: str) -> tuple[subprocess.Popen, dict[str, str]]:
@@ -31,24 +34,93 @@ def start_run(cache_dir, **settings: str) -> tuple[subprocess.Popen, dict[str, s
     return proc, env
 
 
-def test_run_starts_everything_and_stops_cleanly_on_sigterm(tmp_path):
-    proc, _ = start_run(tmp_path / "cache", run_as_user="")  # tmp_path: only root can reach it
+def start_watched(tmp_path):
+    """`cachetap run` (children as the invoking user) once its workers and beat run: (proc, env, children)."""
+    proc, env = start_run(tmp_path / "cache", run_as_user="")  # tmp_path: only root can reach it
+    parent = psutil.Process(proc.pid)
+    cmdlines = lambda: [" ".join(p.cmdline()) for p in parent.children(recursive=True)]  # noqa: E731
+    wait_for(lambda: sum("worker" in c for c in cmdlines()) >= 3 and any(" beat" in c for c in cmdlines()),
+             "three workers and beat", timeout=120, step=0.5)
+    return proc, env, parent.children(recursive=True)
+
+
+def test_run_starts_quietly_refuses_a_second_instance_and_stops_within_3s_on_sigterm(tmp_path):
+    proc, env, children = start_watched(tmp_path)
     try:
-        parent = psutil.Process(proc.pid)
-        cmdlines = lambda: [" ".join(p.cmdline()) for p in parent.children(recursive=True)]  # noqa: E731
-        wait_for(lambda: sum("worker" in c for c in cmdlines()) >= 3 and any(" beat" in c for c in cmdlines()),
-                 "three workers and beat", timeout=120, step=0.5)
-        children = parent.children(recursive=True)
         assert (tmp_path / "cache" / "catalog.sqlite").exists()
+        second = subprocess.run([CACHETAP, "run"], env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert second.stderr.strip() == (f"Error: cachetap is already running on {tmp_path / 'cache'} "
+                                         f"(pid {proc.pid}); stop it first or give this one another cache_dir")
+        time.sleep(2)  # let every child finish starting and say whatever it says
+        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=90)
+        stopped_in = time.monotonic() - started
+        gone, alive = psutil.wait_procs(children, timeout=max(0.1, 3.0 - stopped_in))
+        print(f"stopped in {stopped_in:.2f}s; output:\n{output}")
         assert proc.returncode == 0, output
-        gone, alive = psutil.wait_procs(children, timeout=30)
         assert not alive, [p.cmdline() for p in alive]
+        assert stopped_in < 3.0, output
         assert "all stopped" in output
+        assert " ERROR " not in output and "ERROR/" not in output and "Traceback" not in output, output
+        lines = output.splitlines()
+        assert lines[0].startswith("cachetap ") and f"data     {tmp_path / 'cache'}" in output
+        assert "capture  off (no interface" in output and "cache    http://127.0.0.1:" in output
+        before_stop = lines[:next(i for i, line in enumerate(lines) if "stopping" in line)]
+        assert len(before_stop) <= 8, output  # the summary, not banners and plugin logs
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_kill_9_of_run_leaves_no_child_behind(tmp_path):
+    proc, env, children = start_watched(tmp_path)
+    assert len(children) >= 5
+    proc.kill()
+    proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=3)
+    assert not alive, [p.cmdline() for p in alive]
+    again, env, children = start_watched(tmp_path)  # the lock died with it: a new run starts at once
+    again.send_signal(signal.SIGTERM)
+    again.communicate(timeout=60)
+    psutil.wait_procs(children, timeout=5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="capturing on lo needs root or CAP_NET_RAW")
+def test_kill_9_of_capture_leaves_no_child_behind(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
+    env.update(CACHETAP_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen([CACHETAP, "capture", "-i", "lo"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, proc.communicate()[0]
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()
+        proc.wait()
+        gone, alive = psutil.wait_procs(children, timeout=3)
+        assert not alive
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_child_that_exits_with_a_config_error_is_not_restarted():
+    from cachetap.supervisor import EXIT_CONFIG, Child, Supervisor
+
+    crashing = Child("crashing", [sys.executable, "-c", "raise SystemExit(3)"])
+    misconfigured = Child("capture", [sys.executable, "-c", f"raise SystemExit({EXIT_CONFIG})"])
+    supervisor = Supervisor([crashing, misconfigured], max_backoff=0.2)
+    for child in supervisor.children:
+        supervisor._start(child)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        supervisor._watch()
+        time.sleep(0.05)
+    assert crashing.restarts >= 3
+    assert misconfigured.restarts == 0 and misconfigured.process is None
+    supervisor._stop_all()
 
 
 def test_run_with_bad_config_fails_naming_the_key(tmp_path):

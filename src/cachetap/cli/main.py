@@ -13,6 +13,7 @@ import click
 import tomli_w
 
 from cachetap import __version__
+from cachetap.logs import quiet_kombu
 from cachetap.settings import ConfigError, Settings, load_settings
 
 
@@ -58,6 +59,10 @@ pass_ctx = click.make_pass_decorator(Context)
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    if level != "DEBUG":  # libraries' start-up chatter (Alembic plugins, migrations) only on request
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    quiet_kombu()
+
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sys
+from pathlib import Path
 
 import click
 
+from cachetap import __version__
 from cachetap.cli.main import Context, cli, pass_ctx, setup_logging
 
 log = logging.getLogger("cachetap.run")
@@ -26,20 +30,22 @@ def worker(ctx: Context, celery_args: tuple[str, ...]) -> None:
 @cli.command()
 @click.option("--interface", "-i", help="Sniff this interface (overrides the `interface` setting).")
 @click.option("--no-capture", is_flag=True, help="Do not start the live capture even if an interface is set.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              help="Log level of every process (overrides `log_level`); debug shows the details of each.")
 @pass_ctx
-def run(ctx: Context, interface: str | None, no_capture: bool) -> None:
+def run(ctx: Context, interface: str | None, no_capture: bool, log_level: str | None) -> None:
     """Run everything on this machine: workers for every queue, beat, cache server, and capture when an
     interface is configured. Stops cleanly on Ctrl-C / SIGTERM."""
-    import os
-
     from cachetap.cli.catalog_cmds import open_catalog
-    from cachetap.privileges import prepare_cache_dir
-    from cachetap.privileges import give_cache_dir, service_user
+    from cachetap.privileges import give_cache_dir, prepare_cache_dir, service_user
     from cachetap.supervisor import Supervisor, plan_children
 
+    overrides = {}
     if interface:
-        os.environ["CACHETAP_INTERFACE"] = interface  # children load settings themselves
-    settings = ctx.settings(**({"interface": interface} if interface else {}))
+        os.environ["CACHETAP_INTERFACE"] = overrides["interface"] = interface  # children load settings themselves
+    if log_level:
+        os.environ["CACHETAP_LOG_LEVEL"] = overrides["log_level"] = log_level.upper()
+    settings = ctx.settings(**overrides)
     setup_logging(settings.log_level)
     if settings.interface and not no_capture:
         from cachetap.cli.capture_cmds import check_interface
@@ -49,11 +55,60 @@ def run(ctx: Context, interface: str | None, no_capture: bool) -> None:
         settings.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         give_cache_dir(settings.cache_dir, user)
     prepare_cache_dir(settings.cache_dir, settings.run_as_user)
+    lock = hold_instance_lock(settings.cache_dir)  # noqa: F841  (held until this process ends)
     open_catalog(settings).engine.dispose()  # migrate once before the workers start
     if user is not None:
         give_cache_dir(settings.cache_dir, user)  # the catalog files the migration made as root
-        log.info("workers, beat and cache server run as %s; capture with CAP_NET_RAW and CAP_SYS_NICE only",
-                 user.name)
+    # Children warn about running as root on their own; the summary below is the start-up output.
+    os.environ["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
     children = plan_children(settings, python=sys.executable, capture=not no_capture, user=user)
-    log.info("starting %s", ", ".join(c.name for c in children))
+    click.echo(startup_summary(settings, children, capture_wanted=not no_capture, user=user), err=True)
     raise SystemExit(Supervisor(children).run())
+
+
+def hold_instance_lock(cache_dir: Path):
+    """One `cachetap run` per cache directory: an flock on cache_dir/run.pid, released by the kernel
+    when this process ends however it ends (kill -9 included), so a stale file never blocks a start."""
+    path = cache_dir / "run.pid"
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        pid = fh.read().strip() or "unknown"
+        fh.close()
+        raise click.ClickException(f"cachetap is already running on {cache_dir} (pid {pid}); stop it first "
+                                   "or give this one another cache_dir") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def startup_summary(settings, children, capture_wanted: bool, user=None) -> str:
+    """What runs, where the data is, capture and mode, the cache server's URL: the whole start-up output."""
+    from cachetap.settings import mask_url
+    from cachetap.web.urls import public_base_url
+
+    names = {c.name for c in children}
+    if "capture" in names:
+        capture = f"on {settings.interface}"
+    elif not capture_wanted:
+        capture = "off (--no-capture)"
+    else:
+        capture = "off (no interface: set `interface` or run -i IFACE)"
+    mode = settings.mode + (" (counts and caches, never redirects)" if settings.mode == "observe" else "")
+    broker = "embedded" if settings.embedded_broker else mask_url(settings.effective_broker_url)
+    workers = f"analyze x2, download x{settings.download_max_concurrent} threads, schedule, beat"
+    return "\n".join([
+        f"cachetap {__version__} running (pid {os.getpid()}), mode {mode}",
+        f"  data     {settings.cache_dir} (catalog {mask_url(settings.effective_database_url).split(':', 1)[0]}, "
+        f"broker {broker})",
+        f"  capture  {capture}",
+        f"  cache    {public_base_url(settings.public_url, settings.serve_host, settings.serve_port)} "
+        f"(listening on {settings.serve_host}:{settings.serve_port})",
+        f"  workers  {workers}" + (f" as {user.name} (capture with CAP_NET_RAW and CAP_SYS_NICE only)"
+                                   if user is not None else ""),
+        "  Ctrl-C or SIGTERM stops everything; --log-level debug shows each process's details.",
+    ])

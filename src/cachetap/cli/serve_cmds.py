@@ -15,8 +15,10 @@ from cachetap.cli.main import Context, cli, pass_ctx, setup_logging
 @click.option("--processes", type=click.IntRange(1, 64), help="Worker processes sharing the port (SO_REUSEPORT).")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="Serve a plain directory instead of the catalog (mirrors, tests, benchmarks).")
+@click.option("--quiet", is_flag=True, hidden=True, help="Do not announce the address (cachetap run prints it).")
 @pass_ctx
-def serve(ctx: Context, host: str | None, port: int | None, processes: int | None, directory: Path | None) -> None:
+def serve(ctx: Context, host: str | None, port: int | None, processes: int | None, directory: Path | None,
+          quiet: bool) -> None:
     """Serve cached objects at /c/<key>/<filename> (GET, HEAD, ranges, conditionals, /healthz)."""
     from cachetap.web.lookup import CatalogLookup, DirectoryLookup
     from cachetap.web.workers import run_server
@@ -38,7 +40,8 @@ def serve(ctx: Context, host: str | None, port: int | None, processes: int | Non
     port = settings.serve_port if port is None else port
 
     def announce(bound: int) -> None:
-        click.echo(f"listening on http://{host}:{bound}", err=True)
+        if not quiet:
+            click.echo(f"listening on http://{host}:{bound}", err=True)
 
     run_server(host, port, lookup, processes=processes or settings.serve_processes, on_ready=announce,
                strip_query_params=settings.strip_query_params, hint_secret=hint_secret,

@@ -37,6 +37,7 @@ from celery import Celery, Task
 from celery.signals import celeryd_after_setup
 
 from cachetap.core.lifecycle import EntryState
+from cachetap.logs import quiet_kombu
 from cachetap.settings import Settings
 from cachetap.tasks.embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
 from cachetap.wire import (QUEUES, ROUTES, SCHEDULE_CLEANUP, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS,
@@ -139,6 +140,7 @@ class CachetapCelery(Celery):
 
 
 def create_app(settings: Settings) -> CachetapCelery:
+    quiet_kombu()
     app = CachetapCelery(settings, task_cls=CachetapTask)
     app.conf.update(celery_config(settings))
     app.conf.include = list(TASK_MODULES)
@@ -240,3 +242,5 @@ def _apply_log_level(sender: str, instance: Any, **_: Any) -> None:
     settings = getattr(instance.app, "settings", None)
     if isinstance(settings, Settings):
         logging.getLogger("cachetap").setLevel(settings.log_level)
+    if settings is None or getattr(settings, "log_level", "") != "DEBUG":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
