@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 
 PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
@@ -22,3 +23,32 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
     _prctl(PR_SET_PDEATHSIG, int(sig))
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), sig)
+
+
+def process_tag() -> str:
+    """"<hostname>:<pid>" of this process: who holds a claim (store column `claimed_by`)."""
+    return f"{socket.gethostname()[:50]}:{os.getpid()}"
+
+
+def tag_is_dead(tag: str | None) -> bool:
+    """True only when `tag` names a process on this machine that no longer exists (a claim held by
+    another machine, or by a live process, is not ours to judge)."""
+    host, _, pid = (tag or "").rpartition(":")
+    if host != socket.gethostname()[:50] or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _zombie(int(pid))  # killed, but not reaped yet by a parent that does not wait
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] in (b"Z", b"X")

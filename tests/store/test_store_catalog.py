@@ -345,3 +345,15 @@ def test_one_revalidation_per_key_at_a_time(catalog, key):
     assert catalog.refresh(key, "b" * 64, T0 + 1000)
     row = catalog.get(key)
     assert row.expires_at == T0 + 1000 and row.claim_token is None and row.reason is None
+
+
+def test_claims_held_on_a_host_and_retake_from_a_dead_holder(catalog, key):
+    assert catalog.claim(key, ["counting"], "downloading", "old", now=T0, stale_after=600)
+    catalog.mark(key, "downloading", token="old", claimed_by="host-a:123")
+    assert [e.key for e in catalog.claims_held_on("host-a", ["downloading"])] == [key]
+    assert catalog.claims_held_on("host-b", ["downloading"]) == []
+    assert catalog.claims_held_on("host-a", ["queued"]) == []
+    assert catalog.retake(key, "old", "new", now=T0 + 1)
+    assert not catalog.retake(key, "old", "newer", now=T0 + 2)  # one winner
+    entry = catalog.get(key)
+    assert (entry.claim_token, entry.claimed_at, entry.claimed_by) == ("new", T0 + 1, None)

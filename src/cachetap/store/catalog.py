@@ -58,6 +58,7 @@ class EntryView:
     expires_at: float | None
     claim_token: str | None
     claimed_at: float | None
+    claimed_by: str | None
     attempts: int
     blob: str | None
     stored_size: int | None
@@ -334,6 +335,19 @@ class Catalog:
                    sa.or_(ENTRIES.c.claimed_at.is_(None), ENTRIES.c.claimed_at < now - stale_after))
             .order_by(ENTRIES.c.claimed_at)
         )
+
+    def claims_held_on(self, host: str, states: Iterable[str]) -> list[EntryView]:
+        """Entries in `states` whose claim a process on `host` holds (`claimed_by` "<host>:<pid>")."""
+        states = [_check_state(s) for s in states]
+        return self._select(sa.select(ENTRIES).where(ENTRIES.c.state.in_(states),
+                                                     ENTRIES.c.claimed_by.like(f"{host}:%")))
+
+    def retake(self, key: str, old_token: str, new_token: str, now: float) -> bool:
+        """Replace the claim `old_token` by `new_token` (its holder died); True for the one winner."""
+        stmt = (sa.update(ENTRIES)
+                .where(ENTRIES.c.key == _check_key(key), ENTRIES.c.claim_token == old_token)
+                .values(claim_token=new_token, claimed_at=now, claimed_by=None, updated_at=now))
+        return self._write(lambda conn: conn.execute(stmt).rowcount == 1)
 
     def ready_keys(self, now: float, chunk: int = 10_000) -> Iterator[tuple[str, float | None]]:
         """(key, expires_at) of what the cache server would serve now (ready, not expired), streamed

@@ -47,6 +47,7 @@ class Entry(Base):
     # the worker currently probing or downloading (see Catalog.claim)
     claim_token: Mapped[str | None] = mapped_column(sa.String(36))
     claimed_at: Mapped[float | None] = mapped_column(sa.Double)
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(64))  # "<hostname>:<pid>" of the holder
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default=sa.text("0"))
     # the stored content
     blob: Mapped[str | None] = mapped_column(sa.String(64))  # BLAKE3 content digest, 64 hex chars

@@ -203,7 +203,8 @@ def embedded_transport_options(broker_dir: Path, polling_interval: float) -> dic
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    reclaim_every = max(30.0, settings.claim_timeout / 4)
+    # Often enough that a download whose worker died resumes within about a lease and a half.
+    reclaim_every = max(5.0, min(settings.claim_timeout / 4, settings.download_lease / 2))
     schedule = {
         "prune-hits": {"task": SCHEDULE_PRUNE_HITS, "schedule": PRUNE_HITS_EVERY},
         "reclaim-stale-claims": {"task": SCHEDULE_RECLAIM, "schedule": reclaim_every},

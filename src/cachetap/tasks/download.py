@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery import shared_task
-from celery.signals import worker_process_shutdown, worker_shutdown
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
 from cachetap.core import lifecycle
 from cachetap.core.freshness import expires_at
@@ -41,12 +41,14 @@ from cachetap.core.lifecycle import EntryState, Event, advance
 from cachetap.fetch.aria2 import Aria2Daemon, Aria2Error, Aria2Options
 from cachetap.fetch.download import DownloadError, download
 from cachetap.fetch.resolver import FetchRefused, Resolver
+from cachetap.lifetime import process_tag, tag_is_dead
 from cachetap.settings import Settings
 from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog, EntryView
 from cachetap.tasks.app import retry_countdown
 from cachetap.tasks.index_events import publish_index_event
 from cachetap.tasks.policy import forget
+from cachetap.tasks.schedule import take_back_dead_claims
 from cachetap.wire import DOWNLOAD_FETCH, INDEX_READY, DownloadJob
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,19 @@ def stop_worker_daemon(**_: Any) -> None:
     log.info("aria2c of worker process %s stopped", os.getpid())
 
 
+@worker_ready.connect
+def take_back_on_start(sender: Any = None, **_: Any) -> None:
+    """A worker that starts (e.g. restarted after its predecessor was killed) sends the downloads that
+    dead processes of this machine held again at once."""
+    app = getattr(sender, "app", None)
+    if app is None or not hasattr(app, "catalog"):
+        return
+    try:
+        take_back_dead_claims(app)
+    except Exception as exc:  # the reclaim pass recovers them after their lease
+        log.warning("taking back downloads of dead workers failed: %s", exc)
+
+
 # ---- the task ------------------------------------------------------------------------------------
 
 @shared_task(bind=True, name=DOWNLOAD_FETCH)
@@ -111,10 +126,11 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
     downloading = advance(EntryState.QUEUED, Event.START)
     taken = (catalog.advance_claim(key, claim, EntryState.QUEUED, downloading, now)
              or catalog.advance_claim(key, claim, downloading, advance(downloading, Event.START), now,
-                                      idle_for=settings.download_lease))
+                                      idle_for=settings.download_lease)
+             or _holder_died(catalog, key, claim, now))
     if not taken:
         return _not_taken(self, catalog, key, claim, settings.download_lease)
-    catalog.mark(key, downloading, token=claim, task_id=self.request.id, speed=0)
+    catalog.mark(key, downloading, token=claim, task_id=self.request.id, speed=0, claimed_by=process_tag())
     started = time.monotonic()
     try:
         daemon = worker_daemon(settings)
@@ -137,7 +153,7 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
             key, advance(downloading, Event.PUBLISH), token=claim, blob=result.digest, size=result.size,
             stored_size=result.size, published_at=now, etag=result.etag, content_type=result.content_type,
             expires_at=deadline, bytes_done=result.size, speed=0,
-            claim_token=None, claimed_at=None)
+            claim_token=None, claimed_at=None, claimed_by=None)
     finally:
         if result.hold is not None:
             result.hold.release()  # the row names the blob now: an eviction of another key keeps it
@@ -168,6 +184,16 @@ def _pinned(job: DownloadJob, resolver: Resolver) -> dict[str, Any]:
     if not addresses:
         raise DownloadError("unresolved", retryable=True, detail=host)
     return {**message, "addresses": addresses}
+
+
+def _holder_died(catalog: Catalog, key: str, claim: str, now: float) -> bool:
+    """A re-delivered job (RabbitMQ at once, Redis after its visibility timeout) whose previous holder
+    was a process of this machine that is gone takes over without waiting for the lease."""
+    entry = catalog.get(key)
+    if entry is None or entry.claim_token != claim or not tag_is_dead(entry.claimed_by):
+        return False
+    log.warning("download of %s was held by %s, which is gone: taking over", key, entry.claimed_by)
+    return catalog.advance_claim(key, claim, EntryState.DOWNLOADING, EntryState.DOWNLOADING, now)
 
 
 def _not_taken(task: Any, catalog: Catalog, key: str, claim: str, lease: float) -> dict[str, Any]:
@@ -214,12 +240,14 @@ def _failed(task: Any, catalog: Catalog, key: str, claim: str, exc: DownloadErro
     Returns the exception for the caller to raise: Celery's Retry, or `exc` after recording it."""
     reason = f"download: {exc}"[:500]
     if exc.retryable and task.request.retries < task.app.settings.download_attempts - 1:
-        # Keep state and token; move claimed_at back by the lease so that this retry (and nothing
-        # else: only holders of the token may take it) can resume at once when it arrives.
+        # Keep state and token; only holders of the token may take it, and this retry can resume at
+        # once when it arrives.
+        # The lease is set to lapse when the retry is due (not at once), so the reclaim pass does not
+        # send the job again meanwhile.
         lease = task.app.settings.download_lease
-        catalog.mark(key, advance(EntryState.DOWNLOADING, Event.PROGRESS), reason=f"retrying: {reason}"[:500],
-                     token=claim, speed=0, claimed_at=time.time() - lease)
         countdown = retry_countdown(task.request.retries)
+        catalog.mark(key, advance(EntryState.DOWNLOADING, Event.PROGRESS), reason=f"retrying: {reason}"[:500],
+                     token=claim, speed=0, claimed_at=time.time() + countdown - lease - 1)
         log.warning("download of %s failed (%s); retry %d in %.0fs", key, exc, task.request.retries + 1, countdown)
         return task.retry(exc=exc, countdown=countdown, max_retries=None, throw=False)
     log.error("download of %s failed for good: %s", key, exc)

@@ -2,13 +2,20 @@
 
 `reclaim` is what makes "no admitted key is lost" hold even on the embedded broker, which cannot
 re-deliver a message whose worker was killed: a `probing` claim older than `claim_timeout` goes back
-to `counting` (the next sightings admit it again); a stale `queued` or `downloading` claim is taken
-over with a fresh token and its download job is sent again.
+to `counting` (the next sightings admit it again); a `queued` claim older than `claim_timeout` and a
+`downloading` claim whose heartbeat stopped for `download_lease` (a running download renews it every
+second, so a dead one is known within the lease) are taken over with a fresh token and their
+download job is sent again. A queued backlog is not re-sent over and over: it has no heartbeat, so
+only `claim_timeout` tells it is lost.
+
+`take_back_dead_claims` runs when a worker starts: downloads held by processes of this machine that no
+longer exist (the worker it replaces) are sent again at once, without waiting for their lease.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import uuid
 from typing import Any
@@ -16,6 +23,8 @@ from typing import Any
 from celery import shared_task
 
 from cachetap.core.lifecycle import EntryState, Event, advance, sources
+from cachetap.lifetime import tag_is_dead
+from cachetap.store.catalog import EntryView
 from cachetap.tasks.app import PROCESSED_MAX_AGE, prune_processed
 from cachetap.wire import (DOWNLOAD_FETCH, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS, SCHEDULE_RECLAIM,
                            DownloadJob, send)
@@ -45,16 +54,37 @@ def reclaim(self: Any) -> dict[str, int]:
                         claim_token=None, claimed_at=None):
             done[EntryState.PROBING] += 1
             log.info("stale probe claim on %s released", entry.key)
-    for entry in catalog.stale_claims(now, stale_after, sources(Event.REQUEUE)):
-        token = str(uuid.uuid4())
-        # An atomic retake of the stale claim (state unchanged), then back to queued under it.
-        if not catalog.claim(entry.key, [], entry.state, token, now=now, stale_after=stale_after):
-            continue
-        catalog.mark(entry.key, advance(entry.state, Event.REQUEUE), token=token, claimed_at=now)
-        send(app, DOWNLOAD_FETCH, DownloadJob.from_entry(entry, token).to_message())
-        done["resent"] += 1
-        log.warning("stale %s claim on %s: download job sent again", entry.state, entry.key)
+    # A queued backlog has no heartbeat: only claim_timeout tells it is lost. A download renews its
+    # lease every second, so one whose heartbeat stopped for download_lease is dead.
+    stale = (catalog.stale_claims(now, stale_after, [EntryState.QUEUED])
+             + catalog.stale_claims(now, app.settings.download_lease, [EntryState.DOWNLOADING]))
+    for entry in stale:
+        if entry.state in sources(Event.REQUEUE) and resend_download(app, entry, now):
+            done["resent"] += 1
+            log.warning("stale %s claim on %s: download job sent again", entry.state, entry.key)
     return done
+
+
+def take_back_dead_claims(app: Any) -> int:
+    """Send again the downloads that processes of this machine held when they died; returns how many."""
+    now = time.time()
+    taken = 0
+    for entry in app.catalog.claims_held_on(socket.gethostname()[:50], [EntryState.DOWNLOADING]):
+        if tag_is_dead(entry.claimed_by) and resend_download(app, entry, now):
+            taken += 1
+            log.warning("download of %s was held by %s, which is gone: sent again", entry.key, entry.claimed_by)
+    return taken
+
+
+def resend_download(app: Any, entry: EntryView, now: float) -> bool:
+    """Take `entry`'s claim over with a fresh token (atomically, from the token it had) and queue its
+    download job again; False when someone else changed the claim first."""
+    catalog, token = app.catalog, str(uuid.uuid4())
+    if entry.claim_token is None or not catalog.retake(entry.key, entry.claim_token, token, now):
+        return False
+    catalog.mark(entry.key, advance(entry.state, Event.REQUEUE), token=token, claimed_at=now)
+    send(app, DOWNLOAD_FETCH, DownloadJob.from_entry(entry, token).to_message())
+    return True
 
 
 @shared_task(bind=True, name=SCHEDULE_PRUNE_BROKER)
