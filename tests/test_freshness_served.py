@@ -32,7 +32,7 @@ from cachetap.testing.origin import Origin, Resource
 from cachetap.testing.workers import CeleryWorker, settings_env
 from cachetap.web.lookup import CatalogLookup
 from cachetap.web.server import CacheServer
-from cachetap.web.urls import object_url
+from cachetap.core.urls import object_url
 
 MiB = 1 << 20
 WAIT = 120
@@ -102,7 +102,7 @@ def test_a_requested_expired_object_is_revalidated_at_once_one_request_at_a_time
     origin.add("/short.iso", Resource(size=2 * MiB, cache_control="max-age=2"))
     url = f"http://files.test:{origin.port}/short.iso"
     key = prefetch(settings, url)
-    sender = analyze_batch_sender(app)
+    sender = analyze_batch_sender(app, settings)
     sighting = Sighting(ts=0, client="127.0.0.1", client_port=40000, server="127.0.0.1", server_port=origin.port,
                         method="GET", host="files.test", url=url, key=key, target="/short.iso")
     in_index: list[bool] = []

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cachetap.core.refresh import RefreshPolicy, rules_from
-from cachetap.settings_sources import describe_errors, env_value, parse_size, unknown_key_message
+from cachetap.core.config_text import describe_errors, env_value, parse_size, unknown_key_message
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

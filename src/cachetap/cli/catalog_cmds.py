@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cachetap.cli.main import Context, cli, pass_ctx
+from cachetap.core.lifecycle import EntryState
 
 if TYPE_CHECKING:
     from cachetap.settings import Settings
@@ -24,7 +25,7 @@ def open_catalog(settings: Settings) -> Catalog:
     return open_at(settings.effective_database_url)
 
 
-STATES = ("counting", "probing", "queued", "downloading", "ready", "rejected", "failed")
+STATES = tuple(state.value for state in EntryState)
 
 
 @cli.command("ls")
@@ -36,7 +37,8 @@ def ls(ctx: Context, state: str | None, limit: int, as_json: bool) -> None:
     """List catalog entries, most recently requested first: hits, state, whether the cache serves
     them now (and why not), and the URL clients are sent to."""
     from cachetap.core.serving import serving
-    from cachetap.web.urls import object_url, public_base_url
+    from cachetap.core.urls import object_url
+    from cachetap.web.urls import public_base_url
 
     settings = ctx.settings()
     catalog = open_catalog(settings)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cachetap.core.lifecycle import EntryState
+
 
 @dataclass(frozen=True)
 class Serving:
@@ -17,14 +19,14 @@ class Serving:
 
 def serving(state: str, expires_at: float | None, revalidating_since: float | None, reason: str | None,
             now: float, revalidate_lease: float) -> Serving:
-    if state == "ready":
+    if state == EntryState.READY:
         if expires_at is None or expires_at > now:
             return Serving(True, "fresh" if expires_at is None else f"fresh for {duration(expires_at - now)}")
         if revalidating_since is not None and revalidating_since > now - revalidate_lease:
             return Serving(False, "revalidating")
         stale = f"stale for {duration(now - expires_at)}"
         return Serving(False, f"{stale}, {reason}" if reason else stale)
-    if state in ("failed", "rejected"):
+    if state in (EntryState.FAILED, EntryState.REJECTED):
         return Serving(False, f"{state}: {reason or 'no reason recorded'}")
     return Serving(False, state)  # counting, probing, queued, downloading: not stored yet
 
