@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     broker_visibility_timeout: float = Field(3600, gt=0, le=86_400 * 7, description="Redis broker: seconds an unacknowledged task waits before it is re-delivered (a worker killed mid-task); a re-delivered download whose key is still being downloaded waits for it.")
     broker_polling_interval: float = Field(0.05, gt=0, le=10, description="Seconds between polls of the embedded filesystem broker.")
     run_as_user: str = Field("cachetap", description="Started as root, `cachetap run` runs its workers, beat and cache server as this user (created when missing) and the capture as this user with only CAP_NET_RAW and CAP_SYS_NICE; CLI commands run as root act as the owner of cache_dir. Empty or \"root\": stay root.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every cachetap process.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Log level of every cachetap process: WARNING keeps the logs to what needs attention; INFO adds what each process does (every task); DEBUG everything.")
 
     # --- capture ----------------------------------------------------------------------------
     interface: str | None = Field(None, description="Interface to sniff (mirror port or gateway). Unset: no live capture.")
@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     serve_max_connections: int = Field(10_000, ge=1, description="Connections one cache server process holds at most (also kept below its open-files limit, which it raises to the hard limit at start); more are refused at once.")
     serve_max_connections_per_address: int = Field(512, ge=1, description="Connections from one client address at most, per cache server process; high enough for a NAT or a LAN party behind one address.")
     public_url: str = Field("", description="Base URL clients are redirected to, e.g. http://10.0.0.5:8642. Empty: derived from serve_host and serve_port (a wildcard host becomes the address of the default-route interface).")
+
+    access_log: str = Field("access.log", description="Access log in Squid's native format (one line per answer of the cache server and per 302 the capture injects), relative to cache_dir or absolute; \"off\" disables it. Reopened on SIGUSR1 (after logrotate moved it).")
 
     # --- redirect -----------------------------------------------------------------------------
     redirect_origin_interface: str | None = Field(None, description="Interface the RST towards the origin leaves by. Unset: the injection interface (inject_interface, else interface).")
@@ -220,6 +222,12 @@ class Settings(BaseSettings):
         return RefreshPolicy(rules=rules_from(r.model_dump() for r in self.refresh_rules),
                              default_min_ttl=self.refresh_min, big_extensions=frozenset(self.extensions),
                              default_ttl=self.default_ttl, max_ttl=self.max_ttl)
+
+    @property
+    def access_log_path(self) -> Path | None:
+        if self.access_log.strip().lower() in ("", "off", "none", "false"):
+            return None
+        return self.cache_dir / self.access_log  # an absolute path stays as it is
 
     @property
     def effective_broker_url(self) -> str:

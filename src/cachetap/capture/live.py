@@ -33,8 +33,10 @@ from cachetap.capture.pipeline import Observation, Pipeline
 from cachetap.capture.redirector import RedirectScope, Redirector
 from cachetap.capture.relay import SightingRelay
 from cachetap.capture.sniffer import LiveSource, interface_linktype
+from cachetap.core.accesslog import REDIRECT, squid_line
 from cachetap.core.types import Count, Redirect, Sighting
 from cachetap.fetch.resolver import Resolver
+from cachetap.logs import AccessLog, open_access_log
 from cachetap.settings import Settings
 from cachetap.wire import encode_sighting
 from cachetap.web.urls import public_base_url
@@ -56,6 +58,7 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
     fast_path = FastPath.start(settings, app) if settings.mode == "redirect" else None
     pipeline = Pipeline(settings, redirector=fast_path.redirector if fast_path else None)
     injector = fast_path.injector if fast_path else None
+    access_log = open_access_log(settings.access_log_path) if fast_path else None
 
     def queue(sighting: Sighting) -> None:
         relay.add(encode_sighting(sighting))
@@ -82,7 +85,7 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
         with source:
             for ts, linktype, frame in source:
                 try:
-                    act(pipeline.feed(ts, linktype, frame), frame, pipeline, injector, queue)
+                    act(pipeline.feed(ts, linktype, frame), frame, pipeline, injector, queue, access_log)
                 except Exception:  # one bad packet must never end the capture
                     pipeline.rejected["internal_error"] += 1
                     log.exception("packet handling failed; counted as internal_error")
@@ -99,20 +102,25 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
         if fast_path is not None:
             fast_path.stop()
         relay.close()
+        if access_log is not None:
+            access_log.close()
     summary = pipeline.summary()
     log.info("capture stopped: %s", summary)
     return summary
 
 
 def act(observations: list[Observation], frame: bytes, pipeline: Pipeline, injector: Injector | None,
-        queue: Callable[[Sighting], None] | None) -> None:
+        queue: Callable[[Sighting], None] | None, access_log: AccessLog | None = None) -> None:
     """Carry out the pipeline's decisions for one frame: the 302 first (it races the origin's answer),
-    then the sighting to `queue`, redirected or not (it counts for admission either way)."""
+    then the sighting to `queue`, redirected or not (it counts for admission either way), then the
+    access-log line of an injected 302."""
     for obs in observations:
+        injected = False
         match obs.decision:
             case Redirect(location=location) if injector is not None:
                 if injector.redirect(obs.segment, frame, location) > 0:
                     pipeline.redirected(obs)
+                    injected = True
                 else:
                     pipeline.redirect_failed(obs)
             case Count() | Redirect():
@@ -121,6 +129,9 @@ def act(observations: list[Observation], frame: bytes, pipeline: Pipeline, injec
                 continue
         if queue is not None:
             queue(obs.sighting())
+        if injected and access_log is not None:
+            access_log.write(squid_line(obs.segment.ts, 0, obs.segment.src, REDIRECT, 302, 0, obs.head.method,
+                                        obs.url or obs.head.target, None, None))
 
 
 def _hint_secret(app) -> bytes | None:

@@ -20,6 +20,7 @@ from cachetap.cli.main import Context, cli, pass_ctx, setup_logging
 def serve(ctx: Context, host: str | None, port: int | None, processes: int | None, directory: Path | None,
           quiet: bool) -> None:
     """Serve cached objects at /c/<key>/<filename> (GET, HEAD, ranges, conditionals, /healthz)."""
+    from cachetap.logs import open_access_log
     from cachetap.web.lookup import CatalogLookup, DirectoryLookup
     from cachetap.web.workers import run_server
 
@@ -43,7 +44,9 @@ def serve(ctx: Context, host: str | None, port: int | None, processes: int | Non
         if not quiet:
             click.echo(f"listening on http://{host}:{bound}", err=True)
 
+    access_log = None if directory is not None else open_access_log(settings.access_log_path, reopen_on_usr1=False)
     run_server(host, port, lookup, processes=processes or settings.serve_processes, on_ready=announce,
                strip_query_params=settings.strip_query_params, hint_secret=hint_secret,
                max_connections=settings.serve_max_connections,
-               max_connections_per_address=settings.serve_max_connections_per_address)
+               max_connections_per_address=settings.serve_max_connections_per_address,
+               access_log=access_log)

@@ -21,9 +21,11 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cachetap.core.accesslog import squid_line
 from cachetap.web import responses as resp
 from cachetap.web.request import MAX_HEAD_BYTES, BadRequest, parse_request_head
 
@@ -49,6 +51,7 @@ class Answer:
     file: Any = None          # an open binary file whose [offset, offset + length) is the body
     offset: int = 0
     length: int = 0
+    logged: Any = None        # (tag, method, url, content type, reason) for the access log, if any
 
 
 class Connection(asyncio.Protocol):
@@ -71,6 +74,7 @@ class Connection(asyncio.Protocol):
         self._serving = False             # inside _serve_buffered (a body that completes at once returns there)
         self.admitted = False             # counted by the server's connection caps
         self.peer = ""
+        self._started = 0.0               # loop time the current answer was decided (access log)
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -161,6 +165,7 @@ class Connection(asyncio.Protocol):
                 log.exception("cache server: unexpected error answering a request")
                 self.transport.abort()
                 return
+            self._started = self.loop.time()
             self._send(answer)
         if self.write_paused and self.state == READING:
             self.transport.pause_reading()  # the client does not read its answers: stop taking requests
@@ -170,6 +175,8 @@ class Connection(asyncio.Protocol):
         if answer.file is None:
             self.transport.write(answer.data)
             self.server.metrics.answered(answer.status)
+            if answer.logged is not None:
+                self._log(answer, len(answer.data), aborted=False)
             self._answered()
             return
         # Cork like nginx's tcp_nopush: the head rides in the first full segment of the body.
@@ -235,12 +242,24 @@ class Connection(asyncio.Protocol):
         body, self._body = self._body, None
         if body is None:
             return
-        self.server.metrics.bytes_sent.inc(self._body_end - self._body_start)
+        sent = self._body_end - self._body_start
+        self.server.metrics.bytes_sent.inc(sent)
+        if body.logged is not None:
+            self._log(body, len(body.data) + sent, aborted=sent < body.length)
         if self._watched is not None:
             self.loop.remove_writer(self._watched)
             os.close(self._watched)
             self._watched = None
         body.file.close()
+
+    def _log(self, answer: Answer, size: int, aborted: bool) -> None:
+        access_log = self.server.access_log
+        if access_log is None:
+            return
+        tag, method, url, content_type, reason = answer.logged
+        elapsed = int((self.loop.time() - self._started) * 1000)
+        access_log.write(squid_line(time.time(), elapsed, self.peer or "-", tag, answer.status, size,
+                                    method, url, content_type, reason, aborted))
 
     def _answered(self) -> None:
         """One answer is out (or queued): next head, or the end of the connection."""

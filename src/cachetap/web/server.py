@@ -13,9 +13,11 @@ import os
 import threading
 from collections.abc import Callable
 
+from cachetap.core.accesslog import HIT, IMS_HIT, MISS
 from cachetap.core.semantics import (UNSATISFIABLE, ByteRange, not_modified, parse_range, range_allowed,
                                      safe_location)
 from cachetap.core.urls import object_key, origin_hint
+from cachetap.logs import AccessLog
 from cachetap.web import responses as resp
 from cachetap.web.connection import SENDING, Answer, Connection
 from cachetap.web.limits import OUT_OF_DESCRIPTORS, ConnectionCaps, QuietLog, loop_error_handler
@@ -37,8 +39,9 @@ class CacheServer:
                  head_timeout: float = 15.0, send_timeout: float = 60.0, grace: float = 10.0,
                  reuse_port: bool = False, strip_query_params: dict[str, list[str]] | None = None,
                  hint_secret: bytes | None = None, max_connections: int = 10_000,
-                 max_connections_per_address: int = 512) -> None:
+                 max_connections_per_address: int = 512, access_log: AccessLog | None = None) -> None:
         self.lookup = lookup
+        self.access_log = access_log
         self.strip_query_params = strip_query_params or {}  # to check origin hints against keys
         self.hint_secret = hint_secret  # signs origin hints (core/urls.py); None: hints are ignored
         self.host = host
@@ -175,15 +178,15 @@ class CacheServer:
             obj = self.lookup.find(key)
             if obj is None:
                 hint = origin_hint(request.query, key, self.strip_query_params, self.hint_secret) if request.query else None
-                return self._fall_back(key, hint, "not_servable", keep_alive, is_head)
+                return self._fall_back(key, hint, "not_servable", keep_alive, is_head, request)
             try:
                 fd = open_object(obj)  # no symlink followed: one swapped in after the lookup is not ours
             except OSError as exc:
                 if exc.errno in OUT_OF_DESCRIPTORS:  # our limit, not the file: keep the key
                     self.quiet.event(f"cannot open cached files: {os.strerror(exc.errno)}")
-                    return self._fall_back(key, obj.url, "out_of_descriptors", keep_alive, is_head)
+                    return self._fall_back(key, obj.url, "out_of_descriptors", keep_alive, is_head, request)
                 self.lookup.forget(key)
-                return self._fall_back(key, obj.url, "file_missing", keep_alive, is_head)
+                return self._fall_back(key, obj.url, "file_missing", keep_alive, is_head, request)
             file = open(fd, "rb", buffering=0)
             st = os.fstat(fd)
             if st.st_size == obj.size and st.st_mtime == obj.mtime:
@@ -192,12 +195,14 @@ class CacheServer:
             file.close()
             self.lookup.forget(key)
             if attempt == 2:
-                return self._fall_back(key, obj.url, "size_changed", keep_alive, is_head)
+                return self._fall_back(key, obj.url, "size_changed", keep_alive, is_head, request)
         try:
             answer = self._object_answer(request, key, obj, keep_alive, is_head)
         except BaseException:
             file.close()
             raise
+        answer.logged = (IMS_HIT if answer.status == 304 else HIT, request.method, obj.url or request.target,
+                         obj.content_type, None)
         if answer.length:
             answer.file = file  # Connection closes it when the body is out
         else:
@@ -235,12 +240,16 @@ class CacheServer:
         self.lookup.record_hit(key)
         return Answer(head, status, keep_alive, offset=offset, length=length)
 
-    def _fall_back(self, key: str, url: str | None, reason: str, keep_alive: bool, is_head: bool) -> Answer:
+    def _fall_back(self, key: str, url: str | None, reason: str, keep_alive: bool, is_head: bool,
+                   request: Request) -> Answer:
         """Cannot serve: send the client to the original URL (never cached), else 404."""
         self.metrics.fallbacks.labels(reason).inc()
         location = safe_location(url if url is not None else self.lookup.origin_url(key))
         if location is None:
-            return Answer(resp.simple(404, b"not in cache\n", keep_alive, with_body=not is_head), 404, keep_alive)
-        fields = [("Location", location), ("Cache-Control", "no-store")]
-        return Answer(resp.simple(302, b"", keep_alive, fields), 302, keep_alive)
+            answer = Answer(resp.simple(404, b"not in cache\n", keep_alive, with_body=not is_head), 404, keep_alive)
+        else:
+            fields = [("Location", location), ("Cache-Control", "no-store")]
+            answer = Answer(resp.simple(302, b"", keep_alive, fields), 302, keep_alive)
+        answer.logged = (MISS, request.method, location or request.target, None, reason)
+        return answer
 

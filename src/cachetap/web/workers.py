@@ -34,6 +34,8 @@ async def _serve_with_signals(server: CacheServer, on_ready: Callable[[int], Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop_soon)
+    if server.access_log is not None:  # logrotate moved the file: write to a new one (as nginx does)
+        loop.add_signal_handler(signal.SIGUSR1, server.access_log.reopen)
     await server.serve_forever(on_ready)
 
 
@@ -87,6 +89,14 @@ def _run_workers(host: str, port: int, lookup: ObjectLookup, processes: int,
         stopping = True
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    workers: list[multiprocessing.process.BaseProcess] = []
+
+    def forward(signum: int, _frame: object) -> None:  # USR1: each worker reopens its access log
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
+
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, forward)
 
     def spawn() -> multiprocessing.process.BaseProcess:
         process = context.Process(target=_worker, args=(lookup, host, port, options, ready, os.getpid()),
@@ -94,7 +104,7 @@ def _run_workers(host: str, port: int, lookup: ObjectLookup, processes: int,
         process.start()
         return process
 
-    workers = [spawn() for _ in range(processes)]
+    workers.extend(spawn() for _ in range(processes))
     try:
         started = 0
         while started < processes and not stopping:

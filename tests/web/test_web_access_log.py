@@ -1,0 +1,113 @@
+"""The cache server's access log through the real `cachetap serve` process: one Squid-native line per
+answer, reopened on SIGUSR1 after a rotation, a path setting and an off switch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import blake3
+import httpx
+
+from cachetap.core.keys import cache_key
+from cachetap.core.types import Sighting
+from cachetap.core.urls import object_url
+from cachetap.settings import load_settings
+from cachetap.store.blobs import BlobStore
+from cachetap.store.catalog import open_catalog
+from cachetap.testing.waiting import free_port, wait_for
+
+CACHETAP = str(Path(sys.executable).with_name("cachetap"))
+URL = "http://files.test/big.iso"
+DATA = os.urandom(300_000)
+
+
+def stored(cache_dir: Path) -> str:
+    """One ready object in a real catalog and blob store; returns its key."""
+    settings = load_settings(cache_dir=cache_dir)
+    catalog, blobs = open_catalog(settings.effective_database_url), BlobStore(cache_dir)
+    key, now = cache_key(URL, {}), time.time()
+    catalog.record_sightings([Sighting(ts=now, client="10.0.0.7", client_port=5, server="192.0.2.1", server_port=80,
+                                       method="GET", host="files.test", url=URL, key=key, target="/big.iso")],
+                             86_400, now)
+    temp = blobs.new_temp_name(key)
+    temp.write_bytes(DATA)
+    digest = blake3.blake3(DATA).hexdigest()
+    blobs.publish(temp, digest)
+    catalog.mark(key, "ready", blob=digest, size=len(DATA), stored_size=len(DATA), published_at=now,
+                 expires_at=now + 3600, content_type="application/x-iso9660-image")
+    return key
+
+
+def serve(cache_dir: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
+    full.update(CACHETAP_CACHE_DIR=str(cache_dir), CACHETAP_SERVE_HOST="127.0.0.1", CACHETAP_SERVE_PORT=str(port), **env)
+    proc = subprocess.Popen([CACHETAP, "serve"], env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+    wait_for(up, "the cache server", timeout=60, step=0.2)
+    return proc, base
+
+
+def test_one_squid_line_per_answer_reopened_on_usr1(tmp_path):
+    cache_dir = tmp_path / "cache"
+    key = stored(cache_dir)
+    log_path = tmp_path / "logs" / "access.log"
+    proc, base = serve(cache_dir, CACHETAP_ACCESS_LOG=str(log_path))
+    try:
+        url = object_url(base, key, "big.iso")
+        with httpx.Client() as client:
+            assert client.get(url).content == DATA
+            assert client.get(url, headers={"Range": "bytes=0-99"}).status_code == 206
+            etag = client.head(url).headers["etag"]
+            assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+            gone = "http://files.test/gone.iso"
+            assert client.get(object_url(base, cache_key(gone, {}), "gone.iso", gone)).status_code == 302
+            client.get(f"{base}/healthz")  # health checks are not logged
+        wait_for(lambda: len(log_path.read_text().splitlines()) >= 5, "five access-log lines", timeout=10)
+        lines = log_path.read_text().splitlines()
+        fields = [line.split() for line in lines]
+        assert [f[3] for f in fields] == ["TCP_HIT/200", "TCP_HIT/206", "TCP_HIT/200", "TCP_IMS_HIT/304", "TCP_MISS/302"]
+        assert fields[0][2] == "127.0.0.1" and int(fields[0][4]) > len(DATA) and fields[0][5] == "GET"
+        assert fields[0][6] == URL and fields[0][9] == "application/x-iso9660-image"
+        assert fields[2][5] == "HEAD"
+        assert fields[4][6] == "http://files.test/gone.iso" and fields[4][10] == "not_servable"
+        assert oct(log_path.stat().st_mode & 0o777) == "0o640"
+        # logrotate: move the file, signal, and the next line goes to a new file
+        log_path.rename(log_path.with_suffix(".log.1"))
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        assert proc.poll() is None
+        httpx.get(url, headers={"Range": "bytes=0-9"})
+        assert wait_for(lambda: log_path.exists() and "TCP_HIT/206" in log_path.read_text(), "the reopened log", timeout=10)
+        assert len(log_path.with_suffix(".log.1").read_text().splitlines()) == 5
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_the_access_log_is_under_cache_dir_by_default_and_can_be_switched_off(tmp_path):
+    for setting, expected in ((None, tmp_path / "c1" / "access.log"), ("off", None)):
+        cache_dir = tmp_path / ("c1" if setting is None else "c2")
+        key = stored(cache_dir)
+        proc, base = serve(cache_dir, **({"CACHETAP_ACCESS_LOG": setting} if setting else {}))
+        try:
+            httpx.get(object_url(base, key, "big.iso"), headers={"Range": "bytes=0-9"})
+            time.sleep(0.3)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        if expected is None:
+            assert not any(p.name.endswith(".log") and "access" in p.name for p in cache_dir.rglob("*"))
+        else:
+            assert "TCP_HIT/206" in expected.read_text()
