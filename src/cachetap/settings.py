@@ -107,7 +107,7 @@ class Settings(BaseSettings):
 
     # --- downloads -----------------------------------------------------------------------------
     download_split: int = Field(16, ge=1, le=64, description="Connections aria2 opens per download at most (aria2 --split).")
-    download_connections_per_server: int = Field(16, ge=1, le=16, description="Connections per origin server and download (aria2 --max-connection-per-server, at most 16).")
+    download_connections_per_server: int = Field(4, ge=1, le=16, description="Connections per origin address and download (aria2 --max-connection-per-server, at most 16). Each of the host's DNS addresses is a mirror for aria2, so a CDN answering with four addresses still gets download_split connections in all, and no single server sees more than this many from us.")
     download_min_split_size: int = Field(1 << 20, ge=1 << 20, le=1 << 30, description="Bytes: aria2 splits a download only into ranges at least this big (aria2 --min-split-size, 1 MiB-1 GiB).")
     download_max_concurrent: int = Field(4, ge=1, le=64, description="Downloads aria2 runs at the same time; more wait in its queue (aria2 --max-concurrent-downloads).")
     download_retries: int = Field(5, ge=1, le=100, description="Tries per connection before aria2 gives a download up (aria2 --max-tries); the download task may retry later.")

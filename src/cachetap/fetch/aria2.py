@@ -47,7 +47,7 @@ class Aria2Options:
     """aria2 options we set; global ones go on the command line, the rest on each download."""
 
     split: int = 16
-    max_connection_per_server: int = 16
+    max_connection_per_server: int = 4
     min_split_size: int = 1 << 20
     max_concurrent_downloads: int = 4
     max_tries: int = 5

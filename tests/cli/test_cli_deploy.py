@@ -1,0 +1,63 @@
+"""`cachetap deploy systemd` through the real console script; the units checked by systemd itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CACHETAP = str(Path(sys.executable).with_name("cachetap"))
+
+
+def deploy(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
+    env["CACHETAP_CACHE_DIR"] = str(tmp_path / "cache")
+    return subprocess.run([CACHETAP, "deploy", "systemd", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (Debian package systemd)")
+def test_units_pass_systemd_analyze_verify_without_a_word_on_stderr(tmp_path):
+    done = deploy(tmp_path, "--prefix", str(tmp_path / "root"), "--user", "cachetap-svc")
+    assert done.returncode == 0, done.stderr
+    units = sorted((tmp_path / "root" / "etc" / "systemd" / "system").iterdir())
+    assert [u.name for u in units] == ["cachetap-beat.service", "cachetap-capture.service", "cachetap-serve.service",
+                                       "cachetap-workers.service", "cachetap.target"]
+    # verify exits 0 on unknown keys and only complains on stderr: any output there is a failure.
+    check = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True,
+                           timeout=120, cwd=units[0].parent)
+    assert check.returncode == 0 and check.stderr == "", check.stderr
+    capture = (units[1]).read_text()
+    assert "AmbientCapabilities=CAP_NET_RAW CAP_SYS_NICE" in capture and "User=cachetap-svc" in capture
+    others = "".join(u.read_text() for u in units if u.name != "cachetap-capture.service")
+    assert "Capabilit" not in others and others.count("NoNewPrivileges=yes") == 3
+    workers = units[3].read_text()
+    assert "multi start $CELERYD_NODES" in workers and "EnvironmentFile=/etc/cachetap/cachetap.env" in workers
+    env = (tmp_path / "root" / "etc" / "cachetap" / "cachetap.env").read_text()
+    assert "-P:ct-download threads" in env and 'CELERYD_NODES="ct-analyze ct-download ct-schedule"' in env
+    assert f"CACHETAP_CACHE_DIR={tmp_path / 'cache'}" in env
+
+
+@pytest.mark.skipif(shutil.which("logrotate") is None, reason="needs logrotate")
+def test_logrotate_snippet_parses_and_signals_the_log_writers(tmp_path):
+    assert deploy(tmp_path, "--prefix", str(tmp_path / "root"), "--user", "root").returncode == 0
+    snippet = tmp_path / "root" / "etc" / "logrotate.d" / "cachetap"
+    text = snippet.read_text()
+    assert "systemctl kill --signal=USR1 cachetap-serve.service cachetap-capture.service" in text
+    assert f"{tmp_path / 'cache'}/access.log" in text
+    check = subprocess.run(["logrotate", "--debug", "--state", str(tmp_path / "state"), str(snippet)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "error" not in check.stderr.lower(), check.stderr
+
+
+def test_dry_run_prints_every_file_and_writes_nothing(tmp_path):
+    done = deploy(tmp_path, "--dry-run", "--prefix", str(tmp_path / "root"))
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "root").exists()
+    for name in ("cachetap-workers.service", "cachetap-capture.service", "cachetap.target", "cachetap.env",
+                 "logrotate.d/cachetap"):
+        assert f"# --- /etc/" in done.stdout and name in done.stdout
+    assert "User=cachetap" in done.stdout
