@@ -81,7 +81,7 @@ def test_port_in_host_must_match_the_destination_port_even_for_allowed_networks(
     """Seen failing on bb0220b (without the setting: the probe reached the origin's port)."""
     with Origin() as internal:
         internal.add("/secret.iso", Resource(size=2 * MiB))
-        settings = load_settings(cache_dir=tmp_path / "cache", http_ports=[80], admission_threshold=1,
+        settings = load_settings(cache_dir=tmp_path / "cache", log_level="INFO", http_ports=[80], admission_threshold=1,
                                  min_size=MiB, fetch_allow_networks=LOOPBACK_NETWORKS,
                                  resolve_overrides={"mirror.test": ["127.0.0.1"]})
         host = f"mirror.test:{internal.port}"

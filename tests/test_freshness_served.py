@@ -28,6 +28,7 @@ from cachetap.core.types import Sighting
 from cachetap.settings import load_settings
 from cachetap.store.blobs import BlobStore
 from cachetap.tasks.app import create_app
+from cachetap.testing import LOOPBACK_NETWORKS
 from cachetap.testing.origin import Origin, Resource
 from cachetap.testing.workers import CeleryWorker, settings_env
 from cachetap.web.lookup import CatalogLookup
@@ -46,7 +47,7 @@ def stack(tmp_path_factory):
     with Origin() as origin:
         settings = load_settings(cache_dir=tmp / "cache", resolve_overrides={"files.test": ["127.0.0.1"]},
                                  download_split=2, download_connections_per_server=2, batch_interval=0.05,
-                                 trusted_networks=["127.0.0.0/8"])
+                                 trusted_networks=["127.0.0.0/8"], fetch_allow_networks=LOOPBACK_NETWORKS)
         app = create_app(settings)
         catalog = open_catalog(settings)
         index = HotIndex()

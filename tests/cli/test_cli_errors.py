@@ -78,7 +78,8 @@ def test_prefetch_with_the_broker_down_fails_fast_and_leaves_nothing_queued(tmp_
         origin.add("/big.iso", Resource(size=2 << 20))
         url = f"http://files.test:{origin.port}/big.iso"
         env = {"CACHETAP_BROKER_URL": "redis://127.0.0.1:1/0",
-               "CACHETAP_RESOLVE_OVERRIDES": '{"files.test": ["127.0.0.1"]}'}
+               "CACHETAP_RESOLVE_OVERRIDES": '{"files.test": ["127.0.0.1"]}',
+               "CACHETAP_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"}
         started = time.monotonic()
         result = run("prefetch", url, env=env, cache_dir=tmp_path)
         assert time.monotonic() - started < 30
@@ -96,7 +97,8 @@ def test_prefetch_of_a_too_small_file_says_the_limit_and_how_to_change_it(tmp_pa
     with Origin() as origin:
         origin.add("/tiny.iso", Resource(size=1000))
         result = run("prefetch", f"http://files.test:{origin.port}/tiny.iso", cache_dir=tmp_path,
-                     env={"CACHETAP_RESOLVE_OVERRIDES": '{"files.test": ["127.0.0.1"]}'})
+                     env={"CACHETAP_RESOLVE_OVERRIDES": '{"files.test": ["127.0.0.1"]}',
+                          "CACHETAP_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"})
     err = short_error(result, lines=1)
     assert "1000 bytes is below min_size (1048576 bytes)" in err and "CACHETAP_MIN_SIZE=1000" in err
 
