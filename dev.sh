@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 RUN_DEBS=(libpcap0.8 aria2 iproute2)
-TEST_DEBS=(tcpdump tcpreplay curl wget nginx-light ffmpeg systemd logrotate)
+TEST_DEBS=(tcpdump tcpreplay curl wget nginx-light ffmpeg systemd logrotate wrk)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -39,7 +39,7 @@ ensure_venv() {
     want=$(sha256sum pyproject.toml | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         .venv/bin/python -m pip install -q --upgrade pip >&2
-        .venv/bin/python -m pip install -q -e ".[test]" >&2
+        .venv/bin/python -m pip install -q -e ".[test,bench]" >&2
         echo "$want" > "$stamp"
     fi
 }
