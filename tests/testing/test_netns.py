@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from cachetap.testing.netns import NETNS_DIR, NetnsError, Topology, netns_problem, remove_stale_namespaces
+from cachetap.testing.netns import (NETNS_DIR, MirrorTopology, NetnsError, Topology, netns_problem,
+                                   remove_stale_namespaces)
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(netns_problem() is not None, reason=f"{netns_problem()}")]
 
@@ -21,9 +22,9 @@ def _namespaces() -> set[str]:
         return set()
 
 
-def _wait_listening(ns, port: int) -> None:
+def _wait_listening(ns, port: int, host: str = "127.0.0.1") -> None:
     probe = (f"import socket,time\nfor _ in range(400):\n"
-             f"    try: socket.create_connection(('127.0.0.1',{port}),0.2).close(); break\n"
+             f"    try: socket.create_connection(('{host}',{port}),0.2).close(); break\n"
              f"    except OSError: time.sleep(0.025)\nelse: raise SystemExit('not listening')")
     ns.run([sys.executable, "-c", probe], timeout=30)
 
@@ -47,6 +48,35 @@ def test_curl_from_client_reaches_origin_through_router(tmp_path):
         assert _rx_packets(topo.router, topo.router_client_if) > router_rx  # it did cross the router
         # The origin is not reachable from the root namespace: nothing leaks out.
         assert topo.origin_ip4 not in subprocess.run(["ip", "-4", "addr"], capture_output=True, text=True).stdout
+    assert not names & _namespaces()
+
+
+def test_mirror_port_sees_the_client_s_traffic_and_nothing_routes_through_it(tmp_path):
+    (tmp_path / "hello.txt").write_text("hello from behind the gateway\n")
+    with MirrorTopology() as topo:
+        topo.gateway.popen([sys.executable, "-m", "http.server", "8080", "--bind", topo.origin_ip4,
+                            "--directory", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_listening(topo.gateway, 8080, topo.origin_ip4)
+        url = f"http://{topo.origin_ip4}:8080/hello.txt"
+        for ns in (topo.tap, topo.client):  # ARP settled: its broadcasts reach every port, mirrored too
+            assert ns.run(["curl", "-sS", "--max-time", "20", url]).stdout == "hello from behind the gateway\n"
+        mirrored = _rx_packets(topo.tap, topo.capture_if)
+        assert topo.client.run(["curl", "-sS", "--max-time", "20", url]).stdout == "hello from behind the gateway\n"
+        copies = _rx_packets(topo.tap, topo.capture_if) - mirrored
+        assert copies >= 8  # both directions of the client's connection were copied
+        # The tap's own connection crosses the switch on another port: not mirrored (at most the
+        # client's last ACK arrives meanwhile).
+        mirrored = _rx_packets(topo.tap, topo.capture_if)
+        assert topo.tap.run(["curl", "-sS", "--max-time", "20", url]).stdout == "hello from behind the gateway\n"
+        assert _rx_packets(topo.tap, topo.capture_if) - mirrored <= 2
+        # The client's only route is the gateway; the switch learned each MAC on its own port.
+        assert f"via {topo.gateway_ip4}" in topo.client.run(["ip", "route", "get", topo.origin_ip4]).stdout
+        learned = topo.learned_macs()
+        assert learned[topo.client.mac(topo.client_if)] == topo.switch_client_if
+        assert learned[topo.gateway.mac(topo.gateway_if)] == topo.switch_gateway_if
+        assert learned[topo.tap.mac(topo.inject_if)] == topo.switch_inject_if
+        names = {ns.name for ns in topo.namespaces}
+        assert len(names) == 4 and names <= _namespaces()
     assert not names & _namespaces()
 
 

@@ -11,6 +11,8 @@ router is where cachetap sniffs (`r-c`) and injects. Nothing is connected to a r
 addresses (10.77.x.x, fd00:77:x::) exist only inside the namespaces. Names are unique per run
 (`ct-<pid>-<n>-<role>`); teardown happens on exit from the `with`, on exceptions, at interpreter exit,
 and namespaces left by a killed run (its pid gone) are removed by the next one.
+
+`MirrorTopology` is the bypass deployment instead: a switch whose client port is mirrored to cachetap.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import atexit
 import contextlib
 import ctypes
 import itertools
+import json
 import os
 import re
 import shutil
@@ -27,14 +30,14 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Self
 
 NETNS_DIR = "/run/netns"
 PREFIX = "ct-"
 CLONE_NEWNET = 0x40000000
 _NAME_RE = re.compile(r"^ct-(\d+)-")
 _counter = itertools.count()
-_live: set[Topology] = set()
+_live: set[_Network] = set()
 _live_lock = threading.Lock()
 _problem: list[str | None] = []
 
@@ -177,25 +180,18 @@ class Namespace:
         self._procs.clear()
 
 
-class Topology:
-    """client <-> router <-> origin, IPv4 and IPv6, forwarding on the router. A context manager."""
-
-    client_ip4, router_client_ip4, router_origin_ip4, origin_ip4 = "10.77.1.2", "10.77.1.1", "10.77.2.1", "10.77.2.2"
-    client_ip6, router_client_ip6, router_origin_ip6, origin_ip6 = "fd00:77:1::2", "fd00:77:1::1", "fd00:77:2::1", "fd00:77:2::2"
-    client_if, router_client_if, router_origin_if, origin_if = "c-r", "r-c", "r-o", "o-r"
+class _Network:
+    """Namespaces that `_build` wires together; processes stopped and namespaces deleted on close."""
 
     def __init__(self) -> None:
-        base = f"{PREFIX}{os.getpid()}-{next(_counter)}"
-        self.client = Namespace(f"{base}-c", {"router": self.client_if})
-        self.router = Namespace(f"{base}-r", {"client": self.router_client_if, "origin": self.router_origin_if})
-        self.origin = Namespace(f"{base}-o", {"router": self.origin_if})
+        self._base = f"{PREFIX}{os.getpid()}-{next(_counter)}"
         self._created: list[Namespace] = []
 
     @property
     def namespaces(self) -> list[Namespace]:
-        return [self.client, self.router, self.origin]
+        raise NotImplementedError
 
-    def __enter__(self) -> Topology:
+    def __enter__(self) -> Self:
         problem = netns_problem()
         if problem:
             raise NetnsError(problem)
@@ -203,6 +199,10 @@ class Topology:
         with _live_lock:
             _live.add(self)
         try:
+            for ns in self.namespaces:
+                _ip("netns", "add", ns.name)
+                self._created.append(ns)
+                _ip("-n", ns.name, "link", "set", "lo", "up")
             self._build()
         except BaseException:
             self.close()
@@ -213,10 +213,44 @@ class Topology:
         self.close()
 
     def _build(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the processes started in the namespaces and delete them; safe to call twice."""
+        errors = []
         for ns in self.namespaces:
-            _ip("netns", "add", ns.name)
-            self._created.append(ns)
-            _ip("-n", ns.name, "link", "set", "lo", "up")
+            ns.stop_processes()
+        for ns in reversed(self._created):
+            try:
+                _ip("netns", "del", ns.name)
+            except NetnsError as exc:
+                errors.append(str(exc))
+        self._created.clear()
+        with _live_lock:
+            _live.discard(self)
+        if errors:
+            raise NetnsError("; ".join(errors))
+
+
+class Topology(_Network):
+    """client <-> router <-> origin, IPv4 and IPv6, forwarding on the router. A context manager."""
+
+    client_ip4, router_client_ip4, router_origin_ip4, origin_ip4 = "10.77.1.2", "10.77.1.1", "10.77.2.1", "10.77.2.2"
+    client_ip6, router_client_ip6, router_origin_ip6, origin_ip6 = "fd00:77:1::2", "fd00:77:1::1", "fd00:77:2::1", "fd00:77:2::2"
+    client_if, router_client_if, router_origin_if, origin_if = "c-r", "r-c", "r-o", "o-r"
+
+    def __init__(self) -> None:
+        super().__init__()
+        base = self._base
+        self.client = Namespace(f"{base}-c", {"router": self.client_if})
+        self.router = Namespace(f"{base}-r", {"client": self.router_client_if, "origin": self.router_origin_if})
+        self.origin = Namespace(f"{base}-o", {"router": self.origin_if})
+
+    @property
+    def namespaces(self) -> list[Namespace]:
+        return [self.client, self.router, self.origin]
+
+    def _build(self) -> None:
         c, r, o = self.client.name, self.router.name, self.origin.name
         # Created directly inside the namespaces: the names never exist next to real interfaces.
         _ip("link", "add", self.client_if, "netns", c, "type", "veth", "peer", "name", self.router_client_if, "netns", r)
@@ -237,21 +271,75 @@ class Topology:
         self.router.run(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward && "
                                      "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"])
 
-    def close(self) -> None:
-        """Stop the processes started in the namespaces and delete them; safe to call twice."""
-        errors = []
-        for ns in self.namespaces:
-            ns.stop_processes()
-        for ns in reversed(self._created):
-            try:
-                _ip("netns", "del", ns.name)
-            except NetnsError as exc:
-                errors.append(str(exc))
-        self._created.clear()
-        with _live_lock:
-            _live.discard(self)
-        if errors:
-            raise NetnsError("; ".join(errors))
+
+class MirrorTopology(_Network):
+    """A switch with a mirror (SPAN) port: cachetap sees the client's traffic but is not in its path.
+
+        client  [c-s] --- [s-c] -+
+        gateway [g-s] --- [s-g] -+- bridge br0, the switch, in its own namespace
+        tap     [t-i] --- [s-i] -+  cachetap's injection port: an ordinary switch port
+        tap     [t-m] --- [s-m]     the mirror destination, outside the bridge: tc mirred copies
+                                    every frame entering and leaving s-c to it
+
+    The gateway namespace also holds the origin (`origin_ip4` on its loopback, another subnet), so
+    the client's frames towards the origin carry the gateway's MAC, as behind any router. The client's
+    default route is the gateway; nothing routes through the tap, whose only address is on `t-i`.
+    IPv4 only.
+    """
+
+    client_ip4, gateway_ip4, tap_ip4, origin_ip4 = "10.78.1.2", "10.78.1.1", "10.78.1.5", "10.78.2.2"
+    client_if, gateway_if, inject_if, capture_if = "c-s", "g-s", "t-i", "t-m"
+    switch_client_if, switch_gateway_if, switch_inject_if, switch_mirror_if = "s-c", "s-g", "s-i", "s-m"
+    bridge = "br0"
+
+    def __init__(self) -> None:
+        super().__init__()
+        base = self._base
+        self.client = Namespace(f"{base}-c", {"switch": self.client_if})
+        self.switch = Namespace(f"{base}-s", {"client": self.switch_client_if, "gateway": self.switch_gateway_if,
+                                              "tap": self.switch_inject_if, "mirror": self.switch_mirror_if})
+        self.gateway = Namespace(f"{base}-g", {"switch": self.gateway_if})
+        self.tap = Namespace(f"{base}-t", {"switch": self.inject_if, "mirror": self.capture_if})
+
+    @property
+    def namespaces(self) -> list[Namespace]:
+        return [self.client, self.switch, self.gateway, self.tap]
+
+    def _build(self) -> None:
+        sw = self.switch.name
+        _ip("-n", sw, "link", "add", self.bridge, "type", "bridge", "stp_state", "0")
+        for ns, ifname, port in ((self.client, self.client_if, self.switch_client_if),
+                                 (self.gateway, self.gateway_if, self.switch_gateway_if),
+                                 (self.tap, self.inject_if, self.switch_inject_if),
+                                 (self.tap, self.capture_if, self.switch_mirror_if)):
+            _ip("link", "add", ifname, "netns", ns.name, "type", "veth", "peer", "name", port, "netns", sw)
+            if port != self.switch_mirror_if:
+                _ip("-n", sw, "link", "set", port, "master", self.bridge)
+            _ip("-n", sw, "link", "set", port, "up")
+            _ip("-n", ns.name, "link", "set", ifname, "up")
+        _ip("-n", sw, "link", "set", self.bridge, "up")
+        for ns, ifname, ip4 in ((self.client, self.client_if, self.client_ip4),
+                                (self.gateway, self.gateway_if, self.gateway_ip4),
+                                (self.tap, self.inject_if, self.tap_ip4)):
+            _ip("-n", ns.name, "addr", "add", f"{ip4}/24", "dev", ifname)
+        _ip("-n", self.gateway.name, "addr", "add", f"{self.origin_ip4}/32", "dev", "lo")
+        for ns in (self.client, self.tap):
+            _ip("-n", ns.name, "route", "add", "default", "via", self.gateway_ip4)
+        self.mirror(self.switch_client_if, self.switch_mirror_if)
+
+    def mirror(self, port: str, to: str) -> None:
+        """Copy every frame entering and leaving switch port `port` to `to` (clsact, u32 match-all, mirred)."""
+        self.switch.run(["tc", "qdisc", "add", "dev", port, "clsact"])
+        for direction in ("ingress", "egress"):
+            self.switch.run(["tc", "filter", "add", "dev", port, direction, "protocol", "all", "u32", "match", "u32",
+                             "0", "0", "action", "mirred", "egress", "mirror", "dev", to])
+
+    def learned_macs(self) -> dict[str, str]:
+        """The switch's learned (not local) forwarding entries: MAC -> bridge port."""
+        out = self.switch.run(["bridge", "-j", "fdb", "show", "br", self.bridge]).stdout
+        return {entry["mac"]: entry["ifname"] for entry in json.loads(out or "[]")
+                if entry.get("master") == self.bridge and entry.get("state") != "permanent"
+                and "self" not in entry.get("flags", [])}
 
 
 @atexit.register
