@@ -15,6 +15,7 @@ records every learned or moved entry for the whole module, and `bridge fdb` is c
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -63,7 +64,7 @@ class MirrorStack(Stack):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    problem = netns_problem() or missing_tools("curl", "wget", "ip", "tc", "bridge")
+    problem = netns_problem() or missing_tools("curl", "wget", "ip", "tc", "bridge", "tcpdump")
     if problem:
         pytest.skip(problem)
     work = tmp_path_factory.mktemp("redirect-mirror")
@@ -97,6 +98,30 @@ def _wait_for_resets(at_least: int, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def _frames_to_the_client(stack: MirrorStack, bpf: str):
+    """(source MAC, destination MAC) of each frame matching `bpf` that the client receives in the block."""
+    out, err = stack.log.parent / "client-frames.txt", stack.log.parent / "client-frames.err"
+    seen: list[tuple[str, str]] = []
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        dump = stack.topo.client.popen(["tcpdump", "-i", stack.topo.client_if, "-Q", "in", "-e", "-n", "-l",
+                                        "-U", bpf], stdout=stdout, stderr=stderr)
+    deadline = time.monotonic() + 10
+    while b"listening on" not in err.read_bytes() and time.monotonic() < deadline:
+        assert dump.poll() is None, err.read_text()
+        time.sleep(0.05)
+    try:
+        yield seen
+        time.sleep(0.3)  # the last frame printed
+    finally:
+        dump.terminate()
+        dump.wait(timeout=10)
+    for line in out.read_text().splitlines():  # "<time> <src MAC> > <dst MAC>, ethertype IPv4 ..."
+        fields = line.split()
+        if len(fields) > 3 and fields[2] == ">":
+            seen.append((fields[1], fields[3].rstrip(",")))
+
+
 # ---- tests ------------------------------------------------------------------------------------
 
 def test_switch_learned_client_and_gateway_on_their_own_ports_before_cachetap_ran(stack):
@@ -112,7 +137,11 @@ def test_curl_and_wget_are_redirected_with_identical_bytes_and_the_origin_is_res
     stats = stack.origin.stats(path)
     gets, body_bytes, resets = stats.methods["GET"], stats.body_bytes, DualStackServer.resets
 
-    sent = stack.check_redirected(url)
+    with _frames_to_the_client(stack, "tcp src port 80 and tcp[tcpflags] & tcp-fin != 0") as seen:
+        sent = stack.check_redirected(url)
+    # The 302s reached the client's MAC (read from the mirrored GET) from cachetap's own MAC.
+    macs = stack.macs()
+    assert len(seen) >= sent and set(seen) == {(macs["tap"], macs["client"])}, seen
 
     # Every GET reached the origin (cachetap is beside the path); each late answer met our RST.
     redirected = stats.methods["GET"] - gets
