@@ -111,17 +111,51 @@ def _rabbitmq_vhost() -> Iterator[str]:
 
 
 def _redis_db() -> Iterator[str]:
+    """A Redis database (4-15) that no other test holds, emptied before and after.
+
+    Emptied whole, not just the queue lists: a worker killed mid-task in an earlier test leaves its
+    message in kombu's `unacked` hash, and the next worker on that database would restore it. A lock
+    in database 0 (the holder's pid) keeps concurrent pytest runs on this machine apart.
+    """
     try:
         services.ensure("redis")
     except services.ServiceUnavailable as exc:
         pytest.skip(str(exc))
-    db = random.randint(4, 15)
+    locks = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    for db in random.sample(range(4, 16), 12):
+        lock = f"cachetap-test-db:{db}"
+        holder = locks.get(lock)
+        if holder is None:
+            if not locks.set(lock, os.getpid(), ex=3600, nx=True):
+                continue  # another run took it just now
+        elif _pid_alive(int(holder)):
+            continue
+        else:  # left by a run that died
+            locks.set(lock, os.getpid(), ex=3600)
+        break
+    else:
+        locks.close()
+        pytest.skip("Redis databases 4-15 are all held by other test runs on this machine")
     url = f"redis://127.0.0.1:6379/{db}"
     client = redis.Redis.from_url(url)
-    client.delete(*QUEUE_NAMES, *[f"{q}\x06\x163" for q in QUEUE_NAMES])  # plain and priority lists
-    yield url
-    client.delete(*QUEUE_NAMES, *[f"{q}\x06\x163" for q in QUEUE_NAMES])
-    client.close()
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+        locks.delete(lock)
+        locks.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture(params=["filesystem", "redis", "rabbitmq"])
