@@ -45,6 +45,7 @@ FILES = {  # path -> size of generated content
     "/files/purge.bin": 1 * MIB,
     "/files/kill.bin": 3 * MIB,
     "/files/survive.bin": 2 * MIB,
+    "/files/reload.bin": 1 * MIB,
 }
 VIDEO = "/video/clip.mp4"
 
@@ -242,6 +243,75 @@ def test_dead_cache_server_sends_clients_back_to_origin_within_1s(stack):
         statuses.append(answer.statuses)
         time.sleep(0.3)
     print(f"answers after the kill: {statuses}")
+
+
+def _reload(stack: Stack) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cachetap", "-c", str(stack.config), "reload"],
+                          capture_output=True, text=True, timeout=60, env=_clean_env())
+
+
+def _wait_hits(stack: Stack, url: str, hits: int) -> None:
+    """Until analyze has counted `hits` requests of `url` (its batch was handled by a worker)."""
+    deadline = time.monotonic() + 30
+    while (stack.entry(url) or {}).get("hits", 0) < hits:
+        assert time.monotonic() < deadline, stack.entry(url)
+        time.sleep(0.2)
+
+
+def test_reload_changes_redirect_scope_and_log_level_live_and_names_what_needs_a_restart(stack):
+    path = "/files/reload.bin"
+    url = stack.url(path)
+    stack.admit(url)
+    assert stack.status(url, "-r", "0-0") == 302
+    original = stack.config.read_text()
+    pids = {p.pid for p in stack.processes()}
+    stamp = stack.config.parent / "cache" / "reload.stamp"
+    generation = stamp.read_text() if stamp.exists() else None
+    try:
+        # A bad file: one error naming the key, nothing told, nothing changed.
+        stack.config.write_text(original.replace(f'"{stack.topo.client_ip4}/32"', '"10.77.1.300/32"'))
+        bad = _reload(stack)
+        assert bad.returncode == 1 and bad.stdout == "", bad
+        assert "redirect_client_subnets" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) <= 3, bad.stderr
+        assert (stamp.read_text() if stamp.exists() else None) == generation
+        assert stack.status(url, "-r", "1-1") == 302
+
+        # The IPv4 client leaves the redirect scope, the logs go quiet, a restart-only setting changes.
+        narrowed = original.replace(f'"{stack.topo.client_ip4}/32", ', "").replace('"INFO"', '"WARNING"')
+        stack.config.write_text(narrowed + "serve_max_connections = 9999\n")
+        done = _reload(stack)
+        assert done.returncode == 0, done
+        lines = done.stdout.splitlines()
+        assert lines[1] == "applied live: log_level, redirect_client_subnets", done.stdout
+        assert lines[2].startswith("restart needed for: serve_max_connections "), done.stdout
+        for role in ("capture", "serve", "beat", "worker analyze@", "worker download@", "worker schedule@"):
+            assert role in lines[0], lines[0]
+        answers = [json.loads(p.read_text()) for p in (stamp.parent / "live").glob("*.json")]
+        assert any(a["role"].startswith("worker analyze@") and a["role"].endswith("(child)") for a in answers)
+        offset = len(stack.log_text())
+        hits = stack.entry(url)["hits"]
+        for i in range(2, 5):  # answered by the origin now: the 302 is no longer injected for this client
+            assert stack.status(url, "-r", f"{i}-{i}") == 206
+        _wait_hits(stack, url, hits + 3)
+        assert "analyze batch" not in stack.log_text()[offset:]  # the analyze worker logs at WARNING now
+
+        # Back as it was: redirected again, and the workers log at INFO again.
+        stack.config.write_text(original)
+        back = _reload(stack)
+        assert back.returncode == 0, back
+        assert back.stdout.splitlines()[1:] == ["applied live: log_level, redirect_client_subnets"], back.stdout
+        offset = len(stack.log_text())
+        assert stack.status(url, "-r", "5-5") == 302
+        deadline = time.monotonic() + 30
+        while "analyze batch" not in stack.log_text()[offset:]:
+            assert time.monotonic() < deadline, "the analyze worker did not log at INFO again"
+            time.sleep(0.2)
+        again = _reload(stack)
+        assert again.returncode == 0 and "applied live: nothing changed" in again.stdout, again
+        assert {p.pid for p in stack.processes()} == pids  # nothing was restarted
+    finally:
+        stack.config.write_text(original)
 
 
 def test_clients_get_the_origin_when_every_cachetap_process_is_killed(stack):

@@ -34,9 +34,12 @@ from cachetap.capture.redirector import RedirectScope, Redirector
 from cachetap.capture.relay import SightingRelay
 from cachetap.capture.sniffer import LiveSource, interface_linktype
 from cachetap.core.accesslog import REDIRECT, squid_line
+from cachetap.core.rules import Rules
 from cachetap.core.types import Count, Redirect, Sighting
+from cachetap.core.rules import Rules
 from cachetap.fetch.resolver import Resolver
 from cachetap.logs import AccessLog, open_access_log
+from cachetap.reloading import LiveSettings
 from cachetap.settings import Settings
 from cachetap.wire import encode_sighting
 from cachetap.web.urls import public_base_url
@@ -59,6 +62,9 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
     pipeline = Pipeline(settings, redirector=fast_path.redirector if fast_path else None)
     injector = fast_path.injector if fast_path else None
     access_log = open_access_log(settings.access_log_path) if fast_path else None
+
+    # `cachetap reload`: new rules and redirect scope from the next packet on; the socket stays open.
+    live = LiveSettings(settings).watch("capture", lambda fresh: apply_reload(fresh, pipeline, fast_path))
 
     def queue(sighting: Sighting) -> None:
         relay.add(encode_sighting(sighting))
@@ -99,6 +105,7 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
                 if stop.is_set():
                     break
     finally:
+        live.stop()
         if fast_path is not None:
             fast_path.stop()
         relay.close()
@@ -107,6 +114,14 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
     summary = pipeline.summary()
     log.info("capture stopped: %s", summary)
     return summary
+
+
+def apply_reload(settings: Settings, pipeline: Pipeline, fast_path: FastPath | None) -> None:
+    """Reloaded settings take effect between two packets (each attribute is swapped whole)."""
+    pipeline.rules = Rules.from_settings(settings)
+    if fast_path is not None:
+        fast_path.redirector.scope = RedirectScope(tuple(settings.redirect_client_subnets),
+                                                   tuple(settings.redirect_hosts))
 
 
 def act(observations: list[Observation], frame: bytes, pipeline: Pipeline, injector: Injector | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def capture(ctx: Context, interface: str | None) -> None:
     from cachetap.capture.sniffer import CaptureOpenError
     from cachetap.tasks.app import create_app
 
+    if interface:  # in the environment, so that a reload loads the same interface
+        os.environ["CACHETAP_INTERFACE"] = interface
     settings = ctx.settings(**({"interface": interface} if interface else {}))
     setup_logging(settings.log_level)
     if not settings.interface:

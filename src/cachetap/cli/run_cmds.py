@@ -112,3 +112,34 @@ def startup_summary(settings, children, capture_wanted: bool, user=None) -> str:
                                    if user is not None else ""),
         "  Ctrl-C or SIGTERM stops everything; --log-level debug shows each process's details.",
     ])
+
+
+@cli.command()
+@pass_ctx
+def reload(ctx: Context) -> None:
+    """Apply changed settings to the running cachetap processes of this cache_dir without restarting
+    them (scope, host and freshness rules, log level); names the changed settings that need a restart."""
+    from cachetap.reloading import request_reload, running_processes
+
+    settings = ctx.settings(need_cache_dir=False)  # a bad file stops here, before any process is told
+    if not running_processes(settings.cache_dir):
+        raise click.ClickException(f"no running cachetap process uses {settings.cache_dir}: nothing to reload "
+                                   "(give reload the configuration the service runs with: -c FILE or CACHETAP_CONFIG)")
+    try:
+        outcome = request_reload(settings.cache_dir)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {settings.cache_dir}/reload.stamp ({exc.strerror or exc}); "
+                                   "run reload as the user cachetap runs as, or as root") from None
+    roles = sorted({str(a["role"]).removesuffix(" (child)") for a in outcome.answered.values()})
+    count = len(outcome.answered)
+    click.echo(f"reloaded by {count} process{'' if count == 1 else 'es'} ({', '.join(roles)})")
+    click.echo(f"applied live: {', '.join(outcome.live) or 'nothing changed'}")
+    if outcome.restart:
+        click.echo(f"restart needed for: {', '.join(outcome.restart)} "
+                   "(restart `cachetap run`, or `systemctl restart cachetap.target`)")
+    for pid, error in sorted(outcome.errors.items()):
+        click.echo(f"pid {pid} ({outcome.answered[pid]['role']}) kept its settings: {error}", err=True)
+    for pid, role in sorted(outcome.silent.items()):
+        click.echo(f"pid {pid} ({role}) did not answer within 3 s; look at its log, or restart it", err=True)
+    if outcome.errors or outcome.silent:
+        raise SystemExit(1)

@@ -37,6 +37,10 @@ def serve(ctx: Context, host: str | None, port: int | None, processes: int | Non
         catalog = open_catalog(settings)
         lookup = CatalogLookup(catalog, BlobStore(settings.cache_dir))
         hint_secret = catalog.shared_secret(HINT_SECRET)
+    if directory is None:  # `cachetap reload` changes the log level (here and in forked workers)
+        from cachetap.reloading import LiveSettings
+
+        LiveSettings(settings).watch("serve")
     host = host or settings.serve_host
     port = settings.serve_port if port is None else port
 

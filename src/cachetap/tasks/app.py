@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
-from celery.signals import celeryd_after_setup
+from celery.signals import beat_init, celeryd_after_setup
 
 from cachetap.core.lifecycle import EntryState
 from cachetap.logs import quiet_kombu
+from cachetap.reloading import LiveSettings
 from cachetap.settings import Settings
 from cachetap.tasks.embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
 from cachetap.wire import (QUEUES, ROUTES, SCHEDULE_CLEANUP, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS,
@@ -100,12 +101,18 @@ class CachetapCelery(Celery):
 
     def __init__(self, settings: Settings, **kwargs: Any):
         super().__init__("cachetap", **kwargs)
-        self.settings = settings
+        self.live = LiveSettings(settings)  # follows `cachetap reload` once a worker or beat watches it
         self._lazy_lock = threading.Lock()
         self._catalog: Catalog | None = None
         self._catalog_pid: int | None = None
         self._resolver: Resolver | None = None
         self._rules: Rules | None = None
+        self._rules_for: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings now: LIVE ones change on `cachetap reload` (read them per task, never keep them)."""
+        return self.live.settings
 
     @property
     def catalog(self) -> Catalog:
@@ -132,10 +139,11 @@ class CachetapCelery(Celery):
     def rules(self) -> Rules:
         """The request and probe rules (`core.rules.Rules`) for these settings."""
         with self._lazy_lock:
-            if self._rules is None:
+            settings = self.settings
+            if self._rules is None or self._rules_for is not settings:  # built again after a reload
                 from cachetap.core.rules import Rules
 
-                self._rules = Rules.from_settings(self.settings)
+                self._rules, self._rules_for = Rules.from_settings(settings), settings
             return self._rules
 
 
@@ -245,3 +253,11 @@ def _apply_log_level(sender: str, instance: Any, **_: Any) -> None:
         logging.getLogger("cachetap").setLevel(settings.log_level)
     if settings is None or getattr(settings, "log_level", "") != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)
+    if isinstance(instance.app, CachetapCelery):  # the pool's children follow too (forked later)
+        instance.app.live.watch(f"worker {sender}")
+
+
+@beat_init.connect
+def _beat_follows_reloads(sender: Any, **_: Any) -> None:
+    if isinstance(sender.app, CachetapCelery):
+        sender.app.live.watch("beat")

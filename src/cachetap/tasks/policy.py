@@ -27,15 +27,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 NO_QUOTA = float(1 << 62)
-_POLICIES: dict[tuple[int, int], Policy] = {}
+_POLICIES: dict[tuple[int, int, float], Policy] = {}
 
 
 def policy_for(app: CachetapCelery) -> Policy:
     """One policy per app and process (a policy may keep in-memory helpers, e.g. lrfu's miniatures)."""
-    slot = (id(app), os.getpid())
+    capacity = app.settings.disk_quota or NO_QUOTA
+    slot = (id(app), os.getpid(), capacity)  # a reloaded disk_quota makes a new policy
     policy = _POLICIES.get(slot)
     if policy is None:
-        capacity = app.settings.disk_quota or NO_QUOTA
         policy = _POLICIES[slot] = make_policy(app.settings.eviction_policy, CatalogPolicyStore(app.catalog.engine),
                                                int(capacity))
     return policy
