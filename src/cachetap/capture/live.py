@@ -36,7 +36,6 @@ from cachetap.capture.sniffer import LiveSource, interface_linktype
 from cachetap.core.accesslog import REDIRECT, squid_line
 from cachetap.core.rules import Rules
 from cachetap.core.types import Count, Redirect, Sighting
-from cachetap.core.rules import Rules
 from cachetap.fetch.resolver import Resolver
 from cachetap.logs import AccessLog, open_access_log
 from cachetap.reloading import LiveSettings
