@@ -16,8 +16,8 @@ ROOT = Path(cachetap.__file__).parent
 # Bottom to top; one tuple per layer. Packages of one layer are independent of each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "core"),                  # "": the package itself (__init__: the version)
-    ("settings", "lifetime", "logs", "reloading"),
-    ("privileges",),
+    ("settings", "lifetime", "logs"),
+    ("privileges", "reloading"),
     ("store",),
     ("fetch", "web"),
     ("wire",),
