@@ -247,7 +247,7 @@ def test_dead_cache_server_sends_clients_back_to_origin_within_1s(stack):
 
 def _reload(stack: Stack) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cachetap", "-c", str(stack.config), "reload"],
-                          capture_output=True, text=True, timeout=60, env=_clean_env())
+                          capture_output=True, text=True, timeout=60, env=clean_env())
 
 
 def _wait_hits(stack: Stack, url: str, hits: int) -> None:
