@@ -36,13 +36,18 @@ def tag_is_dead(tag: str | None) -> bool:
     host, _, pid = (tag or "").rpartition(":")
     if host != socket.gethostname()[:50] or not pid.isdigit():
         return False
+    return not pid_is_alive(int(pid))
+
+
+def pid_is_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine runs (another user's counts; a zombie does not)."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return _zombie(int(pid))  # killed, but not reaped yet by a parent that does not wait
+    except PermissionError:
+        return True
+    return not _zombie(pid)  # killed, but not reaped yet by a parent that does not wait
 
 
 def _zombie(pid: int) -> bool:

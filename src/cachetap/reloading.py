@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cachetap.lifetime import pid_is_alive
 from cachetap.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def running_processes(cache_dir: Path) -> dict[int, str]:
             pid, answer = int(path.stem), json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if _alive(pid):
+        if pid_is_alive(pid):
             found[pid] = str(answer.get("role"))
         else:
             path.unlink(missing_ok=True)
@@ -193,7 +194,7 @@ def request_reload(cache_dir: Path, timeout: float = 3 * CHECK_EVERY, poll: floa
             if answer.get("generation") == generation:
                 outcome.answered[pid] = answer
                 del waiting[pid]
-            elif not _alive(pid):
+            elif not pid_is_alive(pid):
                 del waiting[pid]
         if not waiting or time.monotonic() >= deadline:
             break
@@ -201,12 +202,3 @@ def request_reload(cache_dir: Path, timeout: float = 3 * CHECK_EVERY, poll: floa
     outcome.silent = waiting
     return outcome
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True

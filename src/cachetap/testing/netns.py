@@ -32,6 +32,8 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, Self
 
+from cachetap.lifetime import pid_is_alive
+
 NETNS_DIR = "/run/netns"
 PREFIX = "ct-"
 CLONE_NEWNET = 0x40000000
@@ -89,21 +91,11 @@ def remove_stale_namespaces() -> list[str]:
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(NETNS_DIR):
             match = _NAME_RE.match(name)
-            if match and not _pid_alive(int(match.group(1))):
+            if match and not pid_is_alive(int(match.group(1))):
                 with contextlib.suppress(NetnsError):
                     _ip("netns", "del", name)
                     removed.append(name)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

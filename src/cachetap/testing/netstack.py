@@ -203,10 +203,10 @@ class Stack:
                           origin=canonical, secret=self.hint_secret())
 
     def hint_secret(self) -> bytes:
-        from cachetap.cli.catalog_cmds import open_catalog
         from cachetap.settings import load_settings
+        from cachetap.store.catalog import open_catalog  # the running stack made and migrated it
 
-        catalog = open_catalog(load_settings(self.config))
+        catalog = open_catalog(load_settings(self.config).effective_database_url)
         try:
             return catalog.shared_secret(HINT_SECRET)
         finally:
