@@ -36,6 +36,9 @@ def test_units_pass_systemd_analyze_verify_without_a_word_on_stderr(tmp_path):
     assert "Capabilit" not in others and others.count("NoNewPrivileges=yes") == 3
     workers = units[3].read_text()
     assert "multi start $CELERYD_NODES" in workers and "EnvironmentFile=/etc/cachetap/cachetap.env" in workers
+    # systemctl reload applies live settings; it never restarts a worker (what `multi restart` would do).
+    assert "\nExecReload=" + CACHETAP.rsplit("/", 1)[0] + "/cachetap reload\n" in workers
+    assert "multi restart" not in workers
     env = (tmp_path / "root" / "etc" / "cachetap" / "cachetap.env").read_text()
     assert "-P:ct-download threads" in env and 'CELERYD_NODES="ct-analyze ct-download ct-schedule"' in env
     assert f"CACHETAP_CACHE_DIR={tmp_path / 'cache'}" in env

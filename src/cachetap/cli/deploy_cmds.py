@@ -41,8 +41,8 @@ Type=forking
 ExecStart={celery} multi start $CELERYD_NODES -A cachetap --pidfile=/run/cachetap/%n.pid \\
     --logfile=/var/log/cachetap/%n%I.log --loglevel=$CELERYD_LOG_LEVEL $CELERYD_OPTS
 ExecStop={celery} multi stopwait $CELERYD_NODES --pidfile=/run/cachetap/%n.pid
-ExecReload={celery} multi restart $CELERYD_NODES -A cachetap --pidfile=/run/cachetap/%n.pid \\
-    --logfile=/var/log/cachetap/%n%I.log --loglevel=$CELERYD_LOG_LEVEL $CELERYD_OPTS
+# Live settings without restarting the workers (Celery restarts a worker on SIGHUP).
+ExecReload={cachetap} reload
 Restart=always
 """),
     "cachetap-beat.service": ("cachetap beat (housekeeping schedule)", "", """\
@@ -54,12 +54,14 @@ Restart=always
 Type=simple
 ExecStart={cachetap} serve
 ExecReload=/bin/kill -USR1 $MAINPID
+ExecReload={cachetap} reload
 Restart=always
 """),
     "cachetap-capture.service": ("cachetap capture (mirror port or gateway)", " cachetap-serve.service", """\
 Type=simple
 ExecStart={cachetap} capture
 ExecReload=/bin/kill -USR1 $MAINPID
+ExecReload={cachetap} reload
 AmbientCapabilities=CAP_NET_RAW CAP_SYS_NICE
 CapabilityBoundingSet=CAP_NET_RAW CAP_SYS_NICE
 Restart=always
