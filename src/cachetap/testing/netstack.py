@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from cachetap.core.keys import cache_key, canonical_url
+from cachetap.core.lifecycle import EntryState
 from cachetap.core.urls import HINT_SECRET, object_url
 from cachetap.testing.netns import Namespace
 from cachetap.testing.origin import Origin, _Handler, _Server, generated_chunks
@@ -190,9 +191,9 @@ class Stack:
         entry = None
         while time.monotonic() < deadline:
             entry = self.entry(url)
-            if entry is not None and entry["state"] == "ready":
+            if entry is not None and entry["state"] == EntryState.READY:
                 return entry
-            assert entry is None or entry["state"] not in ("failed", "rejected"), entry
+            assert entry is None or entry["state"] not in (EntryState.FAILED, EntryState.REJECTED), entry
             time.sleep(0.2)
         raise AssertionError(f"{url} never became ready: {entry}\n{self.log_text()[-3000:]}")
 
