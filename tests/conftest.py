@@ -17,6 +17,7 @@ import redis
 import sqlalchemy as sa
 
 from cachetap.wire import QUEUE_NAMES
+from cachetap.lifetime import pid_is_alive
 from cachetap.testing import services
 
 CATALOG_BACKENDS = [
@@ -128,7 +129,7 @@ def _redis_db() -> Iterator[str]:
         if holder is None:
             if not locks.set(lock, os.getpid(), ex=3600, nx=True):
                 continue  # another run took it just now
-        elif _pid_alive(int(holder)):
+        elif pid_is_alive(int(holder)):
             continue
         else:  # left by a run that died
             locks.set(lock, os.getpid(), ex=3600)
@@ -146,16 +147,6 @@ def _redis_db() -> Iterator[str]:
         client.close()
         locks.delete(lock)
         locks.close()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @pytest.fixture(params=["filesystem", "redis", "rabbitmq"])
