@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     broker_visibility_timeout: float = Field(3600, gt=0, le=86_400 * 7, description="Redis broker: seconds an unacknowledged task waits before it is re-delivered (a worker killed mid-task); a re-delivered download whose key is still being downloaded waits for it.")
     broker_polling_interval: float = Field(0.05, gt=0, le=10, description="Seconds between polls of the embedded filesystem broker.")
     run_as_user: str = Field("cachetap", description="Started as root, `cachetap run` runs its workers, beat and cache server as this user (created when missing) and the capture as this user with only CAP_NET_RAW and CAP_SYS_NICE; CLI commands run as root act as the owner of cache_dir. Empty or \"root\": stay root.")
+    admin_token: str = Field("", description="Token for the console's admin API (write actions) and Flower's password (user admin). Empty: generated at first start, kept in the catalog so every node shares it, and written to cache_dir/admin_token (mode 0600); `cachetap config show --secrets` prints it. Set it here on every node or on none.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Log level of every cachetap process: WARNING keeps the logs to what needs attention; INFO adds what each process does (every task); DEBUG everything.")
 
     # --- capture ----------------------------------------------------------------------------
@@ -196,6 +197,14 @@ class Settings(BaseSettings):
             raise ValueError(f"serve_port ({self.serve_port}) is one of http_ports {self.http_ports}")
         return self
 
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_strong(cls, token: str) -> str:
+        if token and (len(token) < 16 or not token.isprintable() or any(c.isspace() for c in token)):
+            raise ValueError("admin_token must be at least 16 printable characters without spaces "
+                             "(or empty to have one generated)")
+        return token
+
     @field_validator("public_url")
     @classmethod
     def _public_url_valid(cls, url: str) -> str:
@@ -249,12 +258,16 @@ class Settings(BaseSettings):
     def embedded_broker(self) -> bool:
         return not self.broker_url
 
-    def masked(self) -> dict[str, Any]:
-        """Effective settings for display, with passwords in URLs masked."""
+    def masked(self, secrets: bool = False) -> dict[str, Any]:
+        """Effective settings for display, with passwords in URLs and the admin token masked unless
+        `secrets` (`config show --secrets`)."""
         data = self.model_dump(mode="json")
-        data["broker_url"] = mask_url(self.effective_broker_url)
-        data["result_backend"] = mask_url(self.effective_result_backend)
-        data["database_url"] = mask_url(self.effective_database_url)
+        hide = (lambda url: url) if secrets else mask_url
+        data["broker_url"] = hide(self.effective_broker_url)
+        data["result_backend"] = hide(self.effective_result_backend)
+        data["database_url"] = hide(self.effective_database_url)
+        if not secrets and self.admin_token:
+            data["admin_token"] = "***"
         return data
 
 

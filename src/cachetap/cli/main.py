@@ -88,12 +88,17 @@ def config() -> None:
 
 @config.command("show")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
+@click.option("--secrets", is_flag=True, help="Show passwords and the admin token (read from the catalog, "
+              "made there if this is the first start) instead of masking them.")
 @pass_ctx
-def config_show(ctx: Context, as_json: bool) -> None:
+def config_show(ctx: Context, as_json: bool, secrets: bool) -> None:
     """Print the effective settings (file + environment), secrets masked, each with its help text."""
     from cachetap.settings import field_help
 
-    data = ctx.settings(need_cache_dir=False).masked()
+    settings = ctx.settings(need_cache_dir=False)
+    data = settings.masked(secrets)
+    if secrets:
+        data["admin_token"] = effective_admin_token(settings)
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
@@ -106,6 +111,24 @@ def config_show(ctx: Context, as_json: bool) -> None:
             click.echo(f"# {key} is unset\n")
         else:
             click.echo(f"{key} = {toml_inline(value)}\n")
+
+
+def effective_admin_token(settings: Settings) -> str:
+    """The admin token in force, as the console checks it (the catalog's unless one is configured)."""
+    from cachetap.privileges import become_cache_owner
+
+    if settings.admin_token:
+        return settings.admin_token
+    become_cache_owner(settings.cache_dir, settings.run_as_user)  # as root: no root-owned catalog files
+    ensure_cache_dir(settings.cache_dir)
+    from cachetap.cli.catalog_cmds import open_catalog
+    from cachetap.store.admin_token import admin_token
+
+    catalog = open_catalog(settings)
+    try:
+        return admin_token(catalog, settings.cache_dir)
+    finally:
+        catalog.engine.dispose()
 
 
 def toml_inline(value) -> str:

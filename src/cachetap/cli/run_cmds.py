@@ -38,6 +38,7 @@ def run(ctx: Context, interface: str | None, no_capture: bool, log_level: str | 
     interface is configured. Stops cleanly on Ctrl-C / SIGTERM."""
     from cachetap.cli.catalog_cmds import open_catalog
     from cachetap.privileges import give_cache_dir, prepare_cache_dir, service_user
+    from cachetap.store.admin_token import admin_token
     from cachetap.supervisor import Supervisor, plan_children
 
     overrides = {}
@@ -56,9 +57,11 @@ def run(ctx: Context, interface: str | None, no_capture: bool, log_level: str | 
         give_cache_dir(settings.cache_dir, user)
     prepare_cache_dir(settings.cache_dir, settings.run_as_user)
     lock = hold_instance_lock(settings.cache_dir)  # noqa: F841  (held until this process ends)
-    open_catalog(settings).engine.dispose()  # migrate once before the workers start
+    catalog = open_catalog(settings)  # migrate once before the workers start
+    admin_token(catalog, settings.cache_dir, settings.admin_token)  # first start: made, and the file written
+    catalog.engine.dispose()
     if user is not None:
-        give_cache_dir(settings.cache_dir, user)  # the catalog files the migration made as root
+        give_cache_dir(settings.cache_dir, user)  # the catalog files the migration made as root, the token file
     # Children warn about running as root on their own; the summary below is the start-up output.
     os.environ["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
     children = plan_children(settings, python=sys.executable, capture=not no_capture, user=user)
