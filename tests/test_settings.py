@@ -59,6 +59,7 @@ def test_cachetap_table_accepted(tmp_path):
     ('no_such_setting = 1', "no_such_setting"),
     ('resolve_overrides = { "h.test" = ["not-an-ip"] }', "resolve_overrides"),
     ('min_size = 10\nmax_size = 5', "min_size"),
+    ('node_name = "cache one/../x"', "node_name"),
 ])
 def test_bad_file_values_name_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as err:
@@ -91,3 +92,11 @@ def test_masked_hides_passwords_only():
     s = load_settings(database_url="postgresql+psycopg://u:pw@db/c")
     assert s.masked()["database_url"] == "postgresql+psycopg://u:***@db/c"
     assert "pw" not in str(s.masked())
+
+
+def test_node_name_defaults_to_a_valid_host_name(monkeypatch):
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "box 7.campus")
+    assert load_settings().effective_node_name == "box-7.campus"
+    assert load_settings(node_name="cache-2").effective_node_name == "cache-2"

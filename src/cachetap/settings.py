@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +22,7 @@ from cachetap.core.refresh import RefreshPolicy, rules_from
 from cachetap.core.config_text import describe_errors, env_value, parse_size, unknown_key_message
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # safe in queue names, URLs and log lines
 
 DEFAULT_EXTENSIONS = [
     # video and audio
@@ -139,6 +142,10 @@ class Settings(BaseSettings):
     health_interval: float = Field(0.25, gt=0, le=10, description="Seconds between health checks of the cache server; one failure stops redirects until it answers again.")
     capture_realtime: bool = Field(True, description="Run the capture loop at real-time priority (SCHED_FIFO) when allowed, so the 302 beats the origin's answer on a busy machine.")
 
+    # --- cluster ------------------------------------------------------------------------------
+    node_name: str = Field("", description="This machine's name in the cluster (the node registry, its download queue download.<node_name>); letters, digits, '.', '_' and '-'. Empty: the host name.")
+    node_heartbeat_interval: float = Field(5.0, ge=0.5, le=300, description="Seconds between heartbeats each long-running process writes to the node registry; a node unheard of for three intervals counts as gone (its share of new downloads moves to the others).")
+
     # --- housekeeping ---------------------------------------------------------------------------
     default_ttl: int = Field(7 * 86_400, ge=0, description="Seconds a stored object stays fresh when the origin gives no Cache-Control max-age, Expires or Last-Modified (big files are usually immutable).")
     max_ttl: int = Field(90 * 86_400, ge=0, description="Seconds a stored object stays fresh at most, whatever the origin says; then it is revalidated.")
@@ -212,6 +219,13 @@ class Settings(BaseSettings):
             raise ValueError(f"public_url must be an http:// or https:// URL with a host, got {url!r}")
         return url.rstrip("/")
 
+    @field_validator("node_name")
+    @classmethod
+    def _node_name_valid(cls, name: str) -> str:
+        if name and not NODE_NAME.fullmatch(name):
+            raise ValueError(f"node_name must be 1-64 letters, digits, '.', '_' or '-', got {name!r}")
+        return name
+
     @model_validator(mode="after")
     def _sizes_ordered(self) -> Settings:
         if self.min_size > self.max_size:
@@ -249,6 +263,14 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.cache_dir / 'catalog.sqlite'}"
+
+    @property
+    def effective_node_name(self) -> str:
+        """The node's name: `node_name`, else the host name cut to a valid name."""
+        if self.node_name:
+            return self.node_name
+        host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64]
+        return host or "localhost"
 
     @property
     def broker_dir(self) -> Path:

@@ -32,6 +32,7 @@ from cachetap.capture.inject import Injector
 from cachetap.capture.pipeline import Observation, Pipeline
 from cachetap.capture.redirector import RedirectScope, Redirector
 from cachetap.capture.relay import SightingRelay
+from cachetap.capture.report import CaptureReport
 from cachetap.capture.sniffer import LiveSource, interface_linktype
 from cachetap.core.accesslog import REDIRECT, squid_line
 from cachetap.core.rules import Rules
@@ -62,6 +63,7 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
     injector = fast_path.injector if fast_path else None
     access_log = open_access_log(settings.access_log_path) if fast_path else None
 
+    heartbeat = _capture_heartbeat(settings, pipeline, fast_path)
     # `cachetap reload`: new rules and redirect scope from the next packet on; the socket stays open.
     live = LiveSettings(settings).watch("capture", lambda fresh: apply_reload(fresh, pipeline, fast_path))
 
@@ -105,6 +107,8 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
                     break
     finally:
         live.stop()
+        if heartbeat is not None:
+            heartbeat.stop()
         if fast_path is not None:
             fast_path.stop()
         relay.close()
@@ -146,6 +150,24 @@ def act(observations: list[Observation], frame: bytes, pipeline: Pipeline, injec
         if injected and access_log is not None:
             access_log.write(squid_line(obs.segment.ts, 0, obs.segment.src, REDIRECT, 302, 0, obs.head.method,
                                         obs.url or obs.head.target, None, None))
+
+
+def _capture_heartbeat(settings: Settings, pipeline: Pipeline, fast_path: FastPath | None):
+    """This capture in the node registry, with its figures (capture/report.py), on its own thread."""
+    from cachetap.store.nodes import start_heartbeat
+
+    index_size = health = None
+    if fast_path is not None:
+        index, gate = fast_path.index_sync.index, fast_path.health
+        index_size = lambda: len(index)  # noqa: E731
+        health = lambda: {fast_path.redirector.base_url: gate.ok}  # noqa: E731
+    report = CaptureReport(settings.interface, pipeline, index_size, health)
+    try:
+        return start_heartbeat(settings.effective_database_url, settings.effective_node_name, "capture",
+                               settings.node_heartbeat_interval, report)
+    except Exception as exc:  # the registry is for placement and display: capture without it
+        log.warning("node registry: capture heartbeat not started: %s", exc)
+        return None
 
 
 def _hint_secret(app) -> bytes | None:

@@ -46,13 +46,31 @@ def serve(ctx: Context, host: str | None, port: int | None, processes: int | Non
     host = host or settings.serve_host
     port = settings.serve_port if port is None else port
 
+    heartbeats = []
+
     def announce(bound: int) -> None:
         if not quiet:
             click.echo(f"listening on http://{host}:{bound}", err=True)
+        if directory is None:  # a cache node: register its URL and disks for placement and redirects
+            heartbeats.append(_cache_heartbeat(settings, bound))
 
     access_log = None if directory is not None else open_access_log(settings.access_log_path, reopen_on_usr1=False)
-    run_server(host, port, lookup, processes=processes or settings.serve_processes, on_ready=announce,
-               strip_query_params=settings.strip_query_params, hint_secret=hint_secret,
-               max_connections=settings.serve_max_connections,
-               max_connections_per_address=settings.serve_max_connections_per_address,
-               access_log=access_log)
+    try:
+        run_server(host, port, lookup, processes=processes or settings.serve_processes, on_ready=announce,
+                   strip_query_params=settings.strip_query_params, hint_secret=hint_secret,
+                   max_connections=settings.serve_max_connections,
+                   max_connections_per_address=settings.serve_max_connections_per_address,
+                   access_log=access_log)
+    finally:
+        for beat in heartbeats:
+            beat.stop()
+
+
+def _cache_heartbeat(settings, port: int):
+    from cachetap.store.nodes import disks_of, start_heartbeat
+    from cachetap.web.urls import public_base_url
+
+    url = public_base_url(settings.public_url, settings.serve_host, port)
+    return start_heartbeat(settings.effective_database_url, settings.effective_node_name, "cache",
+                           settings.node_heartbeat_interval,
+                           lambda: {"public_url": url, "disks": disks_of([settings.cache_dir])})

@@ -24,6 +24,7 @@ from cachetap.core.keys import KEY_PATTERN, url_filename
 from cachetap.core.types import Sighting
 from cachetap.store.db import is_transient, make_engine, upgrade, writer
 from cachetap.store.models import Entry, Hit, Secret
+from cachetap.store.nodes import NodeRegistry
 
 ENTRIES = Entry.__table__
 HITS = Hit.__table__
@@ -61,6 +62,7 @@ class EntryView:
     claimed_by: str | None
     attempts: int
     blob: str | None
+    node: str | None
     stored_size: int | None
     published_at: float | None
     bytes_done: int
@@ -113,6 +115,7 @@ class Catalog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = writer(engine)
+        self.nodes = NodeRegistry(engine)  # the cluster's node registry (store/nodes.py)
 
     # ---- helpers ------------------------------------------------------------------------------
 

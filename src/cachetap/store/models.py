@@ -51,6 +51,7 @@ class Entry(Base):
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default=sa.text("0"))
     # the stored content
     blob: Mapped[str | None] = mapped_column(sa.String(64))  # BLAKE3 content digest, 64 hex chars
+    node: Mapped[str | None] = mapped_column(sa.String(64))  # the cache node holding the blob (nodes.name)
     stored_size: Mapped[int | None] = mapped_column(sa.BigInteger)
     published_at: Mapped[float | None] = mapped_column(sa.Double)
     # download progress
@@ -104,3 +105,22 @@ class PolicyValue(Base):
 
     name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     value: Mapped[float] = mapped_column(sa.Double)
+
+
+class Node(Base):
+    """One row per process role of a cluster node (capture, cache, worker, beat), written by its
+    heartbeat: a node is its rows under one name. Rows per role, so that processes of one machine
+    never overwrite each other's report."""
+
+    __tablename__ = "nodes"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    public_url: Mapped[str | None] = mapped_column(sa.String(255))  # where clients reach its cache server
+    disks: Mapped[str] = mapped_column(sa.Text)  # JSON: [{"path", "total", "free"}]
+    version: Mapped[str] = mapped_column(sa.String(32))
+    pid: Mapped[int] = mapped_column(sa.Integer)
+    started_at: Mapped[float] = mapped_column(sa.Double)
+    last_seen: Mapped[float] = mapped_column(sa.Double)
+    report: Mapped[str] = mapped_column(sa.Text)  # JSON object: the figures this process reports

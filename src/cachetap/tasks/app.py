@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
-from celery.signals import beat_init, celeryd_after_setup
+from celery.signals import beat_init, celeryd_after_setup, worker_ready, worker_shutdown
 
 from cachetap.core.lifecycle import EntryState
 from cachetap.logs import quiet_kombu
@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # imported lazily at run time: a worker of one queue need not
     from cachetap.store.catalog import Catalog
 
 log = logging.getLogger(__name__)
+_HEARTBEATS: list[Any] = []  # this process's node-registry heartbeats (signals are per process too)
 
 TASK_MODULES = ("cachetap.tasks.analyze", "cachetap.tasks.schedule", "cachetap.tasks.housekeeping",
                 "cachetap.tasks.download", "cachetap.tasks.capture")
@@ -261,3 +262,30 @@ def _apply_log_level(sender: str, instance: Any, **_: Any) -> None:
 def _beat_follows_reloads(sender: Any, **_: Any) -> None:
     if isinstance(sender.app, CachetapCelery):
         sender.app.live.watch("beat")
+        _start_heartbeat(sender.app, "beat", {})
+
+
+def _start_heartbeat(app: CachetapCelery, role: str, report: dict[str, Any]) -> None:
+    """Register this process in the node registry (store/nodes.py) for as long as it runs."""
+    from cachetap.store.nodes import start_heartbeat
+
+    settings = app.settings
+    try:
+        _HEARTBEATS.append(start_heartbeat(settings.effective_database_url, settings.effective_node_name,
+                                           role, settings.node_heartbeat_interval, lambda: {"report": report}))
+    except Exception as exc:  # the registry is for placement and display; the worker works without it
+        log.warning("node registry: heartbeat (%s) not started: %s", role, exc)
+
+
+@worker_ready.connect
+def _worker_heartbeat(sender: Any, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    if isinstance(app, CachetapCelery):
+        queues = sorted(q.name for q in getattr(sender.task_consumer, "queues", ()) or ())
+        _start_heartbeat(app, "worker", {"queues": queues})
+
+
+@worker_shutdown.connect
+def _worker_leaves(**_: Any) -> None:
+    while _HEARTBEATS:
+        _HEARTBEATS.pop().stop()
