@@ -260,3 +260,33 @@ def test_canonical_url_only_raises_bad_target(text):
 def test_url_filename_is_always_safe(segment):
     name = url_filename("http://h/" + segment)
     assert SAFE_NAME.fullmatch(name) and not name.startswith(".")
+
+
+@pytest.mark.parametrize(("target", "host", "dport"), [
+    ("/a.iso", "example.org", 80), ("/a.iso", "example.org:8080", 80), ("/a.iso", "example.org", 8080),
+    ("/a.iso", "[2001:db8::1]:81", 80), ("/a.iso", "[2001:db8::1]", 80), ("/a.iso", "example.org:80", 8080),
+    ("http://example.org:99/a.iso", "ignored.example", 80), ("/a?x=1:2", "10.0.0.1", 80),
+    ("/a.iso", "example.org:", 80),
+])
+def test_port_of_agrees_with_the_egress_check(target, host, dport):
+    """The redirect path's cheap port reading says what urllib's parse says for every canonical URL."""
+    from cachetap.core import egress
+    from cachetap.core.keys import port_of
+
+    url = canonical_url(target, host, dport)
+    for port in (80, 81, 99, 8080):
+        assert (port_of(url) == port) is egress.port_matches(url, port), (url, port)
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-.:[]/%?=&", max_size=40),
+       st.integers(min_value=1, max_value=65535))
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_port_of_agrees_with_urllib_on_any_host_header(host, dport):
+    from cachetap.core import egress
+    from cachetap.core.keys import port_of
+
+    try:
+        url = canonical_url("/f.iso", host, dport)
+    except BadTarget:
+        return
+    assert (port_of(url) == dport) is egress.port_matches(url, dport), url

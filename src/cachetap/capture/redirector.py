@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from cachetap.capture.hotindex import HotIndex
 from cachetap.capture.inject import MAX_LOCATION
 from cachetap.core import egress
-from cachetap.core.keys import path_of
+from cachetap.core.keys import path_of, port_of
 from cachetap.core.types import Redirect, RequestHead, Segment
 from cachetap.core.urls import object_url
 
@@ -110,7 +110,7 @@ class Redirector:
             return "pipelined"  # one 302 + FIN would cut off the requests queued behind it
         if self._destination_refused(seg.dst):
             return "destination_refused"
-        if not egress.port_matches(url, seg.dport):
+        if port_of(url) != seg.dport:  # a Host naming another port never chooses where we fetch
             return "port_mismatch"
         if not self.scope.allows(seg.src, host):
             return "out_of_redirect_scope"
