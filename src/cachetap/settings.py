@@ -160,6 +160,7 @@ class Settings(BaseSettings):
     eviction_policy: Literal["lru", "gdsf", "s3fifo", "lrfu"] = Field("lrfu", description="Which stored objects go when space is needed: lru, gdsf, s3fifo or lrfu (LRFU behind a probation window; see `cachetap simulate` to compare them on your logs).")
     min_free_bytes: int = Field(1 << 30, ge=0, description="Bytes to keep free on the cache_dir filesystem; the quota pass evicts until they are.")
     reconcile_grace: int = Field(3600, ge=0, description="Seconds an unreferenced blob or an orphaned temp file is left alone before reconcile deletes it (a publish may be in flight).")
+    beat_lease: float = Field(30.0, ge=1, le=3600, description="Seconds the active beat's lease in the catalog lasts; every node may run a beat, only the holder sends, renewing every third of this. A holder that dies is replaced within 4/3 of it (nodes' clocks must agree to well within it: NTP).")
     housekeeping_interval: int = Field(900, ge=10, description="Seconds between runs of the cleanup, quota and reconcile passes.")
 
     @field_validator("redirect_client_mac", "redirect_origin_mac")

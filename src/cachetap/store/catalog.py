@@ -131,6 +131,10 @@ class Catalog:
                 time.sleep(0.01 * (attempt + 1))
         raise AssertionError("unreachable")
 
+    def write(self, work: Callable[[Connection], T]) -> T:
+        """One write transaction for a repository beside this one (store/leases.py)."""
+        return self._write(work)
+
     def _upsert_entry(self, values: dict[str, Any]) -> sa.Executable:
         """INSERT the entry, or on a duplicate key add its hits and move last_hit forward."""
         dialect = self.engine.dialect.name

@@ -124,3 +124,33 @@ class Node(Base):
     started_at: Mapped[float] = mapped_column(sa.Double)
     last_seen: Mapped[float] = mapped_column(sa.Double)
     report: Mapped[str] = mapped_column(sa.Text)  # JSON object: the figures this process reports
+
+
+class Lease(Base):
+    """A named lease one process holds at a time (the active beat; one run of a housekeeping task).
+
+    A row rather than a PostgreSQL advisory lock so that SQLite, PostgreSQL and MySQL behave alike,
+    and a holder that dies without a word is known by its `expires_at` passing."""
+
+    __tablename__ = "leases"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    name: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(sa.String(128))
+    acquired_at: Mapped[float] = mapped_column(sa.Double)
+    renewed_at: Mapped[float] = mapped_column(sa.Double)
+    expires_at: Mapped[float] = mapped_column(sa.Double)
+
+
+class TaskRun(Base):
+    """One run of a scheduled task (which node, when it started and ended, how it went)."""
+
+    __tablename__ = "task_runs"
+    __table_args__ = (sa.Index("ix_task_runs_task_started", "task", "started_at"), MYSQL_TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(sa.String(64))
+    node: Mapped[str] = mapped_column(sa.String(128))
+    started_at: Mapped[float] = mapped_column(sa.Double)
+    ended_at: Mapped[float | None] = mapped_column(sa.Double)
+    outcome: Mapped[str | None] = mapped_column(sa.String(255))

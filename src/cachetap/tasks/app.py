@@ -175,6 +175,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": True,
         "beat_schedule": beat_schedule(settings),
+        "beat_scheduler": "cachetap.tasks.beat:LeasedScheduler",  # one active beat per catalog
         "timezone": "UTC",
     }
     if settings.embedded_broker or not settings.result_backend or not settings.database_url:

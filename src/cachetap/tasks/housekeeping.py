@@ -36,6 +36,7 @@ from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog, EntryView
 from cachetap.store.evict import evict, reconcile
 from cachetap.tasks.app import CachetapCelery
+from cachetap.tasks.beat import recorded
 from cachetap.tasks.index_events import NO_INDEX, IndexNotifier
 from cachetap.tasks.policy import forgetting
 from cachetap.wire import SCHEDULE_CLEANUP, SCHEDULE_QUOTA, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE
@@ -170,21 +171,29 @@ def _blobs(app: CachetapCelery) -> BlobStore:
 
 
 @shared_task(bind=True, name=SCHEDULE_CLEANUP)
-def cleanup(self: Any) -> dict[str, int]:
-    return run_cleanup(self.app.catalog, _blobs(self.app), self.app.settings, time.time(), IndexNotifier(self.app))
+def cleanup(self: Any) -> dict[str, int] | None:
+    app = self.app
+    return recorded(app, SCHEDULE_CLEANUP, lambda: run_cleanup(app.catalog, _blobs(app), app.settings, time.time(),
+                                                               IndexNotifier(app)), app.settings.housekeeping_interval)
 
 
 @shared_task(bind=True, name=SCHEDULE_QUOTA)
-def quota(self: Any) -> dict[str, int]:
-    return run_quota(self.app.catalog, _blobs(self.app), self.app.settings, index=IndexNotifier(self.app))
+def quota(self: Any) -> dict[str, int] | None:
+    app = self.app
+    return recorded(app, SCHEDULE_QUOTA, lambda: run_quota(app.catalog, _blobs(app), app.settings,
+                                                           index=IndexNotifier(app)), app.settings.housekeeping_interval)
 
 
 @shared_task(bind=True, name=SCHEDULE_RECONCILE)
-def reconcile_store(self: Any) -> dict[str, int]:
-    return run_reconcile(self.app.catalog, _blobs(self.app), self.app.settings, time.time(), IndexNotifier(self.app))
+def reconcile_store(self: Any) -> dict[str, int] | None:
+    app = self.app
+    return recorded(app, SCHEDULE_RECONCILE, lambda: run_reconcile(app.catalog, _blobs(app), app.settings, time.time(),
+                                                                   IndexNotifier(app)), app.settings.housekeeping_interval)
 
 
 @shared_task(bind=True, name=SCHEDULE_REVALIDATE)
-def revalidate(self: Any) -> dict[str, int]:
-    return run_revalidate(self.app.catalog, _blobs(self.app), self.app.resolver, self.app.settings, time.time(),
-                          IndexNotifier(self.app))
+def revalidate(self: Any) -> dict[str, int] | None:
+    app = self.app
+    return recorded(app, SCHEDULE_REVALIDATE, lambda: run_revalidate(app.catalog, _blobs(app), app.resolver, app.settings,
+                                                                     time.time(), IndexNotifier(app)),
+                    app.settings.revalidate_interval)

@@ -25,26 +25,39 @@ from celery import shared_task
 from cachetap.core.lifecycle import EntryState, Event, advance, sources
 from cachetap.lifetime import tag_is_dead
 from cachetap.store.catalog import EntryView
-from cachetap.tasks.app import PROCESSED_MAX_AGE, prune_processed
+from cachetap.tasks.app import PROCESSED_MAX_AGE, PRUNE_HITS_EVERY, prune_processed
+from cachetap.tasks.beat import recorded
 from cachetap.wire import (DOWNLOAD_FETCH, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS, SCHEDULE_RECLAIM,
                            DownloadJob, send)
 
 log = logging.getLogger(__name__)
+TASK_RUNS_KEPT = 7 * 86_400.0  # seconds the record of scheduled runs is kept
 
 
 @shared_task(bind=True, name=SCHEDULE_PRUNE_HITS)
-def prune_hits(self: Any) -> int:
-    """Delete hits older than the admission window (they can no longer admit anything)."""
-    settings = self.app.settings
-    removed = self.app.catalog.prune_hits(before=time.time() - settings.admission_window)
+def prune_hits(self: Any) -> int | None:
+    """Delete hits older than the admission window (they can no longer admit anything), and the
+    records of scheduled runs older than TASK_RUNS_KEPT."""
+    return recorded(self.app, SCHEDULE_PRUNE_HITS, lambda: _prune_hits(self.app), PRUNE_HITS_EVERY)
+
+
+def _prune_hits(app: Any) -> int:
+    from cachetap.store.leases import TaskRuns
+
+    settings, now = app.settings, time.time()
+    removed = app.catalog.prune_hits(before=now - settings.admission_window)
+    TaskRuns(app.catalog).prune(before=now - TASK_RUNS_KEPT)
     log.info("pruned %d hits older than %ds", removed, settings.admission_window)
     return removed
 
 
 @shared_task(bind=True, name=SCHEDULE_RECLAIM)
-def reclaim(self: Any) -> dict[str, int]:
+def reclaim(self: Any) -> dict[str, int] | None:
     """Recover claims whose worker vanished; returns how many of each kind."""
-    app = self.app
+    return recorded(self.app, SCHEDULE_RECLAIM, lambda: _reclaim(self.app), self.app.settings.claim_timeout)
+
+
+def _reclaim(app: Any) -> dict[str, int]:
     catalog, stale_after = app.catalog, app.settings.claim_timeout
     now = time.time()
     done = {EntryState.PROBING: 0, "resent": 0}
@@ -88,9 +101,10 @@ def resend_download(app: Any, entry: EntryView, now: float) -> bool:
 
 
 @shared_task(bind=True, name=SCHEDULE_PRUNE_BROKER)
-def prune_broker(self: Any) -> int:
+def prune_broker(self: Any) -> int | None:
     """Delete messages the embedded broker handed out long ago (kept only for atomic receipt)."""
     settings = self.app.settings
     if not settings.embedded_broker:
         return 0
-    return prune_processed(settings.broker_dir, PROCESSED_MAX_AGE)
+    return recorded(self.app, SCHEDULE_PRUNE_BROKER,
+                    lambda: prune_processed(settings.broker_dir, PROCESSED_MAX_AGE), PROCESSED_MAX_AGE)

@@ -163,3 +163,56 @@ def take_tasks(app, queue: str, count: int, timeout: float = 120.0,
             taken.append((message.headers["task"], args))
             message.ack()
     return taken
+
+
+class CeleryBeat:
+    """One `celery -A cachetap beat` process in its own process group, with its own schedule file."""
+
+    def __init__(self, settings: Settings, name: str, extra_env: Mapping[str, str] | None = None):
+        self.settings = settings
+        self.name = name
+        self.log_path = settings.cache_dir / f"beat-{name}.log"
+        self._extra_env = dict(extra_env or {})
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> CeleryBeat:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
+        env.update(settings_env(self.settings))
+        env.update(self._extra_env)
+        env["PYTHONUNBUFFERED"] = "1"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        schedule = self.settings.cache_dir / f"beat-schedule-{self.name}"
+        with open(self.log_path, "wb") as log_file:
+            self.process = subprocess.Popen([str(CELERY), "-A", "cachetap", "beat", "-s", str(schedule), "-l", "INFO"],
+                                            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=env, start_new_session=True)
+        return self
+
+    @property
+    def tag(self) -> str:
+        """The lease holder name this beat uses ("<hostname>:<pid>")."""
+        import socket
+
+        assert self.process is not None
+        return f"{socket.gethostname()[:50]}:{self.process.pid}"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
