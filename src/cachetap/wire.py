@@ -17,6 +17,7 @@ from kombu import Exchange, Queue
 from cachetap.core.keys import KEY_PATTERN
 from cachetap.core.admission import ProbeResult
 from cachetap.core.types import Sighting
+from cachetap.settings import NODE_NAME
 
 if TYPE_CHECKING:  # the capture process loads no database code
     from cachetap.store.catalog import EntryView
@@ -34,7 +35,14 @@ SCHEDULE_RECONCILE = "cachetap.schedule.reconcile"
 SCHEDULE_REVALIDATE = "cachetap.schedule.revalidate"
 
 QUEUE_NAMES = ("capture", "analyze", "download", "schedule")
-QUEUES = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES)
+
+
+def direct_queue(name: str) -> Queue:
+    """A queue on its own direct exchange, as Celery makes one it was not told of (`download.<node>`)."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+QUEUES = tuple(direct_queue(name) for name in QUEUE_NAMES)
 
 ROUTES: dict[str, dict[str, str]] = {
     CAPTURE_REPLAY: {"queue": "capture"},
@@ -60,6 +68,29 @@ class TaskSender(Protocol):
 def send(app: TaskSender, task: str, *args: Any) -> Any:
     """Send `task` with `args` to the queue its route names; returns Celery's AsyncResult."""
     return app.send_task(task, args=list(args), queue=ROUTES[task]["queue"])
+
+
+# ---- per-node download queues ---------------------------------------------------------------------
+# A cache node's download worker consumes `download.<node>` besides the shared `download` queue: a
+# job goes to the queue of the node that owns its key (core/placement.py), so the object lands on
+# that node's disks; with no live cache node known (one box starting up) it goes to `download`,
+# which any download worker takes.
+DOWNLOAD_QUEUE = ROUTES[DOWNLOAD_FETCH]["queue"]
+
+
+def download_queue(node: str | None) -> str:
+    """The queue of `node`'s download worker (the shared one for None). Raises ValueError for a
+    name that is no node name (settings.NODE_NAME)."""
+    if node is None:
+        return DOWNLOAD_QUEUE
+    if not NODE_NAME.fullmatch(node):
+        raise ValueError(f"not a node name: {node!r}")
+    return f"{DOWNLOAD_QUEUE}.{node}"
+
+
+def send_download(app: TaskSender, job: DownloadJob, node: str | None) -> Any:
+    """Queue `job` for `node`'s download worker (None: any download worker)."""
+    return app.send_task(DOWNLOAD_FETCH, args=[job.to_message()], queue=download_queue(node))
 
 
 # ---- index events: fanout to every capture node -------------------------------------------------

@@ -21,7 +21,8 @@ from cachetap.core import lifecycle
 from cachetap.core.lifecycle import EntryState
 from cachetap.fetch.probe import ProbeError, probe
 from cachetap.tasks.policy import forget, reserve
-from cachetap.wire import DOWNLOAD_FETCH, DownloadJob, send
+from cachetap.tasks.placing import download_owner
+from cachetap.wire import DownloadJob, send_download
 
 if TYPE_CHECKING:
     from cachetap.tasks.app import CachetapCelery
@@ -83,7 +84,7 @@ def admit_key(app: CachetapCelery, key: str, now: float, forced: bool = False) -
     catalog.mark(key, state, token=token, claimed_at=time.time())  # the download's lease starts now
     job = DownloadJob.from_probe(key, entry.url, result, token)
     try:
-        sent = send(app, DOWNLOAD_FETCH, job.to_message())
+        sent = send_download(app, job, download_owner(app, key, now))
     except BrokerError as exc:
         # The entry stays queued under this claim; reclaim re-sends it once the claim is stale.
         log.error("sending the download of %s failed (%s); reclaim will re-send it", key, exc)

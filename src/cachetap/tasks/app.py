@@ -41,8 +41,9 @@ from cachetap.logs import quiet_kombu
 from cachetap.reloading import LiveSettings
 from cachetap.settings import Settings
 from cachetap.tasks.embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
-from cachetap.wire import (QUEUES, ROUTES, SCHEDULE_CLEANUP, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS,
-                           SCHEDULE_QUOTA, SCHEDULE_RECLAIM, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE, job_key)
+from cachetap.wire import (DOWNLOAD_QUEUE, QUEUES, ROUTES, SCHEDULE_CLEANUP, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS,
+                           SCHEDULE_QUOTA, SCHEDULE_RECLAIM, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE, download_queue,
+                           job_key)
 
 if TYPE_CHECKING:  # imported lazily at run time: a worker of one queue need not load the others' code
     from cachetap.core.rules import Rules
@@ -257,6 +258,16 @@ def _apply_log_level(sender: str, instance: Any, **_: Any) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     if isinstance(instance.app, CachetapCelery):  # the pool's children follow too (forked later)
         instance.app.live.watch(f"worker {sender}")
+        _consume_own_download_queue(instance.app)
+
+
+def _consume_own_download_queue(app: CachetapCelery) -> None:
+    """A download worker also takes the jobs placed on its node (`download.<node>`, wire.py)."""
+    queues = app.amqp.queues
+    if queues.consume_from is None or DOWNLOAD_QUEUE in queues.consume_from:  # None: every queue
+        own = download_queue(app.settings.effective_node_name)
+        queues.select_add(own)
+        log.info("download worker of node %s: consuming %s too", app.settings.effective_node_name, own)
 
 
 @beat_init.connect

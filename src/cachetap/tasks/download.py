@@ -152,6 +152,7 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
         published = catalog.mark(
             key, advance(downloading, Event.PUBLISH), token=claim, blob=result.digest, size=result.size,
             stored_size=result.size, published_at=now, etag=result.etag, content_type=result.content_type,
+            node=settings.effective_node_name,
             expires_at=deadline, bytes_done=result.size, speed=0,
             claim_token=None, claimed_at=None, claimed_by=None)
     finally:

@@ -27,8 +27,8 @@ from cachetap.lifetime import tag_is_dead
 from cachetap.store.catalog import EntryView
 from cachetap.tasks.app import PROCESSED_MAX_AGE, PRUNE_HITS_EVERY, prune_processed
 from cachetap.tasks.beat import recorded
-from cachetap.wire import (DOWNLOAD_FETCH, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS, SCHEDULE_RECLAIM,
-                           DownloadJob, send)
+from cachetap.tasks.placing import download_owner
+from cachetap.wire import SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS, SCHEDULE_RECLAIM, DownloadJob, send_download
 
 log = logging.getLogger(__name__)
 TASK_RUNS_KEPT = 7 * 86_400.0  # seconds the record of scheduled runs is kept
@@ -96,7 +96,8 @@ def resend_download(app: Any, entry: EntryView, now: float) -> bool:
     if entry.claim_token is None or not catalog.retake(entry.key, entry.claim_token, token, now):
         return False
     catalog.mark(entry.key, advance(entry.state, Event.REQUEUE), token=token, claimed_at=now)
-    send(app, DOWNLOAD_FETCH, DownloadJob.from_entry(entry, token).to_message())
+    # To the key's owner now: a node that died is out of the live set, so its keys are re-homed.
+    send_download(app, DownloadJob.from_entry(entry, token), download_owner(app, entry.key, now))
     return True
 
 

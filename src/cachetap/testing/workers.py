@@ -142,9 +142,9 @@ def take_tasks(app, queue: str, count: int, timeout: float = 120.0,
     """
     from queue import Empty
 
-    from cachetap.wire import QUEUES
+    from cachetap.wire import direct_queue
 
-    declared = next(q for q in QUEUES if q.name == queue)
+    declared = direct_queue(queue)
     taken: list[tuple[str, list]] = []
     deadline = time.monotonic() + timeout
     with app.connection_for_read() as conn, conn.SimpleQueue(declared) as simple:
