@@ -2,8 +2,12 @@
 
 Two paths: broadcast events (`cachetap.wire` names them; tasks/index_events.py publishes them) applied as they arrive, so a key becomes
 redirectable, or stops being so, within a fraction of a second on every capture node; and a full
-reconcile with the catalog at start and every `reconcile_every` seconds, so that a missed event
-(broker restart, node down while it was sent) cannot leave the index wrong for long.
+reconcile with the catalog at start, every `reconcile_every` seconds, and at once whenever the event
+connection comes back after a loss. Redis delivers fanout by publish/subscribe, which keeps nothing
+for a subscriber that is away (RabbitMQ keeps this node's queue only while it is connected, too): an
+event sent while the connection was down is gone. So the index is never staler than the connection
+outage plus one reconcile, and even an event lost without the connection noticing (a broker restart
+between two polls) is corrected within `reconcile_every`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class IndexSync:
         self._lock = threading.Lock()
         self._during_reconcile: list[dict] | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # reconcile now (stop, or the event connection came back)
         self._threads = [threading.Thread(target=self._consume, name="cachetap-index-events", daemon=True),
                          threading.Thread(target=self._reconcile_loop, name="cachetap-index-reconcile", daemon=True)]
 
@@ -48,6 +53,7 @@ class IndexSync:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -73,7 +79,7 @@ class IndexSync:
 
     def _consume(self) -> None:
         backoff = 0.5
-        first = True
+        first, lost = True, False
         while not self._stop.is_set():
             try:
                 with self.app.connection_for_read() as conn:
@@ -84,13 +90,17 @@ class IndexSync:
                         bound.purge()
                         first = False
                     with Consumer(channel, queues=[bound], callbacks=[self._on_message], accept=["json"]):
-                        backoff = 0.5
+                        if lost:  # back after a loss: what was sent meanwhile is gone
+                            log.warning("index events: connected again; reconciling with the catalog now")
+                            self._wake.set()
+                        backoff, lost = 0.5, False
                         while not self._stop.is_set():
                             try:
                                 conn.drain_events(timeout=0.5)
                             except TimeoutError:
                                 continue
             except Exception as exc:  # broker down: keep trying; reconcile keeps the index right
+                lost = True
                 log.warning("index events: %s; retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -127,4 +137,5 @@ class IndexSync:
             except Exception as exc:  # catalog unreachable: keep the index we have, try again soon
                 log.warning("index reconcile failed: %s", exc)
                 wait = min(5.0, self.reconcile_every)
-            self._stop.wait(wait)
+            self._wake.wait(wait)
+            self._wake.clear()
