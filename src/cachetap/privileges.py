@@ -24,6 +24,7 @@ import os
 import signal
 import pwd
 import stat
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -52,7 +53,11 @@ def service_user(settings: Settings) -> ServiceUser | None:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        created = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+        useradd = shutil.which("useradd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+        if useradd is None:
+            raise ConfigError(f"run_as_user {name!r} does not exist and there is no useradd to create it: "
+                              "create the user, or set run_as_user") from None
+        created = subprocess.run([useradd, "--system", "--user-group", "--no-create-home",
                                   "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
                                  capture_output=True, text=True)
         if created.returncode != 0:

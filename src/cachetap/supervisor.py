@@ -40,6 +40,7 @@ class Child:
     next_start: float = 0.0
     started_at: float = field(default=0.0)
     env: dict[str, str] | None = None
+    quiet_stdout: bool = False  # Celery prints its shutdown notes to stdout, for a terminal of its own
 
 
 def plan_children(settings: Settings, python: str, capture: bool = True,
@@ -53,14 +54,19 @@ def plan_children(settings: Settings, python: str, capture: bool = True,
     level = ["--loglevel", settings.log_level]  # WARNING by default: Celery logs every task at INFO
     quiet = ["--without-gossip", "--without-mingle"] if settings.embedded_broker else []
     cold = signal.SIGQUIT  # Celery's cold shutdown: running downloads are not waited for
+    # A worker prints "Cold shutdown (MainProcess)" and "Hitting Ctrl+C again..." to stdout, for someone
+    # who runs it in a terminal of its own; here `cachetap run` says how the stop went. Its logs go to
+    # stderr and stay; --log-level debug keeps everything.
+    notes_off = settings.log_level != "DEBUG"
     children = [
-        Child("analyze", celery + ["worker", "-Q", "analyze", "-c", "2", "-n", "analyze@%h", *quiet, *level], cold),
+        Child("analyze", celery + ["worker", "-Q", "analyze", "-c", "2", "-n", "analyze@%h", *quiet, *level], cold,
+              quiet_stdout=notes_off),
         # Downloads spend their time waiting on aria2, so threads are enough and cost no extra memory.
         Child("download", celery + ["worker", "-Q", "download", "-P", "threads",
                                     "-c", str(settings.download_max_concurrent),
-                                    "-n", "download@%h", *quiet, *level], cold),
+                                    "-n", "download@%h", *quiet, *level], cold, quiet_stdout=notes_off),
         Child("schedule", celery + ["worker", "-Q", "schedule,capture", "-c", "1", "-n", "schedule@%h",
-                                    *quiet, *level], cold),
+                                    *quiet, *level], cold, quiet_stdout=notes_off),
         Child("beat", celery + ["beat", "-s", str(settings.cache_dir / "beat-schedule"), *level]),
         Child("serve", [python, "-m", "cachetap", "serve", "--quiet"]),
     ]
@@ -81,6 +87,8 @@ class Supervisor:
         self.grace = grace
         self.max_backoff = max_backoff
         self._stopping = False
+        self.stop_began: float | None = None  # monotonic time the stop signal arrived
+        self.stopped_in: float | None = None  # seconds from that signal to the last child reaped
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._request_stop)
@@ -101,10 +109,13 @@ class Supervisor:
 
     def _request_stop(self, signum, _frame) -> None:
         log.info("signal %s: stopping", signum)
+        if self.stop_began is None:
+            self.stop_began = time.monotonic()
         self._stopping = True
 
     def _start(self, child: Child) -> None:
-        child.process = subprocess.Popen(child.argv, start_new_session=True, env=child.env)
+        child.process = subprocess.Popen(child.argv, start_new_session=True, env=child.env,
+                                         stdout=subprocess.DEVNULL if child.quiet_stdout else None)
         child.started_at = time.monotonic()
         log.debug("%s started (pid %d)", child.name, child.process.pid)
 
@@ -131,6 +142,7 @@ class Supervisor:
                 self._start(child)
 
     def _stop_all(self) -> int:
+        began = self.stop_began if self.stop_began is not None else time.monotonic()
         running = [c for c in self.children if c.process and c.process.poll() is None]
         for child in reversed(running):  # capture and server first, then the workers behind them
             _signal(child.process.pid, child.stop_signal)
@@ -138,6 +150,7 @@ class Supervisor:
         for child in running:
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                log.debug("%s ended %.2fs into the stop", child.name, time.monotonic() - began)
             except subprocess.TimeoutExpired:
                 # Expected for Celery workers, whose shutdown takes seconds after their tasks ended.
                 log.debug("%s still running after %.1fs: killing", child.name, self.grace)
@@ -145,6 +158,7 @@ class Supervisor:
             if child.process is not None:
                 _signal(-child.process.pid, signal.SIGKILL)
                 child.process.wait()
+        self.stopped_in = time.monotonic() - began
         log.info("all stopped")
         return 0
 

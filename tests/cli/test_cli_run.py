@@ -1,6 +1,7 @@
 """`cachetap run`: every process starts on embedded defaults and a SIGTERM stops them all."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,10 +64,14 @@ def test_run_starts_quietly_refuses_a_second_instance_and_stops_within_3s_on_sig
         assert not alive, [p.cmdline() for p in alive]
         assert stopped_in < 3.0, output
         assert " ERROR " not in output and "ERROR/" not in output and "Traceback" not in output, output
-        lines = output.splitlines()
+        lines = [line for line in output.splitlines() if line.strip()]
         assert lines[0].startswith("cachetap ") and f"data     {tmp_path / 'cache'}" in output
         assert "capture  off (no interface" in output and "cache    http://127.0.0.1:" in output
-        assert len(lines) <= 20, output  # the summary and Celery's shutdown notes, not banners and plugin logs
+        # The summary and one closing line: no banners, plugin logs or Celery's shutdown notes.
+        assert len(lines) == 7, output
+        assert "Cold shutdown" not in output and "Hitting Ctrl+C" not in output, output
+        said = re.fullmatch(r"stopped in (\d+\.\d) s", lines[-1])
+        assert said and float(said[1]) <= stopped_in + 0.05, output
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -66,7 +66,15 @@ def run(ctx: Context, interface: str | None, no_capture: bool, log_level: str | 
     os.environ["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
     children = plan_children(settings, python=sys.executable, capture=not no_capture, user=user)
     click.echo(startup_summary(settings, children, capture_wanted=not no_capture, user=user), err=True)
-    raise SystemExit(Supervisor(children).run())
+    supervisor = Supervisor(children)
+    code = supervisor.run()
+    click.echo(f"stopped in {supervisor.stopped_in:.1f} s", err=True)
+    # Every child is reaped and the instance lock goes with the process: skip tearing down the
+    # imported libraries' objects, which took 0.6-1 s of the stop on a loaded 2-core machine.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def hold_instance_lock(cache_dir: Path):
