@@ -26,20 +26,22 @@ URL = "http://files.test/big.iso"
 DATA = os.urandom(300_000)
 
 
-def stored(cache_dir: Path) -> str:
+def stored(cache_dir: Path, url: str = URL, data: bytes = DATA, etag: str | None = None,
+           expires_at: float | None = None) -> str:
     """One ready object in a real catalog and blob store; returns its key."""
     settings = load_settings(cache_dir=cache_dir)
     catalog, blobs = open_catalog(settings.effective_database_url), BlobStore(cache_dir)
-    key, now = cache_key(URL, {}), time.time()
+    key, now = cache_key(url, {}), time.time()
     catalog.record_sightings([Sighting(ts=now, client="10.0.0.7", client_port=5, server="192.0.2.1", server_port=80,
-                                       method="GET", host="files.test", url=URL, key=key, target="/big.iso")],
+                                       method="GET", host="files.test", url=url, key=key, target="/big.iso")],
                              86_400, now)
     temp = blobs.new_temp_name(key)
-    temp.write_bytes(DATA)
-    digest = blake3.blake3(DATA).hexdigest()
+    temp.write_bytes(data)
+    digest = blake3.blake3(data).hexdigest()
     blobs.publish(temp, digest)
-    catalog.mark(key, "ready", blob=digest, size=len(DATA), stored_size=len(DATA), published_at=now,
-                 expires_at=now + 3600, content_type="application/x-iso9660-image")
+    catalog.mark(key, "ready", blob=digest, size=len(data), stored_size=len(data), published_at=now,
+                 expires_at=now + 3600 if expires_at is None else expires_at, etag=etag,
+                 content_type="application/x-iso9660-image")
     return key
 
 
@@ -112,3 +114,45 @@ def test_the_access_log_is_under_cache_dir_by_default_and_can_be_switched_off(tm
             assert not any(p.name.endswith(".log") and "access" in p.name for p in cache_dir.rglob("*"))
         else:
             assert "TCP_HIT/206" in expected.read_text()
+
+
+def test_a_stale_object_the_origin_confirms_is_logged_refresh_hit_once_then_hit(tmp_path):
+    """Squid's TCP_REFRESH_HIT: the object went stale, the origin answered our conditional request with
+    304, and the first answer from the cache after that says so; the request that found it stale was
+    sent to the origin (TCP_MISS stale). Real origin, real revalidation, the real `cachetap serve`."""
+    from cachetap.fetch.resolver import Resolver
+    from cachetap.tasks.housekeeping import revalidate_entry
+    from cachetap.testing import LOOPBACK_NETWORKS
+    from cachetap.testing.origin import Origin, Resource
+
+    cache_dir, log_path = tmp_path / "cache", tmp_path / "access.log"
+    with Origin() as origin:
+        origin.add("/big.iso", Resource(size=300_000, content_type="application/x-iso9660-image"))
+        url = origin.url("/big.iso")
+        at_origin = httpx.get(url)
+        key = stored(cache_dir, url=url, data=at_origin.content, etag=at_origin.headers["etag"],
+                     expires_at=time.time() - 60)
+        settings = load_settings(cache_dir=cache_dir, fetch_allow_networks=LOOPBACK_NETWORKS)
+        catalog = open_catalog(settings.effective_database_url)
+        proc, base = serve(cache_dir, CACHETAP_ACCESS_LOG=str(log_path))
+        try:
+            served = object_url(base, key, "big.iso")
+            with httpx.Client() as client:
+                assert client.get(served).status_code == 302  # stale: back to the origin
+                outcome = revalidate_entry(catalog, BlobStore(cache_dir), Resolver.from_settings(settings), settings,
+                                           catalog.get(key), time.time())
+                assert outcome == "fresh" and origin.stats("/big.iso").statuses[304] == 1
+                time.sleep(1.2)  # the server caches catalog rows for a second
+                for _ in range(3):
+                    assert client.get(served).content == at_origin.content
+                assert client.get(served, headers={"Range": "bytes=0-9"}).status_code == 206
+            wait_for(lambda: len(log_path.read_text().splitlines()) >= 5, "five access-log lines", timeout=10)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    fields = [line.split() for line in log_path.read_text().splitlines()]
+    assert [f[3] for f in fields] == ["TCP_MISS/302", "TCP_REFRESH_HIT/200", "TCP_HIT/200", "TCP_HIT/200",
+                                      "TCP_HIT/206"], fields
+    assert fields[0][10] == "stale" and fields[0][6] == url
+    assert all(f[6] == url for f in fields[1:])
+    assert catalog.get(key).refreshed_at is None  # taken by the one answer logged for it

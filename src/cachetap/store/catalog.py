@@ -57,6 +57,7 @@ class EntryView:
     last_modified: str | None
     cache_control: str | None
     expires_at: float | None
+    refreshed_at: float | None
     claim_token: str | None
     claimed_at: float | None
     claimed_by: str | None
@@ -450,12 +451,21 @@ class Catalog:
     def refresh(self, key: str, blob: str, expires_at: float, cache_control: str | None = None) -> bool:
         """Extend a revalidated entry's freshness (and its Cache-Control when the origin sent one),
         only while it is still ready with the same blob; ends its revalidation claim."""
-        values: dict[str, Any] = {"expires_at": expires_at, "updated_at": time.time(), "claim_token": None,
-                                  "claimed_at": None, "reason": None}
+        now = time.time()
+        values: dict[str, Any] = {"expires_at": expires_at, "updated_at": now, "claim_token": None,
+                                  "claimed_at": None, "reason": None, "refreshed_at": now}
         if cache_control is not None:
             values["cache_control"] = _fits(cache_control, "cache_control")
         stmt = (sa.update(ENTRIES)
                 .where(ENTRIES.c.key == _check_key(key), ENTRIES.c.state == EntryState.READY.value,
                        ENTRIES.c.blob == blob)
                 .values(values))
+        return self._write(lambda conn: conn.execute(stmt).rowcount == 1)
+
+    def take_refresh(self, key: str, refreshed_at: float) -> bool:
+        """Claim the first answer after the revalidation at `refreshed_at`: True for exactly one caller
+        across processes and nodes (a conditional UPDATE), which logs it TCP_REFRESH_HIT."""
+        stmt = (sa.update(ENTRIES)
+                .where(ENTRIES.c.key == _check_key(key), ENTRIES.c.refreshed_at == refreshed_at)
+                .values(refreshed_at=None))
         return self._write(lambda conn: conn.execute(stmt).rowcount == 1)

@@ -44,6 +44,9 @@ class Entry(Base):
     last_modified: Mapped[str | None] = mapped_column(sa.String(64))
     cache_control: Mapped[str | None] = mapped_column(sa.String(255))
     expires_at: Mapped[float | None] = mapped_column(sa.Double)
+    # a revalidation confirmed the stored object at this time; the first answer after it takes it
+    # (Catalog.take_refresh) and is logged TCP_REFRESH_HIT
+    refreshed_at: Mapped[float | None] = mapped_column(sa.Double)
     # the worker currently probing or downloading (see Catalog.claim)
     claim_token: Mapped[str | None] = mapped_column(sa.String(36))
     claimed_at: Mapped[float | None] = mapped_column(sa.Double)

@@ -39,6 +39,7 @@ class ServedObject:
     url: str | None             # original URL: where to send the client if the file is gone
     mtime: float                # the local file's mtime (Last-Modified when the origin gave none)
     beneath: Path | None = None  # a served directory the path must stay inside (see open_object)
+    refreshed_at: float | None = None  # a revalidation confirmed it then, no answer has taken that yet
 
 
 def open_object(obj: ServedObject) -> int:
@@ -76,6 +77,14 @@ class ObjectLookup(Protocol):
 
     def forget(self, key: str) -> None:
         """Drop what is cached for key: the file on disk no longer matches what find() returned."""
+
+    def miss_reason(self, key: str) -> str:
+        """Why find(key) gave None, for the access log: "stale" (expired, awaiting revalidation) or
+        "not_servable" (unknown, not downloaded yet, file missing)."""
+
+    def take_refresh(self, key: str, refreshed_at: float) -> bool:
+        """True for the one answer, across processes, that is the first after the revalidation at
+        `refreshed_at` (logged TCP_REFRESH_HIT); may query the catalog, so call it once per answer."""
 
 
 def directory_key(relative_path: str) -> str:
@@ -195,6 +204,12 @@ class DirectoryLookup:
     def record_hit(self, key: str) -> None:
         self.hits[key] += 1
 
+    def miss_reason(self, key: str) -> str:
+        return "not_servable"  # plain files never go stale
+
+    def take_refresh(self, key: str, refreshed_at: float) -> bool:
+        return False
+
 
 class CatalogLookup:
     """Ready, unexpired catalog entries whose blob is on disk.
@@ -214,6 +229,7 @@ class CatalogLookup:
         self.max_cached = max_cached
         self._cache: OrderedDict[str, tuple[float, Any, ServedObject | None]] = OrderedDict()
         self._pending: Counter[str] = Counter()
+        self._refresh_asked: dict[tuple[str, float], None] = {}  # insertion-ordered, bounded
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -250,11 +266,27 @@ class CatalogLookup:
 
     def find(self, key: str) -> ServedObject | None:
         entry, obj = self._entry(key)
-        if obj is None:
-            return None
-        if entry.expires_at is not None and entry.expires_at <= time.time():
+        if obj is None or _expired(entry):
             return None
         return obj
+
+    def miss_reason(self, key: str) -> str:
+        entry, obj = self._entry(key)
+        return "stale" if obj is not None and _expired(entry) else "not_servable"
+
+    def take_refresh(self, key: str, refreshed_at: float) -> bool:
+        """One conditional UPDATE per revalidation and process: rows are cached for `ttl`, so the
+        answers after the first see the same `refreshed_at` and are not asked again."""
+        if (key, refreshed_at) in self._refresh_asked:
+            return False
+        self._refresh_asked[(key, refreshed_at)] = None
+        while len(self._refresh_asked) > self.max_cached:
+            self._refresh_asked.pop(next(iter(self._refresh_asked)))
+        try:
+            return self.catalog.take_refresh(key, refreshed_at)
+        except Exception as exc:  # the catalog being down must never break serving: a plain hit
+            log.warning("could not take the refresh of %s: %s", key, exc)
+            return False
 
     def _served(self, key: str, entry: EntryView | None) -> ServedObject | None:
         """The object a ready entry serves, or None; built once per cached row (stat included)."""
@@ -272,7 +304,8 @@ class CatalogLookup:
         etag = entry.etag if valid_etag(entry.etag, obs_text=False) else f'"{entry.blob[:32]}"'
         return ServedObject(path, st.st_size, entry.filename or "download",
                             entry.content_type or "application/octet-stream", etag,
-                            _epoch(entry.last_modified), entry.url, st.st_mtime)
+                            _epoch(entry.last_modified), entry.url, st.st_mtime,
+                            refreshed_at=entry.refreshed_at)
 
     def origin_url(self, key: str) -> str | None:
         entry, _ = self._entry(key)
@@ -303,6 +336,10 @@ class CatalogLookup:
     def close(self) -> None:
         self._stop.set()
         self.flush()
+
+
+def _expired(entry: Any) -> bool:
+    return entry.expires_at is not None and entry.expires_at <= time.time()
 
 
 def _epoch(value: Any) -> float | None:

@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable
 
-from cachetap.core.accesslog import HIT, IMS_HIT, MISS
+from cachetap.core.accesslog import HIT, IMS_HIT, MISS, REFRESH_HIT
 from cachetap.core.semantics import (UNSATISFIABLE, ByteRange, not_modified, parse_range, range_allowed,
                                      safe_location)
 from cachetap.core.urls import object_key, origin_hint
@@ -178,7 +178,7 @@ class CacheServer:
             obj = self.lookup.find(key)
             if obj is None:
                 hint = origin_hint(request.query, key, self.strip_query_params, self.hint_secret) if request.query else None
-                return self._fall_back(key, hint, "not_servable", keep_alive, is_head, request)
+                return self._fall_back(key, hint, self.lookup.miss_reason(key), keep_alive, is_head, request)
             try:
                 fd = open_object(obj)  # no symlink followed: one swapped in after the lookup is not ours
             except OSError as exc:
@@ -201,13 +201,23 @@ class CacheServer:
         except BaseException:
             file.close()
             raise
-        answer.logged = (IMS_HIT if answer.status == 304 else HIT, request.method, obj.url or request.target,
+        answer.logged = (self._hit_tag(key, obj, answer.status, is_head), request.method, obj.url or request.target,
                          obj.content_type, None)
         if answer.length:
             answer.file = file  # Connection closes it when the body is out
         else:
             file.close()
         return answer
+
+    def _hit_tag(self, key: str, obj: ServedObject, status: int, is_head: bool) -> str:
+        """TCP_REFRESH_HIT for the first body sent after a revalidation confirmed the object (one
+        catalog write per revalidation, only when an access log wants it), else TCP_HIT/TCP_IMS_HIT."""
+        if status == 304:
+            return IMS_HIT
+        if (obj.refreshed_at is not None and not is_head and status in (200, 206) and self.access_log is not None
+                and self.lookup.take_refresh(key, obj.refreshed_at)):
+            return REFRESH_HIT
+        return HIT
 
     def _object_answer(self, request: Request, key: str, obj: ServedObject, keep_alive: bool,
                        is_head: bool) -> Answer:
