@@ -58,7 +58,10 @@ class LeasedScheduler(PersistentScheduler):
             log.warning("beat: cannot reach the catalog to hold the beat lease (%s); not sending", exc)
             held = False
         if held and not self.holding:
-            log.warning("beat: this beat (%s) is now the active one", self.holder)
+            # Routine at start (a quiet start logs nothing); a warning when it takes over from another.
+            taking_over = getattr(self, "_said_standby", False) or getattr(self, "_held_before", False)
+            (log.warning if taking_over else log.info)("beat: this beat (%s) is now the active one", self.holder)
+            self._held_before = True
             self._start_from_recorded_runs()
         elif self.holding and not held:
             log.warning("beat: lost the beat lease; standing by")
