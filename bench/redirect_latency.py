@@ -158,11 +158,12 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
 
     from cachetap.capture.batcher import BatchSender, make_analyze_sender
     from cachetap.capture.relay import SightingRelay
-    from cachetap.capture.live import _addresses_of, _freeze_startup_objects, _raise_priority, _shorten_switch_interval, act
+    from cachetap.capture.live import _freeze_startup_objects, _raise_priority, _shorten_switch_interval, act
     from cachetap.wire import encode_sighting
     from cachetap.capture.pipeline import Pipeline
     from cachetap.capture.redirector import RedirectScope, Redirector
     from cachetap.capture.sniffer import LiveSource, interface_linktype
+    from cachetap.capture.targets import addresses_of
     from cachetap.core.keys import cache_key, canonical_url
     from cachetap.fetch.resolver import Resolver
     from cachetap.settings import load_settings
@@ -187,7 +188,7 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
             time.sleep(0.05)
         # The namespaces' origin addresses are private: allowed as an operator would list them.
         guard = Resolver(allow_networks=["10.77.0.0/16", "fd00:77::/32"]).refusal
-        redirector = Redirector(HotIndex(keys), health, location_base, RedirectScope(), _addresses_of(location_base),
+        redirector = Redirector(HotIndex(keys), health, location_base, RedirectScope(), addresses_of(location_base),
                                 fetch_guard=guard)
         injector = Injector(capture_if, origin_interface=origin_if, origin_mac=origin_mac)
         pipeline = Pipeline(settings, redirector=redirector)

@@ -101,12 +101,18 @@ INDEX_READY, INDEX_REMOVED = "ready", "removed"
 INDEX_OPS = frozenset({INDEX_READY, INDEX_REMOVED})
 
 
-def index_event(op: str, keys: list[str], expires: list[float | None] | None = None) -> dict[str, Any]:
+def index_event(op: str, keys: list[str], expires: list[float | None] | None = None,
+                node: str | None = None) -> dict[str, Any]:
     """A "ready" event may carry each key's deadline (`expires`, epoch seconds or None for none), so
-    that capture nodes stop redirecting to a copy the moment it turns stale."""
+    that capture nodes stop redirecting to a copy the moment it turns stale, and the name of the
+    cache node holding the keys (`node`), so that they redirect to that node's cache server."""
     if op not in INDEX_OPS:
         raise ValueError(f"unknown index event {op!r}")
     body: dict[str, Any] = {"op": op, "keys": keys}
+    if node is not None:
+        if not NODE_NAME.fullmatch(node):
+            raise ValueError(f"not a node name: {node!r}")
+        body["node"] = node
     if expires is not None:
         if len(expires) != len(keys):
             raise ValueError("one expiry per key")
@@ -114,9 +120,10 @@ def index_event(op: str, keys: list[str], expires: list[float | None] | None = N
     return body
 
 
-def decode_index_event(body: Any) -> tuple[str, list[Any], list[float | None]] | None:
-    """(op, keys, expiries) of a well-formed event, else None; each key is still the receiver's to
-    check. Expiries that are missing (an older sender) or malformed are None."""
+def decode_index_event(body: Any) -> tuple[str, list[Any], list[float | None], str | None] | None:
+    """(op, keys, expiries, node) of a well-formed event, else None; each key is still the receiver's
+    to check. Expiries that are missing (an older sender) or malformed are None; so is a node that is
+    missing or no node name (the receiver only ever looks a name up in its node registry)."""
     if not isinstance(body, Mapping):
         return None
     op, keys = body.get("op"), body.get("keys")
@@ -125,7 +132,11 @@ def decode_index_event(body: Any) -> tuple[str, list[Any], list[float | None]] |
     expires = body.get("expires")
     if not isinstance(expires, list) or len(expires) != len(keys):
         expires = [None] * len(keys)
-    return op, keys, [e if isinstance(e, (int, float)) and not isinstance(e, bool) else None for e in expires]
+    node = body.get("node")
+    if not (isinstance(node, str) and NODE_NAME.fullmatch(node)):
+        node = None
+    return (op, keys, [e if isinstance(e, (int, float)) and not isinstance(e, bool) else None for e in expires],
+            node)
 
 
 # ---- sightings: capture -> analyze --------------------------------------------------------------

@@ -155,7 +155,7 @@ def test_one_million_keys_stay_well_under_60_mb():
     index = HotIndex(f"{(i * 0x9E3779B97F4A7C15) & (2**64 - 1):016x}{i:016x}" for i in range(1_000_000))
     grown = _rss_bytes() - before
     assert len(index) == 1_000_000
-    assert index.table_bytes() == 24 << 20  # 8-byte prefix + 4-byte expiry per slot
+    assert index.table_bytes() == 26 << 20  # 8-byte prefix + 4-byte expiry + 1-byte node per slot
     assert grown < 60 << 20, f"RSS grew by {grown >> 20} MiB"
     assert index.contains(f"{(77 * 0x9E3779B97F4A7C15) & (2**64 - 1):016x}{77:016x}")
 
@@ -184,3 +184,18 @@ def test_expiries_survive_a_reconcile_and_a_resize():
     assert index.contains(keys[10], now=105.0) and not index.contains(keys[10], now=111.0)
     assert index.expires(keys[2999]) == 3099.0
     assert index.contains(k_(4000), now=49.0) and not index.contains(k_(4000), now=60.0)
+
+
+def test_each_key_carries_its_holder_node_through_updates_and_resizes():
+    keys = [f"{i * 7919 + 100:016x}{i:016x}" for i in range(3000)]  # distinct 64-bit prefixes
+    index = HotIndex()
+    for i, k in enumerate(keys):
+        index.add(k, None, i % 5)  # grows several times on the way
+    assert [index.lookup(k) for k in keys] == [i % 5 for i in range(3000)]
+    index.add(keys[0], None, 9)  # moved to another node in place
+    assert index.lookup(keys[0]) == 9
+    index.replace_all([(keys[1], None, 3), (keys[2], 5000.0, 4), keys[3]])
+    assert [index.lookup(k, now=100.0) for k in keys[:5]] == [-1, 3, 4, 0, -1]
+    assert index.lookup(keys[2], now=6000.0) == -1  # stale
+    with pytest.raises(ValueError):
+        index.add(keys[0], None, 256)

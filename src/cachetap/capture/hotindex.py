@@ -17,7 +17,9 @@ current table once per lookup; writers change one slot at a time (atomic under t
 fill a table beyond 70 %, so every probe ends at an empty slot; a resize builds a new table aside and
 swaps one reference. Each slot has an expiry beside it (epoch seconds in an `array('I')`, 4 more
 bytes per slot: 24 MiB for 1M keys): a key stops being redirected the second its copy turns stale,
-without waiting for a reconcile. A resize is a Python loop, so the GIL still passes to the capture thread every
+without waiting for a reconcile. And the cache node holding it, as a small index into the capture's
+table of cache servers (`array('B')`, one more byte per slot: 26 MiB for 1M keys; node 0 is the
+configured cache server, used for objects whose holder is not recorded). A resize is a Python loop, so the GIL still passes to the capture thread every
 switch interval instead of blocking it for a whole C-level sort as a sorted-array merge would.
 """
 
@@ -34,6 +36,8 @@ EMPTY, DELETED = 0, 1          # slot markers; prefixes 0 and 1 are stored as 2 
 MAX_LOAD = 0.7                 # live + deleted slots; linear probing stays short (~6 probes for a miss)
 MIN_CAPACITY = 1024
 NEVER = 0xFFFFFFFF             # expiry of a key with no deadline (uint32 epoch seconds)
+MAX_NODES = 256                # node indices fit one byte
+ABSENT = -1                    # lookup(): not ready (or stale)
 
 
 def _expiry(expires: float | None) -> int:
@@ -44,6 +48,12 @@ def _expiry(expires: float | None) -> int:
 
 class BadKey(ValueError):
     """Not a cache key (32 lower-case hex characters)."""
+
+
+def _node(node: int) -> int:
+    if not isinstance(node, int) or not 0 <= node < MAX_NODES:
+        raise ValueError(f"node index must be 0-{MAX_NODES - 1}, got {node!r}")
+    return node
 
 
 def _prefix(key: str) -> int:
@@ -61,22 +71,24 @@ def _capacity_for(count: int) -> int:
 
 
 class _Table:
-    __slots__ = ("slots", "expiry", "mask", "live", "filled")
+    __slots__ = ("slots", "expiry", "node", "mask", "live", "filled")
 
     def __init__(self, capacity: int) -> None:
         self.slots = array("Q", [EMPTY]) * capacity
         self.expiry = array("I", [0]) * capacity
+        self.node = array("B", [0]) * capacity
         self.mask = capacity - 1
         self.live = 0       # stored prefixes
         self.filled = 0     # stored prefixes + DELETED markers
 
-    def insert(self, prefix: int, expiry: int = NEVER) -> bool:
+    def insert(self, prefix: int, expiry: int = NEVER, node: int = 0) -> bool:
         slots, mask = self.slots, self.mask
         i = prefix & mask   # the low bits of a sha256 prefix are as uniform as any hash of it
         reuse = -1
         while True:
             value = slots[i]
             if value == prefix:
+                self.node[i] = node
                 self.expiry[i] = expiry
                 return False
             if value == EMPTY:
@@ -88,7 +100,8 @@ class _Table:
             i = reuse
         else:
             self.filled += 1
-        self.expiry[i] = expiry  # written before the prefix, so no reader sees a stale expiry
+        self.expiry[i] = expiry  # written before the prefix, so no reader sees a stale expiry or node
+        self.node[i] = node
         slots[i] = prefix
         self.live += 1
         return True
@@ -116,10 +129,14 @@ class HotIndex:
         self.replace_all(keys)
 
     def contains(self, key: str, now: float | None = None) -> bool:
-        """True when `key` is ready and fresh at `now` (default: the wall clock). Any str that is
-        not a cache key is simply absent."""
+        """True when `key` is ready and fresh at `now` (default: the wall clock)."""
+        return self.lookup(key, now) != ABSENT
+
+    def lookup(self, key: str, now: float | None = None) -> int:
+        """The index of the node holding `key` when it is ready and fresh at `now` (default: the
+        wall clock), else ABSENT. Any str that is not a cache key is simply absent."""
         if len(key) != KEY_LENGTH or key.strip(_HEX):
-            return False
+            return ABSENT
         prefix = int(key[:16], 16)
         if prefix < 2:
             prefix += 2
@@ -130,9 +147,11 @@ class HotIndex:
             value = slots[i]
             if value == prefix:
                 expiry = table.expiry[i]
-                return expiry == NEVER or (time.time() if now is None else now) < expiry
+                if expiry == NEVER or (time.time() if now is None else now) < expiry:
+                    return table.node[i]
+                return ABSENT
             if value == EMPTY:
-                return False
+                return ABSENT
             i = (i + 1) & mask
 
     def expires(self, key: str) -> float | None:
@@ -161,17 +180,18 @@ class HotIndex:
 
     def table_bytes(self) -> int:
         table = self._table
-        return (table.slots.itemsize + table.expiry.itemsize) * len(table.slots)
+        return (table.slots.itemsize + table.expiry.itemsize + table.node.itemsize) * len(table.slots)
 
-    def add(self, key: str, expires: float | None = None) -> bool:
-        """Mark `key` ready until `expires` (epoch seconds, None: no deadline); False if it already
-        was (its deadline is updated). Raises BadKey."""
+    def add(self, key: str, expires: float | None = None, node: int = 0) -> bool:
+        """Mark `key` ready on node index `node` until `expires` (epoch seconds, None: no deadline);
+        False if it already was (its deadline and node are updated). Raises BadKey."""
         prefix = _prefix(key)
+        node = _node(node)
         with self._lock:
             table = self._table
             if table.filled + 1 > (table.mask + 1) * MAX_LOAD:
                 table = self._table = _make_room(table)
-            return table.insert(prefix, _expiry(expires))
+            return table.insert(prefix, _expiry(expires), node)
 
     def remove(self, key: str) -> bool:
         """Unmark `key`; False if it was not ready. Raises BadKey."""
@@ -179,9 +199,9 @@ class HotIndex:
         with self._lock:
             return self._table.delete(prefix)
 
-    def replace_all(self, keys: Iterable[str | tuple[str, float | None]]) -> int:
-        """Swap in exactly `keys` (the reconcile with the catalog; each a key or a (key, expires)
-        pair); returns how many are held.
+    def replace_all(self, keys: Iterable[str | tuple[str, float | None] | tuple[str, float | None, int]]) -> int:
+        """Swap in exactly `keys` (the reconcile with the catalog; each a key, a (key, expires) pair
+        or a (key, expires, node index) triple); returns how many are held.
 
         Raises BadKey before anything changes if any key is malformed.
         """
@@ -189,11 +209,14 @@ class HotIndex:
         table = _Table(_capacity_for(len(keys)) if isinstance(keys, Sized) else MIN_CAPACITY)
         limit = (table.mask + 1) * MAX_LOAD
         for item in keys:
-            key, expires = item if isinstance(item, tuple) else (item, None)
+            if isinstance(item, tuple):
+                key, expires, node = item if len(item) == 3 else (item[0], item[1], 0)
+            else:
+                key, expires, node = item, None, 0
             if table.filled + 1 > limit:
                 table = _make_room(table)
                 limit = (table.mask + 1) * MAX_LOAD
-            table.insert(_prefix(key), _expiry(expires))
+            table.insert(_prefix(key), _expiry(expires), _node(node))
         with self._lock:
             self._table = table
         return table.live
@@ -205,8 +228,8 @@ def _make_room(old: _Table) -> _Table:
     if old.live + 1 > capacity * MAX_LOAD / 2:
         capacity *= 2
     table = _Table(capacity)
-    insert, expiry = table.insert, old.expiry
+    insert, expiry, node = table.insert, old.expiry, old.node
     for i, value in enumerate(old.slots):
         if value > DELETED:
-            insert(value, expiry[i])
+            insert(value, expiry[i], node[i])
     return table

@@ -16,6 +16,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from celery import Celery
@@ -27,10 +28,17 @@ from cachetap.wire import INDEX_EXCHANGE, INDEX_READY, INDEX_ROUTING_KEY, decode
 log = logging.getLogger(__name__)
 
 
+def _local_only(_name: str | None) -> int:
+    return 0  # without a table of cache nodes every key is served by the configured cache server
+
+
 class IndexSync:
-    def __init__(self, app: Celery, index: HotIndex, node: str, reconcile_every: float = 60.0) -> None:
+    def __init__(self, app: Celery, index: HotIndex, node: str, reconcile_every: float = 60.0,
+                 node_index: Callable[[str | None], int] = _local_only) -> None:
         self.app = app
         self.index = index
+        # The hot index's number for a holder node (capture/targets.py); -1: not redirectable.
+        self.node_index = node_index
         self.reconcile_every = reconcile_every
         # One queue per capture node, stable across restarts: with the embedded broker a queue of a
         # dead process would otherwise collect every event for ever. Purged at start (a reconcile follows).
@@ -63,14 +71,15 @@ class IndexSync:
         if event is None:
             log.warning("ignoring malformed index event %r", body)
             return
-        op, keys, expires = event
+        op, keys, expires, node = event
         with self._lock:
             if self._during_reconcile is not None:
                 self._during_reconcile.append(body)  # re-applied over the reconciled table
+        held_by = self.node_index(node) if op == INDEX_READY else -1
         for key, until in zip(keys, expires):
             try:
-                if op == INDEX_READY:
-                    self.index.add(key, until)
+                if held_by >= 0:
+                    self.index.add(key, until, held_by)
                 else:
                     self.index.remove(key)
             except (BadKey, TypeError):
@@ -117,8 +126,7 @@ class IndexSync:
         with self._lock:
             self._during_reconcile = []
         try:
-            keys = self.app.catalog.ready_keys(time.time())
-            count = self.index.replace_all(keys)
+            count = self.index.replace_all(self._indexed(self.app.catalog.ready_keys(time.time())))
         finally:
             with self._lock:
                 missed, self._during_reconcile = self._during_reconcile, None
@@ -127,6 +135,12 @@ class IndexSync:
         self.reconciles += 1
         self.ready.set()
         return count
+
+    def _indexed(self, rows: Iterable[tuple[str, float | None, str | None]]) -> Iterator[tuple[str, float | None, int]]:
+        for key, expires, node in rows:
+            held_by = self.node_index(node)
+            if held_by >= 0:
+                yield key, expires, held_by
 
     def _reconcile_loop(self) -> None:
         while not self._stop.is_set():

@@ -13,13 +13,11 @@ import gc
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from urllib.parse import urlsplit
 
 from celery import Celery
 
@@ -34,6 +32,7 @@ from cachetap.capture.redirector import RedirectScope, Redirector
 from cachetap.capture.relay import SightingRelay
 from cachetap.capture.report import CaptureReport
 from cachetap.capture.sniffer import LiveSource, interface_linktype
+from cachetap.capture.targets import CacheTargets, NodeURL
 from cachetap.core.accesslog import REDIRECT, squid_line
 from cachetap.core.rules import Rules
 from cachetap.core.types import Count, Redirect, Sighting
@@ -41,6 +40,7 @@ from cachetap.fetch.resolver import Resolver
 from cachetap.logs import AccessLog, open_access_log
 from cachetap.reloading import LiveSettings
 from cachetap.settings import Settings
+from cachetap.store.nodes import CACHE_ROLE, liveness_window
 from cachetap.wire import encode_sighting
 from cachetap.web.urls import public_base_url
 
@@ -158,9 +158,9 @@ def _capture_heartbeat(settings: Settings, pipeline: Pipeline, fast_path: FastPa
 
     index_size = health = None
     if fast_path is not None:
-        index, gate = fast_path.index_sync.index, fast_path.health
+        index = fast_path.index_sync.index
         index_size = lambda: len(index)  # noqa: E731
-        health = lambda: {fast_path.redirector.base_url: gate.ok}  # noqa: E731
+        health = fast_path.redirector.targets.health
     report = CaptureReport(settings.interface, pipeline, index_size, health)
     try:
         return start_heartbeat(settings.effective_database_url, settings.effective_node_name, "capture",
@@ -191,32 +191,33 @@ class FastPath:
     def start(cls, settings: Settings, app: Celery) -> FastPath:
         base_url = public_base_url(settings.public_url, settings.serve_host, settings.serve_port)
         index = HotIndex()
-        index_sync = IndexSync(app, index, node=settings.interface or "capture",
-                               reconcile_every=settings.index_reconcile_interval).start()
         health = HealthGate(base_url, interval=settings.health_interval).start()
+        targets = CacheTargets(base_url, health, lambda url: HealthGate(url, interval=settings.health_interval).start(),
+                               _registry_reader(app, settings)).start(settings.node_heartbeat_interval)
+        index_sync = IndexSync(app, index, node=settings.interface or "capture",
+                               reconcile_every=settings.index_reconcile_interval, node_index=targets.index_of).start()
         injector = Injector.from_settings(settings)
         scope = RedirectScope(tuple(settings.redirect_client_subnets), tuple(settings.redirect_hosts))
-        redirector = Redirector(index, health, base_url, scope, _addresses_of(base_url),
-                                hint_secret=_hint_secret(app), fetch_guard=Resolver.from_settings(settings).refusal)
+        redirector = Redirector(index, health, base_url, scope, targets.addresses, hint_secret=_hint_secret(app),
+                                fetch_guard=Resolver.from_settings(settings).refusal, targets=targets)
         index_sync.ready.wait(timeout=30)  # redirect from the first packet if the catalog answers
         log.info("redirect mode: %d ready keys, cache server %s", len(index), base_url)
         return cls(index_sync, health, injector, redirector)
 
     def stop(self) -> None:
-        self.health.stop()
         self.index_sync.stop()
+        self.redirector.targets.stop()  # every node's health gate, the configured one's too
         self.injector.close()
 
 
-def _addresses_of(base_url: str) -> frozenset[tuple[str, int]]:
-    """Where the cache server listens, as (address, port) pairs: requests to it are never redirected."""
-    parts = urlsplit(base_url)
-    port = parts.port or 80
-    try:
-        infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return frozenset()
-    return frozenset((info[4][0], port) for info in infos)
+def _registry_reader(app: Celery, settings: Settings) -> Callable[[], list[NodeURL]]:
+    """The cache nodes of the registry with their URLs (live or not: their health gate decides)."""
+    window = liveness_window(settings.node_heartbeat_interval)
+
+    def read() -> list[NodeURL]:
+        return [NodeURL(n.name, n.public_url) for n in app.catalog.nodes.nodes(time.time(), window)
+                if CACHE_ROLE in n.roles]
+    return read
 
 
 def _freeze_startup_objects() -> None:

@@ -11,19 +11,15 @@ import ipaddress
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 from urllib.parse import unquote
 
 from cachetap.capture.hotindex import HotIndex
 from cachetap.capture.inject import MAX_LOCATION
+from cachetap.capture.targets import CacheTargets, Gate
 from cachetap.core import egress
 from cachetap.core.keys import path_of, port_of
 from cachetap.core.types import Redirect, RequestHead, Segment
 from cachetap.core.urls import object_url
-
-
-class Gate(Protocol):
-    ok: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +54,12 @@ class Redirector:
                  scope: RedirectScope, server_addresses: frozenset[tuple[str, int]],
                  loop_window: float = 1.0, loop_repeats: int = 3, suppress_for: float = 60.0,
                  max_recent: int = 65_536, hint_secret: bytes | None = None,
-                 fetch_guard: Callable[[str], str | None] = _public_only) -> None:
+                 fetch_guard: Callable[[str], str | None] = _public_only,
+                 targets: CacheTargets | None = None) -> None:
         self.index = index
+        # Node index (as the hot index holds it) -> cache server URL and health gate; slot 0 is
+        # `base_url` with `health` (one box, or objects whose holder is not recorded).
+        self.targets = targets or CacheTargets(base_url, health, local_addresses=server_addresses)
         self.hint_secret = hint_secret  # signs the origin hint in Location (core/urls.py)
         # A GET sent to an address cachetap would never fetch from (loopback, own, private unless
         # allowed...) is no real download of a cached object but a forged frame: never answered.
@@ -68,7 +68,6 @@ class Redirector:
         self.health = health
         self.base_url = base_url
         self.scope = scope
-        self.server_addresses = server_addresses
         self.loop_window = loop_window
         self.loop_repeats = loop_repeats
         self.suppress_for = suppress_for
@@ -81,16 +80,18 @@ class Redirector:
 
     def decide(self, seg: Segment, head: RequestHead, url: str, key: str, host: str,
                pipelined: bool, now: float) -> Redirect | None:
-        if not self.index.contains(key):
+        node = self.index.lookup(key)
+        if node < 0:
             return None
-        reason = self._refusal(seg, head, url, key, host, pipelined, now)
+        target = self.targets.slots[node]  # the cache server holding the object
+        reason = self._refusal(seg, head, url, key, host, pipelined, now, target.gate)
         if reason is not None:
             self.skipped[reason] += 1
             return None
-        location = object_url(self.base_url, key, location_name(url), origin=url,
+        location = object_url(target.base_url, key, location_name(url), origin=url,
                               secret=self.hint_secret)
         if len(location) > MAX_LOCATION:  # the 302 must fit one segment: drop the fallback hint
-            location = object_url(self.base_url, key, location_name(url))
+            location = object_url(target.base_url, key, location_name(url))
         return Redirect(key, location)
 
     def sent(self, seg: Segment, head: RequestHead, key: str, now: float) -> None:
@@ -101,10 +102,10 @@ class Redirector:
         self.skipped[reason] += 1
 
     def _refusal(self, seg: Segment, head: RequestHead, url: str, key: str, host: str, pipelined: bool,
-                 now: float) -> str | None:
-        if not self.health.ok:
+                 now: float, gate: Gate) -> str | None:
+        if not gate.ok:  # that node's cache server is not answering now: fail open
             return "cache_server_down"
-        if (seg.dst, seg.dport) in self.server_addresses:
+        if (seg.dst, seg.dport) in self.targets.addresses:
             return "to_cache_server"
         if pipelined:
             return "pipelined"  # one 302 + FIN would cut off the requests queued behind it

@@ -357,16 +357,16 @@ class Catalog:
                 .values(claim_token=new_token, claimed_at=now, claimed_by=None, updated_at=now))
         return self._write(lambda conn: conn.execute(stmt).rowcount == 1)
 
-    def ready_keys(self, now: float, chunk: int = 10_000) -> Iterator[tuple[str, float | None]]:
-        """(key, expires_at) of what the cache server would serve now (ready, not expired), streamed
-        for a capture's index."""
-        stmt = (sa.select(ENTRIES.c.key, ENTRIES.c.expires_at)
+    def ready_keys(self, now: float, chunk: int = 10_000) -> Iterator[tuple[str, float | None, str | None]]:
+        """(key, expires_at, node holding it) of what the cache servers would serve now (ready, not
+        expired), streamed for a capture's index."""
+        stmt = (sa.select(ENTRIES.c.key, ENTRIES.c.expires_at, ENTRIES.c.node)
                 .where(ENTRIES.c.state == EntryState.READY.value,
                        sa.or_(ENTRIES.c.expires_at.is_(None), ENTRIES.c.expires_at > now))
                 .execution_options(yield_per=chunk))
         with self.engine.connect() as conn:
-            for key, expires in conn.execute(stmt):
-                yield key, expires
+            for key, expires, node in conn.execute(stmt):
+                yield key, expires, node
 
     # ---- housekeeping (tasks/housekeeping.py, store/evict.py) -------------------------------------
 

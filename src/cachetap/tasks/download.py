@@ -163,7 +163,7 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
         return {"key": key, "outcome": "taken_over", "digest": result.digest}
     log.info("downloaded %s: %d bytes in %.1fs, digest %s", job.url, result.size, seconds, result.digest)
     # Capture nodes add the key to their redirect index now (best effort: they also reconcile).
-    publish_index_event(app, INDEX_READY, [key], expires=[deadline])
+    publish_index_event(app, INDEX_READY, [key], expires=[deadline], node=settings.effective_node_name)
     return {"key": key, "digest": result.digest, "size": result.size, "seconds": seconds}
 
 

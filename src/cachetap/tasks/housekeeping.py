@@ -117,7 +117,7 @@ def revalidate_entry(catalog: Catalog, blobs: BlobStore, resolver: Resolver, set
         until = settings.refresh_policy().fresh_until(answered, {**stored, **headers}, entry.host,
                                                       urlsplit(entry.url).path)
         if entry.blob and catalog.refresh(entry.key, entry.blob, until, headers.get("cache-control")):
-            index.ready(entry.key, until)  # capture nodes dropped it when it expired
+            index.ready(entry.key, until, entry.node)  # capture nodes dropped it when it expired
             log.info("revalidated %s (%s): fresh for %.0fs more", entry.key, reason, until - answered)
             return outcome
     elif outcome in ("changed", "gone"):

@@ -19,12 +19,12 @@ log = logging.getLogger(__name__)
 
 
 def publish_index_event(app: Celery, op: str, keys: Iterable[str],
-                        expires: Iterable[float | None] | None = None) -> bool:
-    """Broadcast `op` (INDEX_READY or INDEX_REMOVED) for `keys`, with each key's deadline when given;
-    False (and a log line) if it could not."""
+                        expires: Iterable[float | None] | None = None, node: str | None = None) -> bool:
+    """Broadcast `op` (INDEX_READY or INDEX_REMOVED) for `keys`, with each key's deadline and the node
+    holding them when given; False (and a log line) if it could not."""
     keys = list(keys)
     # An unknown op or a wrong number of expiries raises here, before anything is sent.
-    body = index_event(op, keys, None if expires is None else list(expires))
+    body = index_event(op, keys, None if expires is None else list(expires), node)
     if not keys:
         return True
     try:
@@ -48,9 +48,9 @@ class IndexNotifier:
     def __init__(self, app: Celery | None = None) -> None:
         self.app = app
 
-    def ready(self, key: str, expires: float | None = None) -> None:
+    def ready(self, key: str, expires: float | None = None, node: str | None = None) -> None:
         if self.app is not None:
-            publish_index_event(self.app, INDEX_READY, [key], expires=[expires])
+            publish_index_event(self.app, INDEX_READY, [key], expires=[expires], node=node)
 
     def removed(self, key: str) -> None:
         if self.app is not None:
