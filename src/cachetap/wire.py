@@ -33,6 +33,7 @@ SCHEDULE_CLEANUP = "cachetap.schedule.cleanup"
 SCHEDULE_QUOTA = "cachetap.schedule.quota"
 SCHEDULE_RECONCILE = "cachetap.schedule.reconcile"
 SCHEDULE_REVALIDATE = "cachetap.schedule.revalidate"
+SCHEDULE_STATS = "cachetap.schedule.stats"
 
 QUEUE_NAMES = ("capture", "analyze", "download", "schedule")
 
@@ -55,6 +56,7 @@ ROUTES: dict[str, dict[str, str]] = {
     SCHEDULE_QUOTA: {"queue": "schedule"},
     SCHEDULE_RECONCILE: {"queue": "schedule"},
     SCHEDULE_REVALIDATE: {"queue": "schedule"},
+    SCHEDULE_STATS: {"queue": "schedule"},
     "celery.backend_cleanup": {"queue": "schedule"},  # added by beat when results expire
 }
 

@@ -25,6 +25,7 @@ from cachetap.core.types import Sighting
 from cachetap.store.db import is_transient, make_engine, upgrade, writer
 from cachetap.store.models import Entry, Hit, Secret
 from cachetap.store.nodes import NodeRegistry
+from cachetap.store.stats import add_to_buckets
 
 ENTRIES = Entry.__table__
 HITS = Hit.__table__
@@ -69,6 +70,9 @@ class EntryView:
     bytes_done: int
     speed: int
     task_id: str | None
+    served_bytes: int
+    fetched_bytes: int
+    missed_bytes: int
     created_at: float
     updated_at: float
 
@@ -197,17 +201,26 @@ class Catalog:
 
         return self._write(work)
 
-    def add_hits(self, counts: Mapping[str, int], now: float) -> int:
-        """Add requests served from the cache to existing entries (no `hits` rows); returns rows changed."""
-        items = sorted((_check_key(k), int(n)) for k, n in counts.items() if n > 0)
+    def add_hits(self, counts: Mapping[str, int], now: float, served_bytes: Mapping[str, int] | None = None) -> int:
+        """Add requests served from the cache (and the body bytes sent for them) to existing entries
+        and to the console's time series (no `hits` rows); returns rows changed."""
+        served_bytes = served_bytes or {}
+        items = sorted((_check_key(k), int(n), int(served_bytes.get(k, 0))) for k, n in counts.items() if n > 0)
         if not items:
             return 0
         stmt = (
             sa.update(ENTRIES).where(ENTRIES.c.key == sa.bindparam("k"))
             .values(hits=ENTRIES.c.hits + sa.bindparam("n"),
+                    served_bytes=ENTRIES.c.served_bytes + sa.bindparam("b"),
                     last_hit=sa.case((ENTRIES.c.last_hit < now, now), else_=ENTRIES.c.last_hit))
         )
-        return self._write(lambda conn: conn.execute(stmt, [{"k": k, "n": n} for k, n in items]).rowcount)
+
+        def work(conn: Connection) -> int:
+            changed = conn.execute(stmt, [{"k": k, "n": n, "b": b} for k, n, b in items]).rowcount
+            add_to_buckets(conn, now, served_requests=sum(n for _, n, _ in items),
+                           served_bytes=sum(b for _, _, b in items))
+            return changed
+        return self._write(work)
 
     def prune_hits(self, before: float) -> int:
         """Delete `hits` rows older than `before`; returns how many."""

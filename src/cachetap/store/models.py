@@ -61,6 +61,12 @@ class Entry(Base):
     bytes_done: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
     speed: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
     task_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # what the object saved and cost: body bytes the cache server sent for it, origin bytes its
+    # downloads took, and bytes clients fetched from the origin while it was not ready (requests seen
+    # times the probed size)
+    served_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    fetched_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    missed_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
     created_at: Mapped[float] = mapped_column(sa.Double)
     updated_at: Mapped[float] = mapped_column(sa.Double)
 
@@ -84,6 +90,25 @@ class Secret(Base):
     name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     value: Mapped[str] = mapped_column(sa.String(128))
     created_at: Mapped[float] = mapped_column(sa.Double)
+
+
+class Stat(Base):
+    """One time bucket of the console's charts: `period` 60 (kept two days) or 3600 (kept for ever),
+    `bucket` its start. Counters are added to as things happen; gauges are sampled by beat."""
+
+    __tablename__ = "stats"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    period: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    bucket: Mapped[float] = mapped_column(sa.Double, primary_key=True)
+    requests: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    served_requests: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    served_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    fetched_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    missed_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    objects: Mapped[int | None] = mapped_column(sa.BigInteger)
+    stored_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    disk_free: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class PolicyRecord(Base):

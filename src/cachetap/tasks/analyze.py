@@ -33,6 +33,7 @@ from cachetap.core.lifecycle import EntryState
 from cachetap.core.types import Sighting
 from cachetap.fetch.resolver import Resolver
 from cachetap.store.blobs import BlobStore
+from cachetap.store.stats import Stats
 from cachetap.tasks.admit import admit_key
 from cachetap.tasks.app import retry_countdown
 from cachetap.tasks.housekeeping import revalidate_entry
@@ -57,6 +58,7 @@ def batch(self: Any, sightings: list[dict]) -> dict[str, int]:
         log.warning("recording %d sightings failed (%s); retry %d", len(trusted), exc, self.request.retries + 1)
         raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from None
     tally["counted"] = len(trusted)
+    _count_requests(app, trusted, now)
     note_requests(app, sorted(hits), now)
     # From here on a failure must not retry the batch (it would count twice): each key is handled
     # alone, and a claim left behind by an error is recovered by the reclaim task.
@@ -72,6 +74,14 @@ def batch(self: Any, sightings: list[dict]) -> dict[str, int]:
     summary = dict(tally)
     log.info("analyze batch: %s", summary)
     return summary
+
+
+def _count_requests(app: Any, sightings: list[Sighting], now: float) -> None:
+    """The console's requests and missed bytes; a failure costs figures, never the batch."""
+    try:
+        Stats(app.catalog).count_requests(Counter(s.key for s in sightings), now)
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("request figures of %d sightings not recorded: %s", len(sightings), exc)
 
 
 def _revalidate_requested(app: Any, keys: list[str], tally: Counter[str]) -> None:

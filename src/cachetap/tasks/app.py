@@ -42,8 +42,8 @@ from cachetap.reloading import LiveSettings
 from cachetap.settings import Settings
 from cachetap.tasks.embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
 from cachetap.wire import (DOWNLOAD_QUEUE, QUEUES, ROUTES, SCHEDULE_CLEANUP, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS,
-                           SCHEDULE_QUOTA, SCHEDULE_RECLAIM, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE, download_queue,
-                           job_key)
+                           SCHEDULE_QUOTA, SCHEDULE_RECLAIM, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE, SCHEDULE_STATS,
+                           download_queue, job_key)
 
 if TYPE_CHECKING:  # imported lazily at run time: a worker of one queue need not load the others' code
     from cachetap.core.rules import Rules
@@ -64,6 +64,7 @@ MAX_RETRIES = 6
 # Hits older than this many admission windows are pruned; processed broker files after this long.
 PRUNE_HITS_EVERY = 3600.0
 PROCESSED_MAX_AGE = 600.0
+STATS_EVERY = 60.0  # the console's gauges: one sample a minute (store/stats.py)
 
 
 def retry_countdown(retries: int, base: float = RETRY_BASE, cap: float = RETRY_MAX_DELAY) -> float:
@@ -223,6 +224,8 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "quota": {"task": SCHEDULE_QUOTA, "schedule": float(settings.housekeeping_interval)},
         "reconcile": {"task": SCHEDULE_RECONCILE, "schedule": float(settings.housekeeping_interval)},
         "revalidate": {"task": SCHEDULE_REVALIDATE, "schedule": float(settings.revalidate_interval)},
+        # The console's gauges (objects, bytes stored, disk free) once a minute; see store/stats.py.
+        "stats": {"task": SCHEDULE_STATS, "schedule": STATS_EVERY},
     }
     if settings.embedded_broker:
         schedule["prune-broker"] = {"task": SCHEDULE_PRUNE_BROKER, "schedule": PROCESSED_MAX_AGE}

@@ -45,6 +45,7 @@ from cachetap.lifetime import process_tag, tag_is_dead
 from cachetap.settings import Settings
 from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog, EntryView
+from cachetap.store.stats import Stats
 from cachetap.tasks.app import retry_countdown
 from cachetap.tasks.index_events import publish_index_event
 from cachetap.tasks.policy import forget
@@ -162,6 +163,10 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
         log.warning("%s downloaded but its claim was taken over meanwhile; not marked by us", key)
         return {"key": key, "outcome": "taken_over", "digest": result.digest}
     log.info("downloaded %s: %d bytes in %.1fs, digest %s", job.url, result.size, seconds, result.digest)
+    try:
+        Stats(catalog).count_fetched(key, result.size, now)  # what filling the cache cost (bytes saved)
+    except Exception as exc:  # figures never fail a download that is published
+        log.warning("origin bytes of %s not counted: %s", key, exc)
     # Capture nodes add the key to their redirect index now (best effort: they also reconcile).
     publish_index_event(app, INDEX_READY, [key], expires=[deadline], node=settings.effective_node_name)
     return {"key": key, "digest": result.digest, "size": result.size, "seconds": seconds}

@@ -15,6 +15,7 @@ longer exist (the worker it replaces) are sent again at once, without waiting fo
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import time
 import uuid
@@ -25,10 +26,12 @@ from celery import shared_task
 from cachetap.core.lifecycle import EntryState, Event, advance, sources
 from cachetap.lifetime import tag_is_dead
 from cachetap.store.catalog import EntryView
-from cachetap.tasks.app import PROCESSED_MAX_AGE, PRUNE_HITS_EVERY, prune_processed
+from cachetap.store.stats import Stats
+from cachetap.tasks.app import PROCESSED_MAX_AGE, PRUNE_HITS_EVERY, STATS_EVERY, prune_processed
 from cachetap.tasks.beat import recorded
 from cachetap.tasks.placing import download_owner
-from cachetap.wire import SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS, SCHEDULE_RECLAIM, DownloadJob, send_download
+from cachetap.wire import (SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS, SCHEDULE_RECLAIM, SCHEDULE_STATS,
+                           DownloadJob, send_download)
 
 log = logging.getLogger(__name__)
 TASK_RUNS_KEPT = 7 * 86_400.0  # seconds the record of scheduled runs is kept
@@ -109,3 +112,21 @@ def prune_broker(self: Any) -> int | None:
         return 0
     return recorded(self.app, SCHEDULE_PRUNE_BROKER,
                     lambda: prune_processed(settings.broker_dir, PROCESSED_MAX_AGE), PROCESSED_MAX_AGE)
+
+
+@shared_task(bind=True, name=SCHEDULE_STATS)
+def stats(self: Any) -> dict[str, int | None] | None:
+    """The console's gauges for this minute (objects and bytes ready, disk free) and the pruning of
+    minute buckets older than two days. The counters are written where things happen (store/stats.py)."""
+    now = time.time()
+    try:
+        disk_free = shutil.disk_usage(self.app.settings.cache_dir).free
+    except OSError:
+        disk_free = None
+    figures = Stats(self.app.catalog)
+
+    def sample() -> dict[str, int | None]:
+        gauges = figures.sample(now, disk_free)
+        figures.prune(now)
+        return gauges
+    return recorded(self.app, SCHEDULE_STATS, sample, STATS_EVERY)

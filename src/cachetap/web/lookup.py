@@ -72,8 +72,9 @@ class ObjectLookup(Protocol):
     def origin_url(self, key: str) -> str | None:
         """The original URL of key if known, to redirect a client the cache cannot serve."""
 
-    def record_hit(self, key: str) -> None:
-        """Count one request answered from the cache; must be cheap (called on the event loop)."""
+    def record_hit(self, key: str, nbytes: int = 0) -> None:
+        """Count one request answered from the cache with `nbytes` of body; must be cheap (called on
+        the event loop)."""
 
     def forget(self, key: str) -> None:
         """Drop what is cached for key: the file on disk no longer matches what find() returned."""
@@ -201,7 +202,7 @@ class DirectoryLookup:
         relative = self._relative(key)
         return self._origin(relative) if relative is not None else None
 
-    def record_hit(self, key: str) -> None:
+    def record_hit(self, key: str, nbytes: int = 0) -> None:
         self.hits[key] += 1
 
     def miss_reason(self, key: str) -> str:
@@ -216,7 +217,7 @@ class CatalogLookup:
 
     Catalog rows are cached for `ttl` seconds (negative answers too) so that a busy object costs
     no query per request; hits are summed in memory and written by a background thread every
-    `flush_interval` seconds with `catalog.add_hits(counts, now)`, never one write per request.
+    `flush_interval` seconds with `catalog.add_hits(counts, now, served_bytes)`, never one write per request.
     A cache miss queries the catalog on the caller's thread: one primary-key read.
     """
 
@@ -230,6 +231,7 @@ class CatalogLookup:
         self._cache: OrderedDict[str, tuple[float, Any, ServedObject | None]] = OrderedDict()
         self._pending: Counter[str] = Counter()
         self._refresh_asked: dict[tuple[str, float], None] = {}  # insertion-ordered, bounded
+        self._bytes: Counter[str] = Counter()  # body bytes of those hits (the console's bytes saved)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -242,6 +244,7 @@ class CatalogLookup:
         self._pid = os.getpid()
         self._flusher = None
         self._pending.clear()
+        self._bytes.clear()
         self._cache.clear()
         engine = getattr(self.catalog, "engine", None)
         if engine is not None and hasattr(engine, "dispose"):
@@ -311,10 +314,11 @@ class CatalogLookup:
         entry, _ = self._entry(key)
         return entry.url if entry is not None else None
 
-    def record_hit(self, key: str) -> None:
+    def record_hit(self, key: str, nbytes: int = 0) -> None:
         self._check_fork()
         with self._lock:
             self._pending[key] += 1
+            self._bytes[key] += nbytes
         if self._flusher is None:
             self._flusher = threading.Thread(target=self._flush_loop, name="hit-flusher", daemon=True)
             self._flusher.start()
@@ -326,10 +330,11 @@ class CatalogLookup:
     def flush(self) -> None:
         with self._lock:
             counts, self._pending = dict(self._pending), Counter()
+            sent, self._bytes = dict(self._bytes), Counter()
         if not counts:
             return
         try:
-            self.catalog.add_hits(counts, time.time())
+            self.catalog.add_hits(counts, time.time(), served_bytes=sent)
         except Exception:  # the catalog being down must never break serving
             log.exception("could not record %d served hits; they are dropped", sum(counts.values()))
 

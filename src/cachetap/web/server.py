@@ -247,7 +247,7 @@ class CacheServer:
         head = resp.head(status, fields, keep_alive)
         if is_head:
             return Answer(head, status, keep_alive)
-        self.lookup.record_hit(key)
+        self.lookup.record_hit(key, length)  # the body planned; a client may stop reading earlier
         return Answer(head, status, keep_alive, offset=offset, length=length)
 
     def _fall_back(self, key: str, url: str | None, reason: str, keep_alive: bool, is_head: bool,
