@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
 
 import click
 
@@ -38,48 +37,35 @@ def _fix(reason: str, entry, settings) -> str:
 def prefetch(ctx: Context, url: str, detach: bool) -> None:
     """Probe URL, queue its download and show progress until it is ready (or failed)."""
     from cachetap.cli.catalog_cmds import open_catalog
-    from cachetap.core.keys import BadTarget, cache_key, canonical_url, host_of
-    from cachetap.core.types import Sighting
-    from cachetap.tasks.admit import ADMITTED, admit_key
     from cachetap.settings import mask_url
+    from cachetap.tasks.admit import ADMITTED
     from cachetap.tasks.app import create_app
+    from cachetap.tasks.prefetch import ALREADY, BROKER_DOWN, NotCacheable, prefetch_url
 
     settings = ctx.settings()
     setup_logging("WARNING")
-    try:
-        canonical = canonical_url(url, None, 80)
-    except BadTarget as exc:
-        raise click.ClickException(f"not a plain http:// URL cachetap can cache ({exc.reason}): {url}") from None
-    key = cache_key(canonical, settings.strip_query_params)
     app = create_app(settings)
-    catalog = open_catalog(settings)
-    now = time.time()
-    catalog.record_sightings([Sighting(ts=now, client="prefetch", client_port=0, server="", server_port=0,
-                                       method="GET", host=host_of(canonical), url=canonical, key=key,
-                                       target=canonical)], window=settings.admission_window, now=now)
-    entry = catalog.get(key)
-    if entry.state in lifecycle.ADMITTED:
-        click.echo(f"{key} is already {entry.state}: {canonical}", err=True)
-        if not detach and entry.state != EntryState.READY:
+    try:
+        done = prefetch_url(app, url)
+    except NotCacheable as exc:
+        raise click.ClickException(f"not a plain http:// URL cachetap can cache ({exc.reason}): {url}") from None
+    catalog, key, canonical = open_catalog(settings), done.key, done.url
+    if done.outcome == ALREADY:
+        click.echo(f"{key} is already {done.state}: {canonical}", err=True)
+        if not detach and done.state != EntryState.READY:
             _follow(catalog, key)
         return
-    # The path the analyze stage takes, with the same claim: of concurrent prefetches and admissions,
-    # one proceeds. A rejected or failed entry is probed again at once: the operator asks for it.
-    admission = admit_key(app, key, now, forced=True)
-    if admission.outcome == EntryState.FAILED:
-        raise click.ClickException(f"probe of {canonical} failed: {admission.reason.removeprefix('probe: ')}")
-    if admission.outcome == EntryState.REJECTED:
-        reason = admission.reason or ""
-        raise click.ClickException(f"{canonical} is not cacheable: {reason}{_fix(reason, catalog.get(key), settings)}")
-    if admission.outcome != ADMITTED:
-        raise click.ClickException(f"{key} is being probed by another worker; try again shortly")
-    if admission.task_id is None:
-        # Not left queued under a job nobody will run: the next prefetch or admission starts afresh.
-        catalog.mark(key, EntryState.FAILED, reason=f"broker unreachable: {admission.reason}"[:500],
-                     claim_token=None, claimed_at=None)
+    if done.outcome == BROKER_DOWN:
         raise click.ClickException(f"cannot reach the broker at {mask_url(settings.effective_broker_url)} "
-                                   f"({admission.reason}); start it or fix broker_url, then run prefetch again")
-    click.echo(admission.task_id)
+                                   f"({done.reason}); start it or fix broker_url, then run prefetch again")
+    if done.outcome == EntryState.FAILED:
+        raise click.ClickException(f"probe of {canonical} failed: {(done.reason or '').removeprefix('probe: ')}")
+    if done.outcome == EntryState.REJECTED:
+        reason = done.reason or ""
+        raise click.ClickException(f"{canonical} is not cacheable: {reason}{_fix(reason, catalog.get(key), settings)}")
+    if done.outcome != ADMITTED:
+        raise click.ClickException(f"{key} is being probed by another worker; try again shortly")
+    click.echo(done.task_id)
     if not detach:
         _follow(catalog, key)
 
@@ -107,12 +93,6 @@ def _follow(catalog, key: str) -> None:
     click.echo(f"ready {key} {entry.stored_size} bytes digest {entry.blob}")
 
 
-def _issued(settings, task_id: str) -> bool:
-    from cachetap.cli.catalog_cmds import open_catalog
-
-    return open_catalog(settings).by_task_id(task_id) is not None
-
-
 @cli.command()
 @click.argument("task_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -121,31 +101,21 @@ def status(ctx: Context, task_id: str | None, as_json: bool) -> None:
     """With TASK_ID: that task's state and result. Without: entries by state and downloads in progress."""
     settings = ctx.settings()
     if task_id:
-        from celery.result import AsyncResult
-
         from cachetap.tasks.app import create_app
+        from cachetap.tasks.report import NotATaskId, task_report
 
         try:
-            uuid.UUID(task_id)
-        except ValueError:
+            report = task_report(create_app(settings), task_id)
+        except NotATaskId:
             raise click.ClickException(f"{task_id!r} is not a task id (prefetch prints one, like "
                                        "1b4e28ba-2fa1-11d2-883f-0016d3cca427)") from None
-        result = AsyncResult(task_id, app=create_app(settings))
-        report = {"task_id": task_id, "state": result.state}
-        if result.state == "PENDING" and not _issued(settings, task_id):
-            # Celery calls every id it has no record of PENDING; the catalog knows the ones we sent.
+        if report is None:
             raise click.ClickException(f"{task_id}: unknown (no prefetch or download with this id is known; "
                                        "results are kept for 6 hours)")
-        if result.state == "SUCCESS":
-            report["result"] = result.result
-        elif result.state in ("FAILURE", "RETRY"):
-            report["error"] = f"{type(result.result).__name__}: {result.result}"
-            if result.traceback:
-                report["traceback_tail"] = result.traceback.strip().splitlines()[-1]
         if as_json:
             click.echo(json.dumps(report, default=str))
         else:
-            click.echo(f"{task_id}: {result.state}")
+            click.echo(f"{task_id}: {report['state']}")
             for name in ("result", "error", "traceback_tail"):
                 if name in report:
                     click.echo(f"  {name}: {report[name] if name != 'result' else json.dumps(report[name])}")

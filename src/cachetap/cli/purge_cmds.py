@@ -36,19 +36,15 @@ def purge(ctx: Context, target: str) -> None:
     Clients asking for it afterwards go to the origin; if it stays popular it is fetched again.
     """
     from cachetap.store.blobs import BlobStore
-    from cachetap.store.evict import evict
-    from cachetap.tasks.policy import forgetting
+    from cachetap.tasks.housekeeping import purge_key
 
     settings = ctx.settings()
     key, url = resolve_key(target, settings.strip_query_params)
-    catalog, blobs = open_catalog(settings), BlobStore(settings.cache_dir)
-    entry = catalog.get(key)
-    removed = forgetting(catalog, settings, _index_notifier(settings).removed)   # the policy's space too
-    if entry is None or not evict(catalog, blobs, key, "purge", on_removed=removed):
+    entry, file = purge_key(open_catalog(settings), BlobStore(settings.cache_dir), settings, key,
+                            _index_notifier(settings))
+    if entry is None:
         raise click.ClickException(f"{key}: not in the cache{f' ({url})' if url else ''}")
-    file_note = ""
-    if entry.blob:
-        file_note = ", file kept: another entry has the same content" if blobs.exists(entry.blob) else ", file deleted"
+    file_note = {"kept": ", file kept: another entry has the same content", "deleted": ", file deleted"}.get(file, "")
     size = f"{entry.stored_size} bytes" if entry.stored_size is not None else "no file"
     click.echo(f"removed {key} ({entry.state}, {size}{file_note}): {entry.url}")
 

@@ -146,6 +146,27 @@ def _revalidate_one(entry: EntryView, resolver: Resolver, settings: Settings) ->
     return outcome, f"HTTP {status}", headers
 
 
+def purge_key(catalog: Catalog, blobs: BlobStore, settings: Settings, key: str,
+              index: IndexNotifier = NO_INDEX) -> tuple[EntryView | None, str]:
+    """Remove one object by hand (`cachetap purge`, the console): its row, its policy record, its
+    file unless another entry shares it; capture nodes are told at once. Returns the entry removed
+    (None when there was none) and what became of the file ("deleted", "kept" or "none")."""
+    entry = catalog.get(key)
+    removed = forgetting(catalog, settings, index.removed)  # the policy's space too
+    if entry is None or not evict(catalog, blobs, key, "purge", on_removed=removed):
+        return None, "none"
+    if not entry.blob:
+        return entry, "none"
+    return entry, "kept" if blobs.exists(entry.blob) else "deleted"
+
+
+def revalidate_now(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Settings, entry: EntryView,
+                   index: IndexNotifier = NO_INDEX) -> str:
+    """An operator's "revalidate now" of a ready entry, fresh or not: `revalidate_entry` as if its
+    freshness ended this moment (the clock given is at least its expiry, so the claim is taken)."""
+    return revalidate_entry(catalog, blobs, resolver, settings, entry, max(time.time(), entry.expires_at or 0.0), index)
+
+
 def _content_length(value: str | None) -> int | None:
     if value is None or not value.strip().isdigit():
         return None
