@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("wire",),
     ("capture",),
     ("tasks", "supervisor", "simulate"),
+    ("console",),                  # the operator console: reads the catalog, acts through tasks/
     ("cli", "testing"),
     ("__main__", "celery"),        # entry points: `python -m cachetap`, `celery -A cachetap`
 )

@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     serve_max_connections_per_address: int = Field(512, ge=1, description="Connections from one client address at most, per cache server process; high enough for a NAT or a LAN party behind one address.")
     public_url: str = Field("", description="Base URL clients are redirected to, e.g. http://10.0.0.5:8642. Empty: derived from serve_host and serve_port (a wildcard host becomes the address of the default-route interface).")
 
+    # --- console -----------------------------------------------------------------------------
+    console_host: str = Field("127.0.0.1", description="Address the operator console (dashboard and admin API) listens on. Loopback by default: reads there need no token; on any other address every request needs the admin token (Authorization: Bearer).")
+    console_port: int = Field(8643, ge=1, le=65535, description="TCP port of the operator console.")
+
     access_log: str = Field("access.log", description="Access log in Squid's native format (one line per answer of the cache server and per 302 the capture injects), relative to cache_dir or absolute; \"off\" disables it. Reopened on SIGUSR1 (after logrotate moved it).")
 
     # --- redirect -----------------------------------------------------------------------------

@@ -45,7 +45,7 @@ class Child:
 
 def plan_children(settings: Settings, python: str, capture: bool = True,
                   user: ServiceUser | None = None) -> list[Child]:
-    """The processes one machine runs: one worker per kind of work, beat, server, capture.
+    """The processes one machine runs: one worker per kind of work, beat, server, console, capture.
 
     With `user` (started as root), every child runs as that user and only the capture keeps
     CAP_NET_RAW and CAP_SYS_NICE (privileges.py). cache_dir is resolved here once: a child whose HOME
@@ -69,6 +69,7 @@ def plan_children(settings: Settings, python: str, capture: bool = True,
                                     *quiet, *level], cold, quiet_stdout=notes_off),
         Child("beat", celery + ["beat", "-s", str(settings.cache_dir / "beat-schedule"), *level]),
         Child("serve", [python, "-m", "cachetap", "serve", "--quiet"]),
+        Child("console", [python, "-m", "cachetap", "console", "--quiet"]),
     ]
     if capture and settings.interface:
         children.append(Child("capture", [python, "-m", "cachetap", "capture"]))

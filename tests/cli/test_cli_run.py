@@ -22,6 +22,7 @@ def start_run(cache_dir, **settings: str) -> tuple[subprocess.Popen, dict[str, s
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
     env.update(CACHETAP_CACHE_DIR=str(cache_dir), CACHETAP_SERVE_HOST="127.0.0.1", CACHETAP_SERVE_PORT=str(port),
+               CACHETAP_CONSOLE_PORT=str(free_port()),
                **{f"CACHETAP_{k.upper()}": v for k, v in settings.items()})
     proc = subprocess.Popen([sys.executable, "-m", "cachetap", "run"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -33,6 +34,13 @@ def start_run(cache_dir, **settings: str) -> tuple[subprocess.Popen, dict[str, s
             return proc.poll() is not None  # ended: the caller's assertions say how
     wait_for(healthy, "the cache server to answer", timeout=120, step=0.5)
     return proc, env
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def start_watched(tmp_path):
@@ -53,6 +61,8 @@ def test_run_starts_quietly_refuses_a_second_instance_and_stops_within_3s_on_sig
         assert second.returncode == 1
         assert second.stderr.strip() == (f"Error: cachetap is already running on {tmp_path / 'cache'} "
                                          f"(pid {proc.pid}); stop it first or give this one another cache_dir")
+        console = f"http://127.0.0.1:{env['CACHETAP_CONSOLE_PORT']}"
+        wait_for(lambda: _answers(f"{console}/api/overview"), "the console", timeout=120, step=0.5)
         time.sleep(2)  # let every child finish starting and say whatever it says
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -67,8 +77,9 @@ def test_run_starts_quietly_refuses_a_second_instance_and_stops_within_3s_on_sig
         lines = [line for line in output.splitlines() if line.strip()]
         assert lines[0].startswith("cachetap ") and f"data     {tmp_path / 'cache'}" in output
         assert "capture  off (no interface" in output and "cache    http://127.0.0.1:" in output
+        assert f"console  {console}/" in output
         # The summary and one closing line: no banners, plugin logs or Celery's shutdown notes.
-        assert len(lines) == 7, output
+        assert len(lines) == 8, output
         assert "Cold shutdown" not in output and "Hitting Ctrl+C" not in output, output
         said = re.fullmatch(r"stopped in (\d+\.\d) s", lines[-1])
         assert said and float(said[1]) <= stopped_in + 0.05, output

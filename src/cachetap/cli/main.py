@@ -141,8 +141,8 @@ def toml_inline(value) -> str:
 
 
 def main() -> None:
-    from cachetap.cli import (capture_cmds, catalog_cmds, deploy_cmds, fetch_cmds, node_cmds,  # noqa: F401
-                              purge_cmds, run_cmds, serve_cmds, simulate_cmds)  # (registers commands)
+    from cachetap.cli import (capture_cmds, catalog_cmds, console_cmds, deploy_cmds, fetch_cmds,  # noqa: F401
+                              node_cmds, purge_cmds, run_cmds, serve_cmds, simulate_cmds)  # (registers commands)
     try:
         cli(prog_name="cachetap")
     except ConfigError as exc:  # raised by a command, e.g. a cache_dir owned by another user

@@ -34,7 +34,7 @@ def worker(ctx: Context, celery_args: tuple[str, ...]) -> None:
               help="Log level of every process (overrides `log_level`); debug shows the details of each.")
 @pass_ctx
 def run(ctx: Context, interface: str | None, no_capture: bool, log_level: str | None) -> None:
-    """Run everything on this machine: workers for every queue, beat, cache server, and capture when an
+    """Run everything on this machine: workers for every queue, beat, cache server, console, and capture when an
     interface is configured. Stops cleanly on Ctrl-C / SIGTERM."""
     from cachetap.cli.catalog_cmds import open_catalog
     from cachetap.privileges import give_cache_dir, prepare_cache_dir, service_user
@@ -99,6 +99,7 @@ def hold_instance_lock(cache_dir: Path):
 
 def startup_summary(settings, children, capture_wanted: bool, user=None) -> str:
     """What runs, where the data is, capture and mode, the cache server's URL: the whole start-up output."""
+    from cachetap.cli.console_cmds import console_url
     from cachetap.settings import mask_url
     from cachetap.web.urls import public_base_url
 
@@ -119,6 +120,8 @@ def startup_summary(settings, children, capture_wanted: bool, user=None) -> str:
         f"  capture  {capture}",
         f"  cache    {public_base_url(settings.public_url, settings.serve_host, settings.serve_port)} "
         f"(listening on {settings.serve_host}:{settings.serve_port})",
+        f"  console  {console_url(settings.console_host, settings.console_port)} (admin token: "
+        "`cachetap config show --secrets`)",
         f"  workers  {workers}" + (f" as {user.name} (capture with CAP_NET_RAW and CAP_SYS_NICE only)"
                                    if user is not None else ""),
         "  Ctrl-C or SIGTERM stops everything; --log-level debug shows each process's details.",
