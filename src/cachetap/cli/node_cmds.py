@@ -31,10 +31,7 @@ def nodes(ctx: Context, show_all: bool, as_json: bool, forget: str | None) -> No
     shown = [n for n in found if show_all or n.live]
     if as_json:
         for node in shown:
-            click.echo(json.dumps({"name": node.name, "live": node.live, "roles": list(node.roles),
-                                   "public_url": node.public_url, "version": node.version,
-                                   "last_seen": node.last_seen, "capacity": node.capacity, "free": node.free,
-                                   "disks": [d.to_dict() for d in node.disks], "reports": node.reports}))
+            click.echo(json.dumps(node.to_dict()))
         return
     if not shown:
         hidden = len(found) - len(shown)

@@ -17,7 +17,6 @@ from cachetap.console import figures
 from cachetap.core.keys import KEY_PATTERN
 from cachetap.core.lifecycle import EntryState
 from cachetap.store.blobs import BlobStore
-from cachetap.store.stats import Stats
 from cachetap.tasks.housekeeping import purge_key, revalidate_now
 from cachetap.tasks.index_events import IndexNotifier
 from cachetap.tasks.prefetch import NotCacheable, Prefetched, prefetch_url
@@ -81,15 +80,14 @@ def build_router() -> APIRouter:
     def hosts(request: Request, limit: int = Query(20, ge=1, le=200)) -> dict[str, Any]:
         return figures.hosts(celery(request), limit)
 
-    @api.get("/nodes", dependencies=read, summary="Workers, queue depths, beat's last sample")
+    @api.get("/nodes", dependencies=read, summary="Nodes (registry), workers, queue depths, beat's runs")
     def nodes(request: Request) -> dict[str, Any]:
         app = celery(request)
         try:
             found, depths, error = workers(app), queue_depths(app), None
         except Exception as exc:  # broker down: say so, keep the page alive
             found, depths, error = [], {}, f"broker unreachable: {exc}"
-        gauges = Stats(app.catalog).latest_gauges()
-        return {"workers": found, "queues": depths, "beat_last_sample": gauges.get("bucket"), "error": error}
+        return {**figures.nodes(app), "workers": found, "queues": depths, "error": error}
 
     @api.get("/tasks/{task_id}", dependencies=read, summary="A task's state and result (AsyncResult)")
     def task(request: Request, task_id: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from cachetap import __version__
 from cachetap.console.api import build_router
 from cachetap.console.auth import Guard
 from cachetap.settings import Settings
+from cachetap.store.admin_token import admin_token
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -43,12 +44,7 @@ class TokenSource:
 
     def __call__(self) -> str:
         if not self._token:
-            try:
-                from cachetap.store.admin_token import admin_token
-            except ImportError:  # TEMPORARY until the admin token module lands
-                self._token = getattr(self.settings, "admin_token", "") or self.catalog.shared_secret("admin_token").hex()
-            else:
-                self._token = admin_token(self.catalog, self.settings.cache_dir, self.settings.admin_token)
+            self._token = admin_token(self.catalog, self.settings.cache_dir, self.settings.admin_token)
         return self._token
 
 

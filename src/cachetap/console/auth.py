@@ -12,11 +12,12 @@
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
+
+from cachetap.store.admin_token import token_matches
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
@@ -38,10 +39,6 @@ def host_name(host_header: str) -> str:
 def bearer(request: Request) -> str | None:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-
-
-def token_matches(given: str | None, token: str) -> bool:
-    return given is not None and bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
 
 def same_origin(request: Request) -> bool:

@@ -120,3 +120,20 @@ def downloads(app, failures: int = 20, now: float | None = None) -> dict[str, An
 def hosts(app, limit: int = 20) -> dict[str, Any]:
     stats = Stats(app.catalog)
     return {"by_saved": stats.hosts("saved", limit), "by_missed": stats.hosts("missed", limit)}
+
+
+def nodes(app, now: float | None = None) -> dict[str, Any]:
+    """The node registry (every node's roles, cache URL, disks and its processes' reports), who holds
+    the beat lease, and when each scheduled task last started."""
+    from cachetap.store.leases import Leases, TaskRuns
+    from cachetap.store.nodes import liveness_window
+    from cachetap.tasks.app import beat_schedule
+    from cachetap.tasks.beat import BEAT_LEASE
+
+    settings, catalog = app.settings, app.catalog
+    now = time.time() if now is None else now
+    found = catalog.nodes.nodes(now, liveness_window(settings.node_heartbeat_interval))
+    tasks = sorted({entry["task"] for entry in beat_schedule(settings).values()})
+    return {"nodes": [node.to_dict() for node in found],
+            "beat": {"holder": Leases(catalog).holder(BEAT_LEASE, now),
+                     "last_started": TaskRuns(catalog).last_started(tasks)}}

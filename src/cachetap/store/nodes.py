@@ -107,6 +107,12 @@ class NodeView:
     live: bool
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        """As `cachetap nodes --json` and the console show it."""
+        return {"name": self.name, "live": self.live, "roles": list(self.roles), "public_url": self.public_url,
+                "version": self.version, "last_seen": self.last_seen, "capacity": self.capacity, "free": self.free,
+                "disks": [d.to_dict() for d in self.disks], "reports": self.reports}
+
     @property
     def capacity(self) -> int:
         """Bytes of its disks (the weight of a cache node in placement)."""

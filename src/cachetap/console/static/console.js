@@ -180,15 +180,27 @@
       const data = await api("/api/nodes");
       $("#nodes-error").hidden = !data.error;
       $("#nodes-error").textContent = data.error || "";
+      $("#nodes tbody").replaceChildren(...data.nodes.map((n) => el("tr", {}, el("td", {}, n.name),
+        el("td", { class: n.live ? "state-ready" : "state-failed" }, n.live ? "up" : "gone"), el("td", {}, n.roles.join(", ")),
+        el("td", { class: "num" }, ago(n.last_seen)), el("td", { class: "num" }, n.capacity ? bytes(n.free) + " of " + bytes(n.capacity) : "–"),
+        el("td", { class: "url" }, n.public_url || "–"), el("td", { class: "url" }, reports(n.reports)))));
+      $("#nodes-empty").hidden = data.nodes.length > 0;
       $("#workers tbody").replaceChildren(...data.workers.map((w) => el("tr", {}, el("td", {}, w.name),
         el("td", {}, w.queues.join(", ")), el("td", { class: "num" }, w.active), el("td", { class: "num" }, w.concurrency))));
       $("#workers-empty").hidden = data.workers.length > 0;
       $("#queues tbody").replaceChildren(...Object.entries(data.queues).map(([name, n]) => el("tr", {}, el("td", {}, name),
         el("td", { class: "num" }, n === null ? "?" : n))));
-      $("#beat-last").textContent = data.beat_last_sample ? ago(data.beat_last_sample) : "none yet (beat samples once a minute)";
+      $("#beat-holder").textContent = data.beat.holder || "none holds the beat lease";
+      $("#beat-runs tbody").replaceChildren(...Object.entries(data.beat.last_started).sort().map(([task, ts]) => el("tr", {},
+        el("td", {}, task.replace("cachetap.schedule.", "")), el("td", { class: "num" }, ago(ts)))));
     },
     async tasks() {},
   };
+  function reports(byRole) {
+    return Object.entries(byRole || {}).filter(([, r]) => r && Object.keys(r).length)
+      .map(([role, r]) => role + ": " + Object.entries(r).map(([k, v]) => k + " " + (typeof v === "object" ? JSON.stringify(v) : v)).join(", "))
+      .join(" · ") || "–";
+  }
   function button(text, onclick, cls) { const b = el("button", { type: "button", class: cls || "" }, text); b.addEventListener("click", onclick); return b; }
 
   let busy = false;
