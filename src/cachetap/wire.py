@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the capture process loads no database code
 # ---- task names and routing ---------------------------------------------------------------------
 ANALYZE_BATCH = "cachetap.analyze.batch"
 DOWNLOAD_FETCH = "cachetap.download.fetch"
+DOWNLOAD_MOVE = "cachetap.download.move"
 CAPTURE_REPLAY = "cachetap.capture.replay"
 SCHEDULE_PRUNE_HITS = "cachetap.schedule.prune_hits"
 SCHEDULE_RECLAIM = "cachetap.schedule.reclaim"
@@ -49,6 +50,7 @@ ROUTES: dict[str, dict[str, str]] = {
     CAPTURE_REPLAY: {"queue": "capture"},
     ANALYZE_BATCH: {"queue": "analyze"},
     DOWNLOAD_FETCH: {"queue": "download"},
+    DOWNLOAD_MOVE: {"queue": "download"},
     SCHEDULE_PRUNE_HITS: {"queue": "schedule"},
     SCHEDULE_RECLAIM: {"queue": "schedule"},
     SCHEDULE_PRUNE_BROKER: {"queue": "schedule"},
@@ -90,9 +92,10 @@ def download_queue(node: str | None) -> str:
     return f"{DOWNLOAD_QUEUE}.{node}"
 
 
-def send_download(app: TaskSender, job: DownloadJob, node: str | None) -> Any:
-    """Queue `job` for `node`'s download worker (None: any download worker)."""
-    return app.send_task(DOWNLOAD_FETCH, args=[job.to_message()], queue=download_queue(node))
+def send_download(app: TaskSender, job: DownloadJob | MoveJob, node: str | None) -> Any:
+    """Queue `job` (a download, or a copy from another node) for `node`'s download worker (None: any)."""
+    task = DOWNLOAD_MOVE if isinstance(job, MoveJob) else DOWNLOAD_FETCH
+    return app.send_task(task, args=[job.to_message()], queue=download_queue(node))
 
 
 # ---- index events: fanout to every capture node -------------------------------------------------
@@ -228,3 +231,29 @@ def job_key(message: Any) -> str | None:
         if isinstance(key, str) and KEY_PATTERN.fullmatch(key):
             return key
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class MoveJob:
+    """Copy a ready object from the node holding it (`holder`, alive) to the node now owning its key,
+    under the move claim `claim`. Only names travel: the holder's URL is read from the node registry."""
+
+    key: str
+    claim: str
+    holder: str
+
+    def to_message(self) -> dict[str, Any]:
+        return {"key": self.key, "claim": self.claim, "holder": self.holder}
+
+    @classmethod
+    def from_message(cls, message: Any) -> MoveJob | None:
+        if not isinstance(message, Mapping):
+            return None
+        key, claim, holder = message.get("key"), message.get("claim"), message.get("holder")
+        if not (isinstance(key, str) and KEY_PATTERN.fullmatch(key)):
+            return None
+        if not (isinstance(claim, str) and 0 < len(claim) <= MAX_CLAIM):
+            return None
+        if not (isinstance(holder, str) and NODE_NAME.fullmatch(holder)):
+            return None
+        return cls(key, claim, holder)

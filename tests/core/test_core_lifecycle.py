@@ -40,10 +40,11 @@ def test_an_unknown_state_from_the_database_raises_the_same_way():
         advance("paused", E.CLAIM)
 
 
-def test_every_state_is_reachable_and_only_give_up_leaves_ready():
+def test_every_state_is_reachable_and_only_give_up_and_rehome_leave_ready():
     reached = {S.COUNTING} | set(lifecycle.TRANSITIONS.values())
     assert reached == set(S)
-    assert {event for state, event in lifecycle.TRANSITIONS if state == S.READY} == {E.GIVE_UP}
+    assert {event for state, event in lifecycle.TRANSITIONS if state == S.READY} == {E.GIVE_UP, E.REHOME}
+    assert advance(S.READY, E.REHOME) == S.QUEUED  # a download job for the key's owner node
 
 
 def test_sources_name_what_reclaim_recovers():

@@ -34,6 +34,7 @@ class Event(StrEnum):
     PROGRESS = "progress"                # bytes arrived, or a retry is scheduled: the lease is renewed
     PUBLISH = "publish"                  # the file is verified and in the blob store
     GIVE_UP = "give_up"                  # the download (or its task) failed for good
+    REHOME = "rehome"                    # the node holding a ready object is gone: its owner fetches it again
 
 
 S, E = EntryState, Event
@@ -60,6 +61,7 @@ TRANSITIONS: dict[tuple[EntryState, Event], EntryState] = {
     (S.DOWNLOADING, E.PROGRESS): S.DOWNLOADING,
     (S.DOWNLOADING, E.PUBLISH): S.READY,
     (S.DOWNLOADING, E.GIVE_UP): S.FAILED,
+    (S.READY, E.REHOME): S.QUEUED,
 }
 # A task that fails for good records `failed` whatever state its key was in (CachetapTask.on_failure).
 for _state in S:

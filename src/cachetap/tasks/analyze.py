@@ -39,6 +39,7 @@ from cachetap.tasks.app import retry_countdown
 from cachetap.tasks.housekeeping import revalidate_entry
 from cachetap.tasks.index_events import IndexNotifier
 from cachetap.tasks.policy import note_requests
+from cachetap.tasks.rehome import rehome_requested
 from cachetap.wire import ANALYZE_BATCH, decode_sighting
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,10 @@ def batch(self: Any, sightings: list[dict]) -> dict[str, int]:
             log.exception("admitting %s failed; its claim will be reclaimed when stale", key)
             tally[EntryState.FAILED] += 1
     _revalidate_requested(app, list(hits), tally)
+    try:
+        rehome_requested(app, sorted(hits), now, tally)
+    except Exception:  # the object stays where it is; its next request tries again
+        log.exception("re-homing requested objects failed")
     summary = dict(tally)
     log.info("analyze batch: %s", summary)
     return summary

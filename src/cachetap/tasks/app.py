@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 _HEARTBEATS: list[Any] = []  # this process's node-registry heartbeats (signals are per process too)
 
 TASK_MODULES = ("cachetap.tasks.analyze", "cachetap.tasks.schedule", "cachetap.tasks.housekeeping",
-                "cachetap.tasks.download", "cachetap.tasks.capture")
+                "cachetap.tasks.download", "cachetap.tasks.rehome", "cachetap.tasks.capture")
 
 # ---- retry policy -------------------------------------------------------------------------------
 RETRY_BASE = 2.0

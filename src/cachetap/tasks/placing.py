@@ -31,10 +31,22 @@ class LiveCacheNodes:
             return self._members
 
 
-_LIVE = LiveCacheNodes()
+
+
+def _live(app: Any) -> LiveCacheNodes:
+    """One cache per app (a process has one; tests make several, each on its own catalog)."""
+    found = getattr(app, "_live_cache_nodes", None)
+    if found is None:
+        found = app._live_cache_nodes = LiveCacheNodes()
+    return found
 
 
 def download_owner(app: Any, key: str, now: float) -> str | None:
     """The cache node that should download and hold `key`, or None when no cache node is live
     (the job then goes to the shared download queue)."""
-    return owner(key, _LIVE.members(app, now))
+    return owner(key, live_cache_members(app, now))
+
+
+def live_cache_members(app: Any, now: float) -> list[Member]:
+    """The live cache nodes as placement members (read at most once a second per process)."""
+    return _live(app).members(app, now)
