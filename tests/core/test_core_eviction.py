@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cachetap.core.eviction import EntryStat, bytes_budget, cleanup_victims, quota_victims
+from cachetap.core.eviction import EntryStat, bytes_budget, cleanup_victims
 from cachetap.core.types import Evict
 
 NOW = 1_000_000.0
@@ -47,55 +47,6 @@ def test_cleanup_skips_claimed_entries_and_takes_rows_at_rest():
 
 def test_cleanup_min_hits_zero_disables():
     assert cleanup_victims([e("a", hits=0, last_hit=0.0)], NOW, min_hits=0, idle=1) == []
-
-
-# ---- quota ---------------------------------------------------------------------------------------
-
-def test_quota_within_budget_evicts_nothing():
-    assert quota_victims([e("a"), e("b")], used_bytes=200, quota_bytes=200) == []
-
-
-def test_quota_least_recently_hit_first_until_it_fits():
-    entries = [e("new", last_hit=NOW), e("old", last_hit=NOW - 100), e("mid", last_hit=NOW - 50)]
-    assert keys(quota_victims(entries, used_bytes=300, quota_bytes=150)) == ["old", "mid"]
-    assert keys(quota_victims(entries, used_bytes=300, quota_bytes=200)) == ["old"]
-    assert all(v.reason == "quota" for v in quota_victims(entries, 300, 0))
-
-
-def test_quota_ties_by_fewer_hits_then_older_published_then_key():
-    entries = [
-        e("b_many_hits", hits=9, published=1.0),
-        e("c_newer", hits=1, published=5.0),
-        e("a_older", hits=1, published=2.0),
-        e("z_same", hits=1, published=2.0),
-    ]
-    assert keys(quota_victims(entries, used_bytes=400, quota_bytes=0)) == ["a_older", "z_same", "c_newer",
-                                                                           "b_many_hits"]
-
-
-def test_quota_never_touches_non_ready_or_empty_entries():
-    entries = [e("dl", last_hit=0.0, state="downloading"), e("q", last_hit=0.0, state="queued"),
-               e("nosize", last_hit=0.0, size=None), e("ready", last_hit=NOW)]
-    assert keys(quota_victims(entries, used_bytes=10_000, quota_bytes=0)) == ["ready"]
-
-
-def test_quota_big_victim_can_free_enough_alone():
-    entries = [e("small", last_hit=NOW - 10, size=10), e("big", last_hit=NOW - 5, size=1000)]
-    assert keys(quota_victims(entries, used_bytes=1010, quota_bytes=500)) == ["small", "big"]
-
-
-def test_quota_order_matches_a_model_on_random_entries():
-    rng = random.Random(7)
-    entries = [e(f"k{i:03d}", hits=rng.randint(0, 3), last_hit=float(rng.randint(0, 5)), size=rng.randint(1, 50),
-                 published=float(rng.randint(0, 3))) for i in range(200)]
-    used = sum(x.stored_size for x in entries)
-    quota = used // 3
-    victims = keys(quota_victims(entries, used, quota))
-    order = sorted(entries, key=lambda x: (x.last_hit, x.hits, x.published_at, x.key))
-    assert victims == [x.key for x in order[:len(victims)]]
-    sizes = {x.key: x.stored_size for x in entries}
-    freed = sum(sizes[k] for k in victims)
-    assert used - freed <= quota < used - freed + sizes[victims[-1]]  # minimal prefix
 
 
 # ---- budget --------------------------------------------------------------------------------------

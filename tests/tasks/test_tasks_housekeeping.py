@@ -11,11 +11,13 @@ import httpx
 import pytest
 
 from cachetap.core.keys import cache_key, canonical_url
+from cachetap.core.policy import make_policy
 from cachetap.core.types import Sighting
 from cachetap.fetch.probe import probe
 from cachetap.fetch.resolver import Resolver
 from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog, open_catalog
+from cachetap.store.policy_store import CatalogPolicyStore
 from cachetap.tasks.app import beat_schedule, create_app
 from cachetap.tasks.housekeeping import run_all, run_cleanup, run_quota, run_revalidate
 from cachetap.testing.origin import BASE_MTIME, Resource
@@ -110,6 +112,28 @@ def test_quota_pass_evicts_least_recently_hit_until_it_fits(catalog, blobs, make
     # The free-space rule: 1 byte short of min_free_bytes costs the least recently hit entry left.
     summary = run_quota(catalog, blobs, make_settings(disk_quota=0, min_free_bytes=1000), free_bytes=999)
     assert summary["evicted"] == 1 and catalog.get(keys["newer"]) is None and catalog.get(keys["newest"])
+
+
+def test_quota_pass_follows_the_policy_order_then_untracked_entries(catalog, blobs, make_settings):
+    now = time.time()
+    keys = {}
+    for i, name in enumerate(("a", "b", "c", "u")):   # "u": no policy record
+        keys[name], _ = make_ready(catalog, blobs, f"http://files.test/{name}.iso", name.encode() * 100,
+                                   hits=2, last_hit=now - 1000 + i * 100)
+    size = catalog.get(keys["a"]).stored_size
+    # The policy (LRU over its own records) saw "c" requested first and "a" last: the opposite of
+    # the catalog's last_hit order, which the old pass used.
+    policy = make_policy("lru", CatalogPolicyStore(catalog.engine), 1 << 40)
+    for i, name in enumerate(("c", "b", "a")):
+        with policy.store.transaction():
+            policy.insert(keys[name], size, now - 500 + i)
+    summary = run_quota(catalog, blobs, make_settings(eviction_policy="lru", min_free_bytes=0, disk_quota=4 * size - 1),
+                        free_bytes=1 << 40, now=now)
+    assert summary["evicted"] == 1 and catalog.get(keys["c"]) is None
+    assert not policy.resident(keys["c"]) and policy.resident(keys["b"])
+    # Past every policy victim, the entries it does not track go, least recently requested first.
+    summary = run_quota(catalog, blobs, make_settings(eviction_policy="lru", min_free_bytes=0, disk_quota=1), free_bytes=1 << 40, now=now)
+    assert summary["evicted"] == 3 and all(catalog.get(k) is None for k in keys.values())
 
 
 def test_quota_measures_the_real_disk(blobs, make_settings, tmp_path):

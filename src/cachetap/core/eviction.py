@@ -1,16 +1,14 @@
-"""Eviction policy: which catalog entries to drop, as `Evict(key, reason)` decisions.
+"""Housekeeping rules: which cold catalog entries to drop, and how many bytes the store may keep.
 
-Two rules, both pure:
+(Which entries go when over quota is the cache policy's order, `core.policy`.)
 
 * cleanup: an entry with fewer than `min_hits` requests and none for `idle`
   seconds goes. It applies to rows at rest (ready, counting, rejected, failed), so cold counters and
   old refusals are forgotten too and may be judged afresh if they ever come back; `min_hits` 0
   disables it.
-* quota: when the stored bytes exceed the budget, ready entries go least recently requested first;
-  ties by fewer hits, then older publication, then key (a stable, total order). Victims are taken
-  until the bytes left fit.
+* budget: the bytes the stored objects may keep under `disk_quota` and `min_free_bytes`.
 
-Neither rule ever picks an entry a worker holds a claim on (probing, queued, downloading).
+Cleanup never picks an entry a worker holds a claim on (probing, queued, downloading).
 """
 
 from __future__ import annotations
@@ -39,22 +37,6 @@ def cleanup_victims(entries: Iterable[EntryStat], now: float, min_hits: int, idl
     """Entries at rest with fewer than `min_hits` hits and no request for `idle` seconds."""
     return [Evict(e.key, "cold") for e in entries
             if e.state in AT_REST and e.hits < min_hits and now - e.last_hit >= idle]
-
-
-def quota_victims(entries: Iterable[EntryStat], used_bytes: int, quota_bytes: int) -> list[Evict]:
-    """Ready entries to drop so that `used_bytes` falls to `quota_bytes` or below (see module doc)."""
-    excess = used_bytes - max(0, quota_bytes)
-    if excess <= 0:
-        return []
-    candidates = sorted((e for e in entries if e.state == EntryState.READY and e.stored_size),
-                        key=lambda e: (e.last_hit, e.hits, e.published_at or 0.0, e.key))
-    victims: list[Evict] = []
-    for e in candidates:
-        if excess <= 0:
-            break
-        victims.append(Evict(e.key, "quota"))
-        excess -= e.stored_size or 0
-    return victims
 
 
 def bytes_budget(used_bytes: int, quota_bytes: int, free_bytes: int, min_free_bytes: int) -> int:

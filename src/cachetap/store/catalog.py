@@ -383,6 +383,13 @@ class Catalog:
 
     # ---- housekeeping (tasks/housekeeping.py, store/evict.py) -------------------------------------
 
+    def stored_bytes(self) -> int:
+        """Bytes held by ready entries (summed in the database, no row loaded)."""
+        stmt = sa.select(sa.func.coalesce(sa.func.sum(ENTRIES.c.stored_size), 0)).where(
+            ENTRIES.c.state == EntryState.READY.value)
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar() or 0)
+
     def entry_stats(self, states: Iterable[str], fewer_hits_than: int | None = None,
                     last_hit_before: float | None = None) -> list[EntryStat]:
         """Light rows for the eviction policy, optionally pre-filtered the way the cleanup rule is."""

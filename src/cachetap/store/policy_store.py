@@ -18,7 +18,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from cachetap.core.policy.base import Record
 from cachetap.store.db import writer
-from cachetap.store.models import PolicyRecord, PolicyValue
+from cachetap.core.lifecycle import EntryState
+from cachetap.store.models import Entry, PolicyRecord, PolicyValue
 
 RECORDS = PolicyRecord.__table__
 VALUES = PolicyValue.__table__
@@ -91,6 +92,19 @@ class CatalogPolicyStore:
     def set_value(self, name: str, value: float) -> None:
         with self._use() as conn:
             self._upsert(conn, VALUES, {"name": name, "value": value}, ["name"], {"value": value})
+
+    def untracked_ready(self, limit: int, after: tuple[float, str] | None = None) -> list[tuple[float, str, int]]:
+        """(last_hit, key, stored_size) of ready entries with no policy record, least recently hit
+        first, `limit` at a time after `after` (entries stored while their reservation was dropped)."""
+        entries = Entry.__table__
+        stmt = (sa.select(entries.c.last_hit, entries.c.key, entries.c.stored_size)
+                .select_from(entries.outerjoin(RECORDS, RECORDS.c.key == entries.c.key))
+                .where(entries.c.state == EntryState.READY.value, RECORDS.c.key.is_(None))
+                .order_by(entries.c.last_hit, entries.c.key).limit(limit))
+        if after is not None:
+            stmt = stmt.where(sa.tuple_(entries.c.last_hit, entries.c.key) > sa.tuple_(*after))
+        with self.engine.connect() as conn:
+            return [(float(r.last_hit or 0.0), r.key, int(r.stored_size or 0)) for r in conn.execute(stmt)]
 
     def rescale(self, factor: float) -> None:
         with self._use() as conn:

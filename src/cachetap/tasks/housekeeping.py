@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from celery import shared_task
 
 from cachetap.core import lifecycle
-from cachetap.core.eviction import bytes_budget, cleanup_victims, quota_victims
+from cachetap.core.eviction import bytes_budget, cleanup_victims
 from cachetap.core.freshness import revalidation_headers, revalidation_outcome
 from cachetap.core.lifecycle import EntryState
 from cachetap.fetch.probe import ProbeError, probe_response
@@ -38,7 +38,7 @@ from cachetap.store.evict import evict, reconcile
 from cachetap.tasks.app import CachetapCelery
 from cachetap.tasks.beat import recorded
 from cachetap.tasks.index_events import NO_INDEX, IndexNotifier
-from cachetap.tasks.policy import forgetting
+from cachetap.tasks.policy import forgetting, quota_order
 from cachetap.wire import SCHEDULE_CLEANUP, SCHEDULE_QUOTA, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE
 
 log = logging.getLogger(__name__)
@@ -65,24 +65,26 @@ def run_cleanup(catalog: Catalog, blobs: BlobStore, settings: Settings, now: flo
     return {"candidates": len(victims), "evicted": evicted}
 
 
-def run_quota(catalog: Catalog, blobs: BlobStore, settings: Settings,
-              free_bytes: int | None = None, index: IndexNotifier = NO_INDEX) -> dict[str, int]:
-    """Evict ready entries, least recently requested first, until the stored bytes fit disk_quota
-    and min_free_bytes are free on the cache filesystem (`free_bytes` overrides the measurement)."""
+def run_quota(catalog: Catalog, blobs: BlobStore, settings: Settings, free_bytes: int | None = None,
+              index: IndexNotifier = NO_INDEX, now: float | None = None) -> dict[str, int]:
+    """Evict ready entries in the eviction policy's order until the stored bytes fit disk_quota and
+    min_free_bytes are free on the cache filesystem (`free_bytes` overrides the measurement)."""
     removed = forgetting(catalog, settings, index.removed)   # the policy releases the key's space too
-    stats = catalog.entry_stats([EntryState.READY])
-    used = sum(s.stored_size or 0 for s in stats)
+    used = catalog.stored_bytes()
     free = shutil.disk_usage(blobs.root).free if free_bytes is None else free_bytes
     budget = bytes_budget(used, settings.disk_quota, free, settings.min_free_bytes)
-    victims = quota_victims(stats, used, budget)
-    sizes = {s.key: s.stored_size or 0 for s in stats}
-    evicted = [v.key for v in victims
-               if evict(catalog, blobs, v.key, v.reason, expect_state=EntryState.READY, on_removed=removed)]
-    freed = sum(sizes[k] for k in evicted)
-    if victims:
+    evicted, freed = 0, 0
+    if used > budget:
+        for key in quota_order(catalog, settings, used - budget, time.time() if now is None else now):
+            entry = catalog.get(key)
+            if entry is None or entry.state != EntryState.READY:
+                continue   # a reservation for a download still running: nothing on disk to free yet
+            if evict(catalog, blobs, key, "quota", expect_state=EntryState.READY, on_removed=removed):
+                evicted += 1
+                freed += entry.stored_size or 0
         log.warning("quota: %d bytes stored, %d allowed (quota %d, %d free, keep %d free): %d entries evicted, "
-                    "%d bytes", used, budget, settings.disk_quota, free, settings.min_free_bytes, len(evicted), freed)
-    return {"used": used, "budget": budget, "free": free, "evicted": len(evicted), "freed": freed}
+                    "%d bytes", used, budget, settings.disk_quota, free, settings.min_free_bytes, evicted, freed)
+    return {"used": used, "budget": budget, "free": free, "evicted": evicted, "freed": freed}
 
 
 def run_reconcile(catalog: Catalog, blobs: BlobStore, settings: Settings, now: float,

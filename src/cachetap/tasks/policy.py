@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from cachetap.core.lifecycle import EntryState
@@ -76,6 +76,34 @@ def forget(app: CachetapCelery, key: str) -> None:
     policy = policy_for(app)
     with policy.store.transaction():
         policy.remove(key)
+
+
+def quota_order(catalog: Catalog, settings: Settings, nbytes: float, now: float) -> Iterator[str]:
+    """Keys to evict for `nbytes` of disk: the policy's victims in its order (an indexed ORDER BY,
+    one locked transaction per batch), then ready entries it does not track (stored after their
+    reservation was given up), least recently requested first. Keyset pages: no pass loads every row."""
+    store = CatalogPolicyStore(catalog.engine)
+    policy = make_policy(settings.eviction_policy, store, int(settings.disk_quota or NO_QUOTA))
+    left = nbytes
+    while left > 0:
+        with store.transaction():
+            batch = policy.shed(min(left, max(1.0, policy.used / 64)), now)
+        if not batch:
+            break
+        for key, released in batch:
+            left -= released
+            yield key
+    after = None
+    while left > 0:
+        rows = store.untracked_ready(256, after)
+        if not rows:
+            return
+        for last_hit, key, size in rows:
+            left -= size
+            after = (last_hit, key)
+            yield key
+            if left <= 0:
+                return
 
 
 def forgetting(catalog: Catalog, settings: Settings, then: Callable[[str], None]) -> Callable[[str], None]:

@@ -108,6 +108,20 @@ class Policy:
             victims.append(key)
         return victims
 
+    def shed(self, nbytes: float, now: float) -> list[tuple[str, float]]:
+        """Evict residents in the policy's order until `nbytes` are released (a quota pass that
+        must free disk space); returns (key, bytes released) in eviction order."""
+        victims: list[tuple[str, float]] = []
+        released = 0.0
+        while released < nbytes:
+            before = self.used
+            key = self._evict_one(now)
+            if key is None:
+                break
+            victims.append((key, before - self.used))
+            released += before - self.used
+        return victims
+
     # ---- for subclasses ------------------------------------------------------------------------
 
     def _place(self, key: str, size: int, now: float) -> None:
