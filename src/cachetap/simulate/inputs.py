@@ -13,6 +13,7 @@ A request whose response is not in the capture is skipped and counted as `no_res
 from __future__ import annotations
 
 import gzip
+import io
 import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from cachetap.simulate.logs import LogRequest, parse_combined, parse_squid, snif
 Request = tuple[float, str, int, int]     # time, key, object size, bytes sent
 Progress = Callable[[int], None]          # told the bytes read so far of the current file
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,19})[ \t]*\r\n", re.I)
+KEY_MEMO = 1 << 20                        # distinct URLs whose keys are remembered
 _CONTENT_RANGE = re.compile(rb"\r\ncontent-range:[ \t]*bytes [0-9]+-[0-9]+/(\d{1,19})[ \t]*\r\n", re.I)
 
 
@@ -70,35 +72,40 @@ def read_requests(path: Path, settings: Settings, skipped: Counter[str], progres
 
 def _log_requests(path: Path, parse: Callable[[str], LogRequest | str], settings: Settings,
                   skipped: Counter[str], progress: Progress | None) -> Iterator[Request]:
-    strip, ports = settings.strip_query_params, settings.http_ports
+    strip, port = settings.strip_query_params, settings.http_ports[0] if settings.http_ports else 80
     sizes: dict[str, int] = {}
+    keys: dict[tuple[str, str | None], str | None] = {}   # a log names the same URLs again and again
     with open(path, "rb") as raw:
         gz = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
-        stream = gzip.GzipFile(fileobj=raw) if gz else raw
+        stream = io.TextIOWrapper(gzip.GzipFile(fileobj=raw) if gz else raw, "utf-8", "replace", newline="\n")
         try:
-            for n, blob in enumerate(stream):
+            for n, line in enumerate(stream):
                 if progress is not None and n % 20_000 == 0:
                     progress(raw.tell())
-                line = blob.decode("utf-8", "replace")
-                if not line.strip():
-                    continue
                 req = parse(line)
                 if isinstance(req, str):
-                    skipped[req] += 1
+                    if line.strip():
+                        skipped[req] += 1
                     continue
                 if req.method != "GET":
                     skipped["not_get"] += 1
                     continue
-                if req.status not in (200, 206):
+                if req.status != 200 and req.status != 206:
                     skipped[f"status_{req.status}"] += 1
                     continue
-                key = _key(req.target, req.host, ports[0] if ports else 80, strip)
+                found = (req.target, req.host)
+                key = keys.get(found, "")
+                if key == "":
+                    if len(keys) >= KEY_MEMO:
+                        keys.clear()
+                    key = keys[found] = _key(req.target, req.host, port, strip)
                 if key is None:
                     skipped["bad_target"] += 1
                     continue
-                size = max(sizes.get(key, 0), req.sent)
-                sizes[key] = size
+                size = sizes.get(key, 0)
+                if req.sent > size:
+                    size = sizes[key] = req.sent
                 yield req.ts, key, size, req.sent
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             skipped["truncated_file"] += 1

@@ -14,9 +14,9 @@ the object's size, so scores are not divided by size; size enters as the bytes a
 
 The right half-life depends on the workload (patch-day releases fade within hours, a stable catalogue
 rewards weeks of memory), so `AdaptiveLRFU` (the policy called "lrfu") runs miniature simulations
-(Waldspurger et al., ATC 2017): one fixed-half-life LRFU per candidate, fed the same requests (or a
-hash-sampled 1/`sample` of the keys at 1/`sample` of the capacity), and follows the candidate whose
-miniature earned clearly more hit bytes lately. On a switch the kept scores are re-expressed in the
+(Waldspurger et al., ATC 2017): one fixed-half-life LRFU per candidate, fed a hash-sampled share of
+the keys at that share of the capacity (all of them while few keys are known), and follows the
+candidate whose miniature earned clearly more hit bytes lately. On a switch the kept scores are re-expressed in the
 new half-life (one pass over the records; switches are rare). The chosen half-life is shared state;
 the miniatures live in the memory of the process that runs the policy.
 """
@@ -31,6 +31,7 @@ from cachetap.core.policy.base import GHOST, Policy, PolicyStore, Record
 WINDOW, MAIN = "window", "main"
 GHOST_BYTES, WINDOW_BYTES, HALF_LIFE = "lrfu_ghost_bytes", "lrfu_window_bytes", "lrfu_half_life"
 WINDOW_SHARE = 0.05
+HASH_SPACE = 1 << 32   # crc32 values
 
 
 class LRFU(Policy):
@@ -121,38 +122,51 @@ class LRFU(Policy):
 
 
 class AdaptiveLRFU(LRFU):
-    """LRFU whose half-life follows the best of several miniature simulations (see the module doc)."""
+    """LRFU whose half-life follows the best of several miniature simulations (see the module doc).
+
+    The miniatures see a hash-sampled share of the keys at the same share of the capacity, and the
+    share shrinks as keys arrive so that they remember at most `max_sampled` keys (fixed-size
+    SHARDS, Waldspurger et al., FAST 2015): their memory and time stay bounded at any catalogue size.
+    """
 
     name = "lrfu"
-    sample = 1                                                  # one key in `sample` feeds the miniatures
+    max_sampled = 8192                                          # keys the miniatures remember at most
     candidates = tuple(h * 3600.0 for h in (3, 12, 48, 192, 768))   # half-lives tried, seconds
-    decay = 0.99995                                             # per sampled request
+    decay = 0.99995                                             # per request (sampled or not)
     margin = 1.02                                               # switch only for a clear gain
 
     def __init__(self, store: PolicyStore, capacity: int, history: float = 4.0) -> None:
         super().__init__(store, capacity, self.candidates[2], history)
         from cachetap.core.policy.memory import MemoryStore
 
-        self.minis = [LRFU(MemoryStore(), max(1, capacity // self.sample), h, history) for h in self.candidates]
+        self.minis = [LRFU(MemoryStore(), capacity, h, history) for h in self.candidates]
         self.earned = [0.0] * len(self.candidates)
-
-    def _sampled(self, key: str) -> bool:
-        return self.sample == 1 or zlib.crc32(key.encode()) % self.sample == 0
+        self.threshold = HASH_SPACE            # keys whose hash is below it are sampled
+        self.sampled: dict[str, int] = {}      # key -> hash, for the keys the miniatures may remember
+        self._decay = self.decay
 
     def hit(self, key: str, now: float) -> None:
-        if self._sampled(key):
+        h = zlib.crc32(key.encode())
+        if h < self.threshold:
             record = self.store.get(key)
             if record is not None:
-                self._shadow(key, record.size, now)
+                self._shadow(key, h, record.size, now)
         super().hit(key, now)
 
     def miss(self, key: str, size: int, now: float) -> None:
-        if self._sampled(key):
-            self._shadow(key, size, now)
+        h = zlib.crc32(key.encode())
+        if h < self.threshold:
+            self._shadow(key, h, size, now)
         super().miss(key, size, now)
 
-    def _shadow(self, key: str, size: int, now: float) -> None:
-        earned, decay = self.earned, self.decay
+    def _shadow(self, key: str, h: int, size: int, now: float) -> None:
+        if key not in self.sampled:
+            self.sampled[key] = h
+            if len(self.sampled) > self.max_sampled:
+                self._shrink_sample(now)
+                if h >= self.threshold:
+                    return
+        earned, decay = self.earned, self._decay
         for i, mini in enumerate(self.minis):
             earned[i] *= decay
             if mini.resident(key):
@@ -168,3 +182,35 @@ class AdaptiveLRFU(LRFU):
             # Scores are kept as offsets of half-lives: re-express them in the new one.
             self.store.rescale(self.candidates[best] / self.half_life)
             self.store.set_value(HALF_LIFE, self.candidates[best])
+
+    def _shrink_sample(self, now: float) -> None:
+        """Forget the keys no miniature remembers; if still too many, lower the sampling threshold."""
+        self.sampled = {k: h for k, h in self.sampled.items() if any(m.store.get(k) is not None for m in self.minis)}
+        if len(self.sampled) <= 3 * self.max_sampled // 4:
+            return
+        hashes = sorted(self.sampled.values())
+        threshold = hashes[self.max_sampled // 2]
+        share = threshold / self.threshold
+        self.threshold = threshold
+        self.sampled = {k: h for k, h in self.sampled.items() if h < threshold}
+        for mini in self.minis:
+            for key in [k for k in mini.store.records if zlib.crc32(k.encode()) >= threshold]:
+                _forget(mini, key)
+            mini.capacity = max(1, int(mini.capacity * share))
+            mini.make_room(0, now)
+            mini._trim_history()
+        # `earned` counts sampled bytes: one sampled request now stands for more real ones.
+        self.earned = [e * share for e in self.earned]
+        self._decay = self.decay ** (HASH_SPACE / self.threshold)
+
+
+def _forget(policy: LRFU, key: str) -> None:
+    """Drop `key` from a miniature whatever queue it is in, keeping its byte counts right."""
+    record = policy.store.get(key)
+    if record is None:
+        return
+    if record.queue == GHOST:
+        policy.store.remove(key)
+        policy._add(GHOST_BYTES, -record.size)
+    else:
+        policy.remove(key)

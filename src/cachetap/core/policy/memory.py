@@ -11,13 +11,15 @@ from collections import deque
 
 from cachetap.core.policy.base import Record
 
+NONE = (0.0, "", -1)   # no live heap item
+
 
 class MemoryStore:
     def __init__(self) -> None:
         self.records: dict[str, Record] = {}
         self.values: dict[str, float] = {}
         self._heaps: dict[str, list[tuple[float, int, str]]] = {}
-        self._stamp: dict[str, int] = {}   # key -> sequence of its live heap item
+        self._live: dict[str, tuple[float, str, int]] = {}   # key -> (priority, queue, sequence) of its live heap item
         self._seq = 0
 
     def get(self, key: str) -> Record | None:
@@ -25,16 +27,21 @@ class MemoryStore:
 
     def put(self, key: str, record: Record) -> None:
         self.records[key] = record
+        live = self._live.get(key)
+        if live is not None and live[0] == record.priority and live[1] == record.queue:
+            return   # same position: the live heap item still stands
         self._seq += 1
-        self._stamp[key] = self._seq
-        heap = self._heaps.setdefault(record.queue, [])
+        self._live[key] = (record.priority, record.queue, self._seq)
+        heap = self._heaps.get(record.queue)
+        if heap is None:
+            heap = self._heaps[record.queue] = []
         heapq.heappush(heap, (record.priority, self._seq, key))
         if len(heap) > 64 and len(heap) > 4 * len(self.records):
             self._compact()
 
     def remove(self, key: str) -> None:
         if self.records.pop(key, None) is not None:
-            del self._stamp[key]
+            del self._live[key]
 
     def lowest(self, queue: str, limit: int) -> list[tuple[str, Record]]:
         heap = self._heaps.get(queue)
@@ -42,14 +49,15 @@ class MemoryStore:
         if not heap:
             return found
         # Drop stale items from the top, then read the live ones without disturbing the heap.
-        while heap and self._stamp.get(heap[0][2]) != heap[0][1]:
+        live = self._live
+        while heap and (live.get(heap[0][2]) or NONE)[2] != heap[0][1]:
             heapq.heappop(heap)
         if limit == 1:
             return [(heap[0][2], self.records[heap[0][2]])] if heap else found
         want = limit
         while True:
             found = [(key, self.records[key]) for _p, seq, key in heapq.nsmallest(want, heap)
-                     if self._stamp.get(key) == seq]
+                     if (live.get(key) or NONE)[2] == seq]
             if len(found) >= limit or want >= len(heap):
                 return found[:limit]
             want *= 4
@@ -61,19 +69,20 @@ class MemoryStore:
         self.values[name] = value
 
     def rescale(self, factor: float) -> None:
-        for record in self.records.values():
-            record.priority = record.last + (record.priority - record.last) * factor
         self._heaps = {}
         for key, record in self.records.items():
-            self._heaps.setdefault(record.queue, []).append((record.priority, self._stamp[key], key))
+            record.priority = record.last + (record.priority - record.last) * factor
+            seq = self._live[key][2]
+            self._live[key] = (record.priority, record.queue, seq)
+            self._heaps.setdefault(record.queue, []).append((record.priority, seq, key))
         for heap in self._heaps.values():
             heapq.heapify(heap)
 
     def _compact(self) -> None:
         for queue, heap in self._heaps.items():
-            live = [item for item in heap if self._stamp.get(item[2]) == item[1]]
-            heapq.heapify(live)
-            self._heaps[queue] = live
+            kept = [item for item in heap if (self._live.get(item[2]) or NONE)[2] == item[1]]
+            heapq.heapify(kept)
+            self._heaps[queue] = kept
 
 
 class MemoryHits:
