@@ -69,11 +69,18 @@ ProgressCallback = Callable[[int, int, int], None]
 
 
 class DownloadError(Exception):
+    """Why a download failed. Its args are its fields, so a result backend rebuilds it from them
+    (Celery re-creates a task's exception as `type(*args)`; with the message as the only arg it gave up
+    and showed an UnpickleableExceptionWrapper instead of the reason)."""
+
     def __init__(self, reason: str, retryable: bool, detail: str = "") -> None:
-        super().__init__(f"{reason}{': ' + detail if detail else ''} (retryable={retryable})")
+        super().__init__(reason, retryable, detail)
         self.reason = reason
         self.retryable = retryable
         self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}{': ' + self.detail if self.detail else ''} (retryable={self.retryable})"
 
 
 @dataclass(frozen=True, slots=True)
