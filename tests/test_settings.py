@@ -100,3 +100,12 @@ def test_node_name_defaults_to_a_valid_host_name(monkeypatch):
     monkeypatch.setattr(socket, "gethostname", lambda: "box 7.campus")
     assert load_settings().effective_node_name == "box-7.campus"
     assert load_settings(node_name="cache-2").effective_node_name == "cache-2"
+
+
+def test_result_backend_follows_a_shared_catalog(tmp_path):
+    """Every node must see every task's result: with a server catalog, results live in it too."""
+    assert load_settings(cache_dir=tmp_path).effective_result_backend == f"db+sqlite:///{tmp_path}/celery-results.sqlite"
+    url = "postgresql+psycopg://u:pw@db/c"
+    assert load_settings(cache_dir=tmp_path, database_url=url).effective_result_backend == f"db+{url}"
+    assert load_settings(cache_dir=tmp_path, database_url=url, result_backend="redis://r/1").effective_result_backend \
+        == "redis://r/1"

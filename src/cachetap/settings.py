@@ -60,6 +60,29 @@ class RefreshRuleSetting(BaseModel):
     ignore_cache_control: bool = Field(False, description="Ignore the origin's Cache-Control/Expires (immutable files).")
 
 
+class CacheDirSetting(BaseModel):
+    """One disk of a cache node (an entry of `cache_dirs`): a directory on its own filesystem."""
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(description="Absolute path of the disk's directory (its mount point or a directory on it).")
+    weight: float = Field(1.0, gt=0, description="Share of the objects placed here, relative to the other disks (e.g. its size in TB).")
+    disk_quota: int = Field(0, ge=0, description="Bytes the objects on this disk may use at most; 0: no quota of its own.")
+    min_free_bytes: int | None = Field(None, ge=0, description="Bytes to keep free on this disk; unset: min_free_bytes.")
+    require_mount: bool = Field(False, description="Use the directory only while it is a mount point, so an unmounted disk is never filled through its empty mount point on the root filesystem.")
+
+    @field_validator("disk_quota", "min_free_bytes", mode="before")
+    @classmethod
+    def _size_with_unit(cls, value: Any) -> Any:
+        return None if value is None else parse_size(value)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        if not path.expanduser().is_absolute():
+            raise ValueError(f"cache_dirs paths must be absolute, got {str(path)!r}: write it from / on")
+        return Path(os.path.normpath(path.expanduser()))
+
+
 class ConfigError(Exception):
     """Bad configuration: the message names the key and the reason, one per line."""
 
@@ -70,8 +93,9 @@ class Settings(BaseSettings):
     # --- where things live -------------------------------------------------------------------
     cache_dir: Path = Field(default_factory=default_cache_dir,
                             description="Directory for the blob store, the embedded broker and catalog. Nothing is written outside it.")
+    cache_dirs: list[CacheDirSetting] = Field([], description="The disks objects are stored on, without RAID: [{path = \"/srv/disk1\", weight = 4}, \"/srv/disk2\"]. Each object goes to one disk by hash of its key (weighted), skipping full or failed ones; a failed disk takes only its own objects out of service. Empty: objects live in cache_dir.")
     broker_url: str = Field("", description="Celery broker URL (redis://, amqp://). Empty: the embedded filesystem broker under cache_dir/broker.")
-    result_backend: str = Field("", description="Celery result backend URL. Empty: SQLite under cache_dir (db+sqlite).")
+    result_backend: str = Field("", description="Celery result backend URL. Empty: the catalog database when database_url is set (so `cachetap status` on any node sees every node's results), else SQLite under cache_dir (db+sqlite).")
     database_url: str = Field("", description="Catalog database URL (SQLAlchemy): postgresql+psycopg://, mysql+pymysql://. Empty: SQLite under cache_dir.")
     broker_visibility_timeout: float = Field(3600, gt=0, le=86_400 * 7, description="Redis broker: seconds an unacknowledged task waits before it is re-delivered (a worker killed mid-task); a re-delivered download whose key is still being downloaded waits for it.")
     broker_polling_interval: float = Field(0.05, gt=0, le=10, description="Seconds between polls of the embedded filesystem broker.")
@@ -181,6 +205,25 @@ class Settings(BaseSettings):
     def _size_with_unit(cls, value: Any) -> Any:
         return parse_size(value)
 
+    @field_validator("cache_dirs", mode="before")
+    @classmethod
+    def _plain_paths(cls, dirs: Any) -> Any:
+        if isinstance(dirs, list):  # a bare path is a disk of weight 1
+            return [{"path": d} if isinstance(d, (str, Path)) else d for d in dirs]
+        return dirs
+
+    @field_validator("cache_dirs")
+    @classmethod
+    def _disks_apart(cls, dirs: list[CacheDirSetting]) -> list[CacheDirSetting]:
+        paths = [d.path for d in dirs]
+        for i, a in enumerate(paths):
+            for b in paths[i + 1:]:
+                if a == b:
+                    raise ValueError(f"{a} is listed twice: list each disk once (give it a larger weight instead)")
+                if a in b.parents or b in a.parents:
+                    raise ValueError(f"{a} and {b} are nested: give each disk a directory of its own, side by side")
+        return dirs
+
     @field_validator("http_ports")
     @classmethod
     def _ports_valid(cls, ports: list[int]) -> list[int]:
@@ -258,12 +301,21 @@ class Settings(BaseSettings):
         return self.cache_dir / self.access_log  # an absolute path stays as it is
 
     @property
+    def disks(self) -> list[CacheDirSetting]:
+        """The disks objects are stored on: `cache_dirs`, else cache_dir alone."""
+        return list(self.cache_dirs) or [CacheDirSetting.model_construct(path=self.cache_dir)]
+
+    @property
     def effective_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
 
     @property
     def effective_result_backend(self) -> str:
-        return self.result_backend or f"db+sqlite:///{self.cache_dir / 'celery-results.sqlite'}"
+        if self.result_backend:
+            return self.result_backend
+        if self.database_url:  # shared by every node, like the catalog itself
+            return f"db+{self.database_url}"
+        return f"db+sqlite:///{self.cache_dir / 'celery-results.sqlite'}"
 
     @property
     def effective_database_url(self) -> str:

@@ -62,3 +62,4 @@ def test_cleanup_min_hits_zero_disables():
 ])
 def test_bytes_budget(used, quota, free, min_free, expected):
     assert bytes_budget(used, quota, free, min_free) == expected
+

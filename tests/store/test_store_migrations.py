@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from cachetap.store import db
 from cachetap.store.models import Base
 
-HEAD = "0008_console_stats"
+HEAD = "0009_entry_disk"
 
 
 def test_upgrade_creates_tables_matching_models(catalog_url):

@@ -166,14 +166,16 @@ def test_rejections_failures_and_bad_input_are_recorded_with_reasons(make_settin
     assert take_tasks(app, "download", count=0, settle=1.0) == []
 
 
-def test_unreachable_catalog_retries_the_batch_with_the_reason_logged(make_settings, make_sighting):
+def test_unreachable_catalog_retries_the_batch_with_the_reason_logged(make_settings, make_sighting, tmp_path):
     import socket
     import time
 
     with socket.socket() as s:  # a port nothing listens on once this block ends
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = make_settings(database_url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/nowhere")
+    # Results kept apart: by default they would go to the (unreachable) catalog database as well.
+    settings = make_settings(database_url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/nowhere",
+                             result_backend=f"db+sqlite:///{tmp_path / 'results.sqlite'}")
     app = create_app(settings)
     with CeleryWorker(settings, ["analyze"]) as worker:
         result = app.send_task(ANALYZE_BATCH, args=[[make_sighting("http://files.test/a.iso")]], queue="analyze")

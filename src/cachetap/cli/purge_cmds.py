@@ -35,16 +35,17 @@ def purge(ctx: Context, target: str) -> None:
 
     Clients asking for it afterwards go to the origin; if it stays popular it is fetched again.
     """
-    from cachetap.store.blobs import BlobStore
+    from cachetap.store.disks import Disks
     from cachetap.tasks.housekeeping import purge_key
 
     settings = ctx.settings()
     key, url = resolve_key(target, settings.strip_query_params)
-    entry, file = purge_key(open_catalog(settings), BlobStore(settings.cache_dir), settings, key,
+    entry, file = purge_key(open_catalog(settings), Disks.from_settings(settings), settings, key,
                             _index_notifier(settings))
     if entry is None:
         raise click.ClickException(f"{key}: not in the cache{f' ({url})' if url else ''}")
-    file_note = {"kept": ", file kept: another entry has the same content", "deleted": ", file deleted"}.get(file, "")
+    file_note = {"kept": ", file kept: another entry has the same content", "deleted": ", file deleted",
+                 "elsewhere": ", file left on its disk (not a disk of this node, or not usable now)"}.get(file, "")
     size = f"{entry.stored_size} bytes" if entry.stored_size is not None else "no file"
     click.echo(f"removed {key} ({entry.state}, {size}{file_note}): {entry.url}")
 
@@ -55,12 +56,12 @@ def purge(ctx: Context, target: str) -> None:
 def cleanup(ctx: Context, as_json: bool) -> None:
     """Run the housekeeping passes once, now: revalidate, cleanup, reconcile, quota (for cron and tests)."""
     from cachetap.fetch.resolver import Resolver
-    from cachetap.store.blobs import BlobStore
+    from cachetap.store.disks import Disks
     from cachetap.tasks.housekeeping import run_all
 
     settings = ctx.settings()
     setup_logging(settings.log_level)
-    summary = run_all(open_catalog(settings), BlobStore(settings.cache_dir), Resolver.from_settings(settings),
+    summary = run_all(open_catalog(settings), Disks.from_settings(settings), Resolver.from_settings(settings),
                       settings, index=_index_notifier(settings))
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))

@@ -31,12 +31,12 @@ def serve(ctx: Context, host: str | None, port: int | None, processes: int | Non
         lookup = DirectoryLookup(directory)
     else:
         from cachetap.cli.catalog_cmds import open_catalog
-        from cachetap.store.blobs import BlobStore
+        from cachetap.store.disks import Disks
         from cachetap.core.urls import HINT_SECRET
         from cachetap.store.admin_token import admin_token
 
         catalog = open_catalog(settings)
-        lookup = CatalogLookup(catalog, BlobStore(settings.cache_dir))
+        lookup = CatalogLookup(catalog, Disks.from_settings(settings))
         hint_secret = catalog.shared_secret(HINT_SECRET)
         admin_token(catalog, settings.cache_dir, settings.admin_token)  # a cache node alone: its file too
     if directory is None:  # `cachetap reload` changes the log level (here and in forked workers)
@@ -73,4 +73,4 @@ def _cache_heartbeat(settings, port: int):
     url = public_base_url(settings.public_url, settings.serve_host, port)
     return start_heartbeat(settings.effective_database_url, settings.effective_node_name, "cache",
                            settings.node_heartbeat_interval,
-                           lambda: {"public_url": url, "disks": disks_of([settings.cache_dir])})
+                           lambda: {"public_url": url, "disks": disks_of([d.path for d in settings.disks])})

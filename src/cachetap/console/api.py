@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from cachetap.console import figures
 from cachetap.core.keys import KEY_PATTERN
 from cachetap.core.lifecycle import EntryState
-from cachetap.store.blobs import BlobStore
+from cachetap.store.disks import Disks
 from cachetap.tasks.housekeeping import purge_key, revalidate_now
 from cachetap.tasks.index_events import IndexNotifier
 from cachetap.tasks.prefetch import NotCacheable, Prefetched, prefetch_url
@@ -114,7 +114,7 @@ def build_router() -> APIRouter:
     def purge(request: Request, key: str) -> dict[str, Any]:
         app = celery(request)
         entry_of(request, key)
-        removed, file = purge_key(app.catalog, BlobStore(app.settings.cache_dir), app.settings, key, IndexNotifier(app))
+        removed, file = purge_key(app.catalog, Disks.from_settings(app.settings), app.settings, key, IndexNotifier(app))
         if removed is None:
             raise HTTPException(404, f"{key}: not in the catalog")
         return {"key": key, "removed": True, "state": removed.state, "file": file}
@@ -125,7 +125,7 @@ def build_router() -> APIRouter:
         entry = entry_of(request, key)
         if entry.state != EntryState.READY:
             raise HTTPException(409, f"{key} is {entry.state}: only ready entries are revalidated")
-        outcome = revalidate_now(app.catalog, BlobStore(app.settings.cache_dir), app.resolver, app.settings,
+        outcome = revalidate_now(app.catalog, Disks.from_settings(app.settings), app.resolver, app.settings,
                                  entry, IndexNotifier(app))
         return {"key": key, "outcome": outcome}
 

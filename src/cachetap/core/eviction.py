@@ -31,6 +31,7 @@ class EntryStat:
     published_at: float | None = None
     blob: str | None = None
     state: str = EntryState.READY
+    disk: str | None = None  # which of the node's disks holds it (None: the first)
 
 
 def cleanup_victims(entries: Iterable[EntryStat], now: float, min_hits: int, idle: float) -> list[Evict]:
@@ -47,3 +48,4 @@ def bytes_budget(used_bytes: int, quota_bytes: int, free_bytes: int, min_free_by
     if shortfall > 0:
         budget = min(budget, used_bytes - shortfall)
     return max(0, budget)
+

@@ -65,6 +65,7 @@ class EntryView:
     attempts: int
     blob: str | None
     node: str | None
+    disk: str | None
     stored_size: int | None
     published_at: float | None
     bytes_done: int
@@ -383,19 +384,46 @@ class Catalog:
 
     # ---- housekeeping (tasks/housekeeping.py, store/evict.py) -------------------------------------
 
-    def stored_bytes(self) -> int:
-        """Bytes held by ready entries (summed in the database, no row loaded)."""
+    def stored_bytes(self, disk: str | None = None, default_disk: str | None = None, node: str | None = None) -> int:
+        """Bytes held by ready entries (summed in the database, no row loaded); with `disk`, those on
+        that disk of `node` (rows without a disk are on `default_disk`)."""
         stmt = sa.select(sa.func.coalesce(sa.func.sum(ENTRIES.c.stored_size), 0)).where(
             ENTRIES.c.state == EntryState.READY.value)
+        if disk is not None:
+            stmt = stmt.where(self._held_on(disk, default_disk, node))
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar() or 0)
 
+    @staticmethod
+    def _held_on(disk: str, default_disk: str | None, node: str | None) -> sa.ColumnElement[bool]:
+        on_disk = ENTRIES.c.disk == disk
+        if disk == default_disk:
+            on_disk = sa.or_(on_disk, ENTRIES.c.disk.is_(None))
+        if node is None:
+            return on_disk
+        return sa.and_(on_disk, sa.or_(ENTRIES.c.node.is_(None), ENTRIES.c.node == node))
+
+    def ready_on_disk(self, disk: str, default_disk: str | None, node: str | None, limit: int,
+                      after: tuple[float, str] | None = None) -> list[tuple[float, str, int]]:
+        """(last_hit, key, stored_size) of the ready entries on one disk of `node`, least recently
+        requested first, one keyset page after `after`."""
+        stmt = (sa.select(ENTRIES.c.last_hit, ENTRIES.c.key, ENTRIES.c.stored_size)
+                .where(ENTRIES.c.state == EntryState.READY.value, self._held_on(disk, default_disk, node))
+                .order_by(ENTRIES.c.last_hit, ENTRIES.c.key).limit(limit))
+        if after is not None:
+            stmt = stmt.where(sa.tuple_(ENTRIES.c.last_hit, ENTRIES.c.key) > sa.tuple_(*after))
+        with self.engine.connect() as conn:
+            return [(last_hit, key, size or 0) for last_hit, key, size in conn.execute(stmt)]
+
     def entry_stats(self, states: Iterable[str], fewer_hits_than: int | None = None,
-                    last_hit_before: float | None = None) -> list[EntryStat]:
-        """Light rows for the eviction policy, optionally pre-filtered the way the cleanup rule is."""
+                    last_hit_before: float | None = None, node: str | None = None) -> list[EntryStat]:
+        """Light rows for the eviction policy, optionally pre-filtered the way the cleanup rule is;
+        with `node`, only the objects that node holds (or that no node was recorded for)."""
         cols = [ENTRIES.c[name] for name in ("key", "hits", "last_hit", "stored_size", "published_at",
-                                             "blob", "state")]
+                                             "blob", "state", "disk")]
         stmt = sa.select(*cols).where(ENTRIES.c.state.in_([_check_state(s) for s in states]))
+        if node is not None:
+            stmt = stmt.where(sa.or_(ENTRIES.c.node.is_(None), ENTRIES.c.node == node))
         if fewer_hits_than is not None:
             stmt = stmt.where(ENTRIES.c.hits < fewer_hits_than)
         if last_hit_before is not None:
@@ -411,15 +439,20 @@ class Catalog:
             .order_by(ENTRIES.c.expires_at, ENTRIES.c.id).limit(max(0, int(limit)))
         )
 
-    def blob_references(self) -> set[str]:
-        """Every blob digest some entry (in any state) names."""
-        with self.engine.connect() as conn:
-            return {b for (b,) in conn.execute(sa.select(ENTRIES.c.blob).where(ENTRIES.c.blob.is_not(None))
-                                               .distinct())}
+    @staticmethod
+    def _on_disk(stmt: sa.Select, disk: str | None) -> sa.Select:
+        # A row without a disk (recorded before disks were) may be on any: it keeps the blob everywhere.
+        return stmt if disk is None else stmt.where(sa.or_(ENTRIES.c.disk.is_(None), ENTRIES.c.disk == disk))
 
-    def blob_referenced(self, digest: str) -> bool:
+    def blob_references(self, disk: str | None = None) -> set[str]:
+        """Every blob digest some entry (in any state) names; with `disk`, on that disk."""
+        stmt = self._on_disk(sa.select(ENTRIES.c.blob).where(ENTRIES.c.blob.is_not(None)).distinct(), disk)
         with self.engine.connect() as conn:
-            stmt = sa.select(ENTRIES.c.id).where(ENTRIES.c.blob == digest).limit(1)
+            return {b for (b,) in conn.execute(stmt)}
+
+    def blob_referenced(self, digest: str, disk: str | None = None) -> bool:
+        stmt = self._on_disk(sa.select(ENTRIES.c.id).where(ENTRIES.c.blob == digest), disk).limit(1)
+        with self.engine.connect() as conn:
             return conn.execute(stmt).first() is not None
 
     def remove_if(self, key: str, state: str, blob: str | None) -> bool:

@@ -15,9 +15,13 @@ is deleted only when no other row names it.
   * a temp file (`tmp/<key>.part`, aria2's `.aria2` control file, anything else in tmp/) older than
     `grace` whose key is not queued or downloading: deleted. Files of live downloads are kept
     whatever their age: aria2 resumes from them.
-Paths come only from BlobStore (validated digest names under cache_dir/blobs, entries of
-cache_dir/tmp), so nothing outside the cache directory is ever touched; symlinks are unlinked, never
-followed.
+Paths come only from BlobStore (validated digest names under <disk>/blobs, entries of <disk>/tmp),
+so nothing outside the cache directories is ever touched; symlinks are unlinked, never followed.
+
+Several disks (store/disks.py): each row names its disk; a blob is shared only by rows on the same
+disk. A disk that is not usable (failed, removed, unmounted) is left alone, and the ready rows of
+objects on it are removed like rows whose file is missing: those objects are out of service, the
+other disks' are not.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from cachetap.core.keys import KEY_REGEX
 from cachetap.core.lifecycle import LIVE_DOWNLOAD, EntryState
 from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog
+from cachetap.store.disks import Disks, as_disks
 
 log = logging.getLogger(__name__)
 OnRemoved = Callable[[str], None]  # told each key whose row is gone
@@ -55,7 +60,7 @@ class ReconcileReport:
         return asdict(self)
 
 
-def evict(catalog: Catalog, blobs: BlobStore, key: str, reason: str, expect_state: str | None = None,
+def evict(catalog: Catalog, blobs: Disks | BlobStore, key: str, reason: str, expect_state: str | None = None,
           on_removed: OnRemoved | None = None) -> bool:
     """Remove `key`'s row, then its blob unless another row names the same digest.
 
@@ -71,41 +76,60 @@ def evict(catalog: Catalog, blobs: BlobStore, key: str, reason: str, expect_stat
     if on_removed is not None:
         on_removed(key)
     freed = 0
-    blob = entry.blob
-    if blob and not catalog.blob_referenced(blob) and \
-            blobs.remove_unreferenced(blob, lambda: not catalog.blob_referenced(blob)):
+    blob, disks = entry.blob, as_disks(blobs)
+    disk, store = disks.label_of(entry.disk), disks.store(entry.disk)
+    if blob and store is not None and not catalog.blob_referenced(blob, disk) and \
+            store.remove_unreferenced(blob, lambda: not catalog.blob_referenced(blob, disk)):
         freed = entry.stored_size or 0
     log.info("evicted %s (%s, was %s, %s bytes freed): %s", key, reason, entry.state, freed, entry.url)
     return True
 
 
-def reconcile(catalog: Catalog, blobs: BlobStore, now: float, grace: float,
-              on_removed: OnRemoved | None = None) -> ReconcileReport:
-    report = ReconcileReport()
-    # 1. Rows that promise a file that is not there.
-    for stat in catalog.entry_stats([EntryState.READY]):
-        if stat.blob and blobs.exists(stat.blob):
+def reconcile(catalog: Catalog, blobs: Disks | BlobStore, now: float, grace: float,
+              on_removed: OnRemoved | None = None, node: str | None = None) -> ReconcileReport:
+    """With `node`, only the rows of objects that node holds are judged (another node's files are
+    not on this node's disks)."""
+    report, disks = ReconcileReport(), as_disks(blobs)
+    # 1. Rows that promise a file that is not there (or on a disk that is not there now).
+    down: dict[str, int] = {}
+    for stat in catalog.entry_stats([EntryState.READY], node=node):
+        store = disks.store(stat.disk)
+        if store is not None and stat.blob and store.exists(stat.blob):
             continue
         if catalog.remove_if(stat.key, EntryState.READY, stat.blob):
             report.rows_missing_blob.append(stat.key)
             if on_removed is not None:
                 on_removed(stat.key)
-            log.warning("ready entry %s has no blob file %s: row removed", stat.key, stat.blob)
+            if store is None:
+                down[disks.label_of(stat.disk)] = down.get(disks.label_of(stat.disk), 0) + 1
+            else:
+                log.warning("ready entry %s has no blob file %s: row removed", stat.key, stat.blob)
+    for disk, count in down.items():
+        log.warning("disk %s is not usable: %d objects on it taken out of service (rows removed)", disk, count)
+    live = {s.key for s in catalog.entry_stats(LIVE_DOWNLOAD)}
+    for disk in disks:
+        store = disks.store(disk.label)
+        if store is not None:
+            _reconcile_files(catalog, store, disk.label, live, now, grace, report)
+    return report
+
+
+def _reconcile_files(catalog: Catalog, blobs: BlobStore, disk: str, live: set[str], now: float, grace: float,
+                     report: ReconcileReport) -> None:
     # 2. Files no row names. References are read after the listing, so a blob published and
     #    recorded meanwhile is seen as referenced; one published but not yet recorded is young.
     on_disk = list(blobs.iter_blobs())
-    referenced = catalog.blob_references()
+    referenced = catalog.blob_references(disk)
     for digest, _size in on_disk:
         if digest in referenced:
             continue
         if _age(blobs.path(digest), now) < grace:
             report.kept_young += 1
             continue
-        if blobs.remove_unreferenced(digest, lambda d=digest: not catalog.blob_referenced(d)):
+        if blobs.remove_unreferenced(digest, lambda d=digest: not catalog.blob_referenced(d, disk)):
             report.orphan_blobs.append(digest)
-            log.info("deleted blob %s: no catalog entry names it", digest)
+            log.info("deleted blob %s from %s: no catalog entry names it", digest, disk)
     # 3. Leftover temp files of downloads that are no longer running.
-    live = {s.key for s in catalog.entry_stats(LIVE_DOWNLOAD)}
     for path in blobs.iter_temp():
         match = _TEMP_KEY.match(path.name)
         if match is not None and match.group(1) in live:
@@ -116,7 +140,6 @@ def reconcile(catalog: Catalog, blobs: BlobStore, now: float, grace: float,
         if _unlink(path):
             report.temp_files.append(path.name)
             log.info("deleted leftover temp file %s", path.name)
-    return report
 
 
 def _age(path: os.PathLike[str], now: float) -> float:

@@ -55,6 +55,7 @@ class Entry(Base):
     # the stored content
     blob: Mapped[str | None] = mapped_column(sa.String(64))  # BLAKE3 content digest, 64 hex chars
     node: Mapped[str | None] = mapped_column(sa.String(64))  # the cache node holding the blob (nodes.name)
+    disk: Mapped[str | None] = mapped_column(sa.String(255))  # which of that node's cache_dirs (store/disks.py)
     stored_size: Mapped[int | None] = mapped_column(sa.BigInteger)
     published_at: Mapped[float | None] = mapped_column(sa.Double)
     # download progress

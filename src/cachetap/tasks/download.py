@@ -43,7 +43,7 @@ from cachetap.fetch.download import DownloadError, download
 from cachetap.fetch.resolver import FetchRefused, Resolver
 from cachetap.lifetime import process_tag, tag_is_dead
 from cachetap.settings import Settings
-from cachetap.store.blobs import BlobStore
+from cachetap.store.disks import Disks, NoDisk
 from cachetap.store.catalog import Catalog, EntryView
 from cachetap.store.stats import Stats
 from cachetap.tasks.app import retry_countdown
@@ -134,8 +134,9 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
     catalog.mark(key, downloading, token=claim, task_id=self.request.id, speed=0, claimed_by=process_tag())
     started = time.monotonic()
     try:
+        disk, blobs = Disks.from_settings(settings).place(key, entry.size)  # this key's disk, by hash
         daemon = worker_daemon(settings)
-        result = download(_pinned(DownloadJob.from_entry(entry, claim), app.resolver), daemon, BlobStore(settings.cache_dir), daemon.options,
+        result = download(_pinned(DownloadJob.from_entry(entry, claim), app.resolver), daemon, blobs, daemon.options,
                           on_progress=_heartbeat(catalog, key, claim))
     except ClaimLost:
         log.warning("download of %s was taken over by another worker; stopping", key)
@@ -145,6 +146,8 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
                       DownloadError("aria2_unavailable", retryable=True, detail=str(exc))) from exc
     except DownloadError as exc:
         raise _failed(self, catalog, key, claim, exc) from None
+    except NoDisk as exc:
+        raise _failed(self, catalog, key, claim, DownloadError("no_disk", retryable=True, detail=str(exc))) from None
     seconds = round(time.monotonic() - started, 3)
     now = time.time()
     try:
@@ -153,7 +156,7 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
         published = catalog.mark(
             key, advance(downloading, Event.PUBLISH), token=claim, blob=result.digest, size=result.size,
             stored_size=result.size, published_at=now, etag=result.etag, content_type=result.content_type,
-            node=settings.effective_node_name,
+            node=settings.effective_node_name, disk=disk,
             expires_at=deadline, bytes_done=result.size, speed=0,
             claim_token=None, claimed_at=None, claimed_by=None)
     finally:

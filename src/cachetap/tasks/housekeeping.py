@@ -17,9 +17,9 @@ may want any more; admission already re-fetches those that are wanted); 404/410 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +34,7 @@ from cachetap.fetch.resolver import Resolver
 from cachetap.settings import Settings
 from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog, EntryView
+from cachetap.store.disks import Disk, Disks, as_disks
 from cachetap.store.evict import evict, reconcile
 from cachetap.tasks.app import CachetapCelery
 from cachetap.tasks.beat import recorded
@@ -49,7 +50,7 @@ STORED_HEADERS = (("cache_control", "cache-control"), ("last_modified", "last-mo
 
 # ---- the passes ----------------------------------------------------------------------------------
 
-def run_cleanup(catalog: Catalog, blobs: BlobStore, settings: Settings, now: float,
+def run_cleanup(catalog: Catalog, blobs: Disks | BlobStore, settings: Settings, now: float,
                 index: IndexNotifier = NO_INDEX) -> dict[str, int]:
     """Drop entries with fewer than cleanup_min_hits hits and no request for cleanup_idle seconds."""
     removed = forgetting(catalog, settings, index.removed)   # the policy releases the key's space too
@@ -65,37 +66,70 @@ def run_cleanup(catalog: Catalog, blobs: BlobStore, settings: Settings, now: flo
     return {"candidates": len(victims), "evicted": evicted}
 
 
-def run_quota(catalog: Catalog, blobs: BlobStore, settings: Settings, free_bytes: int | None = None,
+def run_quota(catalog: Catalog, blobs: Disks | BlobStore, settings: Settings, free_bytes: int | None = None,
               index: IndexNotifier = NO_INDEX, now: float | None = None) -> dict[str, int]:
-    """Evict ready entries in the eviction policy's order until the stored bytes fit disk_quota and
-    min_free_bytes are free on the cache filesystem (`free_bytes` overrides the measurement)."""
+    """Evict ready entries in the eviction policy's order until the stored bytes fit disk_quota and,
+    on a node with one disk, its min_free_bytes are free; then, disk by disk, the least recently
+    requested objects of a disk over its own quota or under its min_free_bytes (`free_bytes`
+    overrides the measurement of every disk)."""
     removed = forgetting(catalog, settings, index.removed)   # the policy releases the key's space too
+    disks = as_disks(blobs, settings.min_free_bytes)
+    rooms = [(d, d.free() if free_bytes is None else free_bytes) for d in disks]
     used = catalog.stored_bytes()
-    free = shutil.disk_usage(blobs.root).free if free_bytes is None else free_bytes
-    budget = bytes_budget(used, settings.disk_quota, free, settings.min_free_bytes)
+    free = sum(f or 0 for _, f in rooms)
+    one = rooms[0][0] if len(rooms) == 1 else None
+    budget = bytes_budget(used, settings.disk_quota, free, one.min_free if one else 0)
     evicted, freed = 0, 0
     if used > budget:
         for key in quota_order(catalog, settings, used - budget, time.time() if now is None else now):
             entry = catalog.get(key)
             if entry is None or entry.state != EntryState.READY:
                 continue   # a reservation for a download still running: nothing on disk to free yet
-            if evict(catalog, blobs, key, "quota", expect_state=EntryState.READY, on_removed=removed):
+            if evict(catalog, disks, key, "quota", expect_state=EntryState.READY, on_removed=removed):
                 evicted += 1
                 freed += entry.stored_size or 0
         log.warning("quota: %d bytes stored, %d allowed (quota %d, %d free, keep %d free): %d entries evicted, "
                     "%d bytes", used, budget, settings.disk_quota, free, settings.min_free_bytes, evicted, freed)
+    for disk, disk_free in rooms:
+        if disk_free is None or (one is not None and not disk.quota):
+            continue  # not usable now (its objects are out of service anyway), or done above
+        n, nbytes = _disk_quota(catalog, disks, disk, disk_free, settings.effective_node_name, removed)
+        evicted, freed = evicted + n, freed + nbytes
     return {"used": used, "budget": budget, "free": free, "evicted": evicted, "freed": freed}
 
 
-def run_reconcile(catalog: Catalog, blobs: BlobStore, settings: Settings, now: float,
+def _disk_quota(catalog: Catalog, disks: Disks, disk: Disk, free: int, node: str,
+                removed: Callable[[str], None]) -> tuple[int, int]:
+    """One disk over its quota or under its min_free: its least recently requested objects go."""
+    used = catalog.stored_bytes(disk=disk.label, default_disk=disks.default, node=node)
+    excess = used - bytes_budget(used, disk.quota, free, disk.min_free)
+    evicted, freed, after = 0, 0, None
+    while excess > freed:
+        page = catalog.ready_on_disk(disk.label, disks.default, node, 256, after)
+        if not page:
+            break
+        for last_hit, key, size in page:
+            after = (last_hit, key)
+            if evict(catalog, disks, key, "quota", expect_state=EntryState.READY, on_removed=removed):
+                evicted, freed = evicted + 1, freed + size
+            if freed >= excess:
+                break
+    if evicted:
+        log.warning("quota: disk %s holds %d bytes (its quota %d, %d free, keep %d free): %d entries evicted, "
+                    "%d bytes", disk.label, used, disk.quota, free, disk.min_free, evicted, freed)
+    return evicted, freed
+
+
+def run_reconcile(catalog: Catalog, blobs: Disks | BlobStore, settings: Settings, now: float,
                   index: IndexNotifier = NO_INDEX) -> dict[str, int]:
     removed = forgetting(catalog, settings, index.removed)   # the policy releases the key's space too
-    report = reconcile(catalog, blobs, now, settings.reconcile_grace, on_removed=removed)
+    report = reconcile(catalog, as_disks(blobs, settings.min_free_bytes), now, settings.reconcile_grace,
+                       on_removed=removed, node=settings.effective_node_name)
     log.info("reconcile: %s", report.summary())
     return report.summary()
 
 
-def run_revalidate(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Settings,
+def run_revalidate(catalog: Catalog, blobs: Disks | BlobStore, resolver: Resolver, settings: Settings,
                    now: float, index: IndexNotifier = NO_INDEX) -> dict[str, int]:
     """Conditional HEAD of up to revalidate_batch expired ready entries (see the module doc)."""
     done = {"checked": 0, "fresh": 0, "changed": 0, "gone": 0, "error": 0, "busy": 0}
@@ -105,7 +139,7 @@ def run_revalidate(catalog: Catalog, blobs: BlobStore, resolver: Resolver, setti
     return done
 
 
-def revalidate_entry(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Settings, entry: EntryView,
+def revalidate_entry(catalog: Catalog, blobs: Disks | BlobStore, resolver: Resolver, settings: Settings, entry: EntryView,
                      now: float, index: IndexNotifier = NO_INDEX) -> str:
     """One conditional HEAD of an expired ready entry under its revalidation claim (one per key at a
     time, across workers); returns the outcome, or "busy" when another worker is on it."""
@@ -148,21 +182,26 @@ def _revalidate_one(entry: EntryView, resolver: Resolver, settings: Settings) ->
     return outcome, f"HTTP {status}", headers
 
 
-def purge_key(catalog: Catalog, blobs: BlobStore, settings: Settings, key: str,
+def purge_key(catalog: Catalog, blobs: Disks | BlobStore, settings: Settings, key: str,
               index: IndexNotifier = NO_INDEX) -> tuple[EntryView | None, str]:
     """Remove one object by hand (`cachetap purge`, the console): its row, its policy record, its
     file unless another entry shares it; capture nodes are told at once. Returns the entry removed
-    (None when there was none) and what became of the file ("deleted", "kept" or "none")."""
+    (None when there was none) and what became of the file ("deleted", "kept", "elsewhere": on a
+    disk this node does not have or cannot use now, or "none")."""
     entry = catalog.get(key)
     removed = forgetting(catalog, settings, index.removed)  # the policy's space too
-    if entry is None or not evict(catalog, blobs, key, "purge", on_removed=removed):
+    disks = as_disks(blobs, settings.min_free_bytes)
+    if entry is None or not evict(catalog, disks, key, "purge", on_removed=removed):
         return None, "none"
     if not entry.blob:
         return entry, "none"
-    return entry, "kept" if blobs.exists(entry.blob) else "deleted"
+    store = disks.store(entry.disk)
+    if store is None:
+        return entry, "elsewhere"
+    return entry, "kept" if store.exists(entry.blob) else "deleted"
 
 
-def revalidate_now(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Settings, entry: EntryView,
+def revalidate_now(catalog: Catalog, blobs: Disks | BlobStore, resolver: Resolver, settings: Settings, entry: EntryView,
                    index: IndexNotifier = NO_INDEX) -> str:
     """An operator's "revalidate now" of a ready entry, fresh or not: `revalidate_entry` as if its
     freshness ended this moment (the clock given is at least its expiry, so the claim is taken)."""
@@ -175,7 +214,7 @@ def _content_length(value: str | None) -> int | None:
     return int(value.strip())
 
 
-def run_all(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Settings,
+def run_all(catalog: Catalog, blobs: Disks | BlobStore, resolver: Resolver, settings: Settings,
             now: float | None = None, index: IndexNotifier = NO_INDEX) -> dict[str, dict[str, int]]:
     """The four passes once, in the order that frees the most first (`cachetap cleanup`)."""
     now = time.time() if now is None else now
@@ -189,8 +228,8 @@ def run_all(catalog: Catalog, blobs: BlobStore, resolver: Resolver, settings: Se
 
 # ---- beat tasks ----------------------------------------------------------------------------------
 
-def _blobs(app: CachetapCelery) -> BlobStore:
-    return BlobStore(app.settings.cache_dir)
+def _blobs(app: CachetapCelery) -> Disks:
+    return Disks.from_settings(app.settings)
 
 
 @shared_task(bind=True, name=SCHEDULE_CLEANUP)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from cachetap.core.lifecycle import EntryState
 from cachetap.core.policy import Policy, make_policy
 from cachetap.settings import Settings
-from cachetap.store.blobs import BlobStore
+from cachetap.store.disks import Disks
 from cachetap.store.catalog import Catalog
 from cachetap.store.evict import evict
 from cachetap.store.policy_store import CatalogPolicyStore
@@ -63,7 +63,7 @@ def reserve(app: CachetapCelery, key: str, size: int, now: float, forced: bool =
     if victims:
         from cachetap.tasks.index_events import IndexNotifier
 
-        blobs, index = BlobStore(app.settings.cache_dir), IndexNotifier(app)
+        blobs, index = Disks.from_settings(app.settings), IndexNotifier(app)
         gone = sum(evict(app.catalog, blobs, v, "quota", expect_state=EntryState.READY, on_removed=index.removed)
                    for v in victims)
         log.info("space for %s (%d bytes): %d of %d victims evicted (the rest were not stored yet)",

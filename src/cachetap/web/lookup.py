@@ -23,6 +23,7 @@ from cachetap.core.semantics import parse_http_date, valid_etag
 
 if TYPE_CHECKING:  # a directory server (python -m cachetap.web) loads no database code
     from cachetap.store.blobs import BlobStore
+    from cachetap.store.disks import Disks
     from cachetap.store.catalog import Catalog, EntryView
 
 log = logging.getLogger(__name__)
@@ -221,10 +222,12 @@ class CatalogLookup:
     A cache miss queries the catalog on the caller's thread: one primary-key read.
     """
 
-    def __init__(self, catalog: Catalog, blobs: BlobStore, ttl: float = 1.0, flush_interval: float = 5.0,
+    def __init__(self, catalog: Catalog, blobs: Disks | BlobStore, ttl: float = 1.0, flush_interval: float = 5.0,
                  max_cached: int = 10_000) -> None:
         self.catalog = catalog
-        self.blobs = blobs
+        from cachetap.store.disks import as_disks
+
+        self.disks = as_disks(blobs)  # every disk of this node; an entry names the one holding it
         self.ttl = ttl
         self.flush_interval = flush_interval
         self.max_cached = max_cached
@@ -295,7 +298,10 @@ class CatalogLookup:
         """The object a ready entry serves, or None; built once per cached row (stat included)."""
         if entry is None or entry.state != EntryState.READY or not entry.blob:
             return None
-        path = Path(self.blobs.path(entry.blob))
+        store = self.disks.store(entry.disk)
+        if store is None:  # its disk failed or was removed: the client goes to the origin
+            return None
+        path = Path(store.path(entry.blob))
         try:
             st = path.stat()
         except OSError:
