@@ -51,10 +51,11 @@ def begin_move(catalog: Catalog, key: str, holder: str, token: str, now: float, 
     return catalog._write(lambda conn: conn.execute(stmt).rowcount == 1)
 
 
-def finish_move(catalog: Catalog, key: str, token: str, blob: str, node: str) -> bool:
-    """Name `node` the holder of a moved entry, only while the claim is ours and the content the same."""
+def finish_move(catalog: Catalog, key: str, token: str, blob: str, node: str, disk: str | None = None) -> bool:
+    """Name `node` (and its `disk`) the holder of a moved entry, only while the claim is ours and the
+    content the same."""
     stmt = (sa.update(ENTRIES)
             .where(ENTRIES.c.key == _check_key(key), ENTRIES.c.state == READY, ENTRIES.c.claim_token == token,
                    ENTRIES.c.blob == blob)
-            .values(node=node, claim_token=None, claimed_at=None, reason=None, updated_at=time.time()))
+            .values(node=node, disk=disk, claim_token=None, claimed_at=None, reason=None, updated_at=time.time()))
     return catalog._write(lambda conn: conn.execute(stmt).rowcount == 1)

@@ -30,7 +30,7 @@ from cachetap.core.placement import owner
 from cachetap.core.urls import object_url
 from cachetap.fetch.aria2 import Aria2Error
 from cachetap.fetch.download import DownloadError, download
-from cachetap.store.blobs import BlobStore
+from cachetap.store.disks import Disks
 from cachetap.store.holders import begin_move, finish_move, held_ready_among, rehome
 from cachetap.store.nodes import CACHE_ROLE, liveness_window
 from cachetap.tasks.download import worker_daemon
@@ -94,17 +94,18 @@ def move(self: Any, message: dict) -> dict[str, Any]:
         return {"key": job.key, "outcome": "holder_gone"}
     url = object_url(peer.public_url, job.key, entry.filename)
     try:
+        disk, blobs = Disks.from_settings(settings).place(job.key, entry.stored_size)  # its disk here, by hash
         daemon = worker_daemon(settings)
         copied = download({"key": job.key, "url": url, "size": entry.stored_size,
                            "addresses": _addresses(urlsplit(url).hostname or "")},
-                          daemon, BlobStore(settings.cache_dir), daemon.options)
+                          daemon, blobs, daemon.options)
     except (DownloadError, Aria2Error, OSError) as exc:
         catalog.end_revalidation(job.key, job.claim, f"move from {job.holder} failed: {exc}")
         log.warning("copying %s from node %s failed: %s; it stays there", job.key, job.holder, exc)
         return {"key": job.key, "outcome": "copy_failed"}
     try:
         if copied.digest != entry.blob or not finish_move(catalog, job.key, job.claim, copied.digest,
-                                                          settings.effective_node_name):
+                                                          settings.effective_node_name, disk):
             catalog.end_revalidation(job.key, job.claim, None)
             log.warning("copy of %s from node %s not taken (content %s, catalog %s)", job.key, job.holder,
                         copied.digest, entry.blob)
