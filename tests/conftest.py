@@ -83,6 +83,14 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path, server_databases) -> s
 
 
 @pytest.fixture
+def postgresql_url(server_databases) -> str:
+    """URL of an empty PostgreSQL database (the catalog of a cluster test)."""
+    url = server_databases["postgresql"]
+    _drop_all_tables(url)
+    return url
+
+
+@pytest.fixture
 def catalog(catalog_url):
     """A `Catalog` on a freshly migrated `catalog_url` database."""
     from cachetap.store.catalog import open_catalog
@@ -163,3 +171,8 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 def redis_broker_url() -> Iterator[str]:
     yield from _redis_db()
+
+
+@pytest.fixture
+def rabbitmq_broker_url() -> Iterator[str]:
+    yield from _rabbitmq_vhost()
