@@ -1,4 +1,4 @@
-"""Make docs/console-overview.png and docs/console-downloads.png from a real running stack.
+"""Make docs/console-overview.png, console-downloads.png and console-phone.png from a real running stack.
 
     .venv/bin/python docs/make_console_screenshots.py [--minutes 3]
 
@@ -50,6 +50,12 @@ def main() -> None:
             page.wait_for_selector("#chart-month canvas", timeout=30_000)
             time.sleep(2)
             page.screenshot(path=str(DOCS / "console-overview.png"), full_page=True)
+            phone = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark",
+                                        device_scale_factor=1, is_mobile=True, has_touch=True).new_page()
+            phone.goto(stack.console + "/overview")
+            phone.wait_for_selector("#chart-day canvas", timeout=30_000)
+            time.sleep(2)
+            phone.screenshot(path=str(DOCS / "console-phone.png"))
             page.goto(stack.console + "/downloads")
             page.fill("#prefetch-url", stack.url("/tool.bin"))
             page.click("#prefetch-form button")
@@ -58,7 +64,7 @@ def main() -> None:
             page.fill("#prefetch-url", "")
             page.screenshot(path=str(DOCS / "console-downloads.png"), full_page=True)
             browser.close()
-    print("wrote", DOCS / "console-overview.png", DOCS / "console-downloads.png")
+    print("wrote", *(DOCS / f"console-{name}.png" for name in ("overview", "downloads", "phone")))
 
 
 if __name__ == "__main__":

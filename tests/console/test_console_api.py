@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from cachetap.testing.waiting import wait_for
@@ -45,7 +47,8 @@ def test_prefetch_download_serve_and_the_figures_that_follow(stack):
         assert api.get("/api/tasks/not-a-task").status_code == 400
         nodes = api.get("/api/nodes").json()
         assert {"capture", "analyze", "download", "schedule"} <= set(nodes["queues"])
-        assert any("cache" in node["roles"] and node["public_url"] == stack.cache for node in nodes["nodes"])
+        cache = next(n for n in nodes["nodes"] if "cache" in n["roles"] and n["public_url"] == stack.cache)
+        assert nodes["queues"][f"download.{cache['name']}"] == 0  # the per-node download queue, drained
         assert nodes["beat"] == {"holder": None, "last_started": {}}  # no beat in this stack
 
 
@@ -103,3 +106,25 @@ def test_openapi_documents_every_endpoint(stack):
         assert {"/api/overview", "/api/prefetch", "/api/entries/{key}/purge", "/api/tasks/{task_id}"} <= set(schema["paths"])
         page = api.get("/api").text
         assert "/api/entries/{key}/revalidate" in page
+
+
+def test_overview_sums_the_rates_capture_nodes_report_in_their_heartbeats(stack):
+    from cachetap.store.catalog import open_catalog
+
+    with stack.client() as api:
+        assert api.get("/api/overview").json()["rates"]["redirects_per_s"] is None  # no capture yet
+    catalog = open_catalog(stack.settings.effective_database_url)
+    try:
+        now = time.time()
+        for name, gets, redirects in (("cap-a", 120.5, 30.25), ("cap-b", 10.0, 2.0)):
+            catalog.nodes.beat(name, "capture", now, report={"interface": "eth1", "gets_per_s": gets,
+                                                             "redirects_per_s": redirects})
+        with stack.client() as api:
+            rates = api.get("/api/overview").json()["rates"]
+            assert (rates["capture_gets_per_s"], rates["redirects_per_s"]) == (130.5, 32.25)
+            shown = {n["name"]: n for n in api.get("/api/nodes").json()["nodes"]}
+            assert shown["cap-a"]["reports"]["capture"]["redirects_per_s"] == 30.25
+    finally:
+        for name in ("cap-a", "cap-b"):
+            catalog.nodes.forget(name)
+        catalog.engine.dispose()

@@ -83,11 +83,13 @@ def build_router() -> APIRouter:
     @api.get("/nodes", dependencies=read, summary="Nodes (registry), workers, queue depths, beat's runs")
     def nodes(request: Request) -> dict[str, Any]:
         app = celery(request)
+        registry = figures.nodes(app)
+        caches = [n["name"] for n in registry["nodes"] if n["live"] and "cache" in n["roles"]]
         try:
-            found, depths, error = workers(app), queue_depths(app), None
+            found, depths, error = workers(app), queue_depths(app, caches), None
         except Exception as exc:  # broker down: say so, keep the page alive
             found, depths, error = [], {}, f"broker unreachable: {exc}"
-        return {**figures.nodes(app), "workers": found, "queues": depths, "error": error}
+        return {**registry, "workers": found, "queues": depths, "error": error}
 
     @api.get("/tasks/{task_id}", dependencies=read, summary="A task's state and result (AsyncResult)")
     def task(request: Request, task_id: str) -> dict[str, Any]:

@@ -54,12 +54,25 @@ def overview(app, now: float | None = None) -> dict[str, Any]:
         "savings": {name: savings(stats.totals(since)) for name, since in periods.items()},
         "rates": {"requests_per_s": round(stats.rate("requests", RATE_WINDOW, now), 3),
                   "served_per_s": round(stats.rate("served_requests", RATE_WINDOW, now), 3),
-                  "window_s": RATE_WINDOW},
+                  "window_s": RATE_WINDOW, **capture_rates(app, now)},
         "store": {"objects": objects, "stored_bytes": stored, "quota_bytes": settings.disk_quota or None,
                   "disk_free_bytes": disk_free},
         "states": counts,
         "beat_last_sample": gauges.get("bucket"),
     }
+
+
+def capture_rates(app, now: float) -> dict[str, float | None]:
+    """GETs and redirects per second summed over the live capture nodes' last heartbeat reports
+    (None with no live capture node: nothing to sum)."""
+    from cachetap.store.nodes import liveness_window
+
+    window = liveness_window(app.settings.node_heartbeat_interval)
+    reports = [node.reports.get("capture") or {} for node in app.catalog.nodes.live(now, window, role="capture")]
+    if not reports:
+        return {"capture_gets_per_s": None, "redirects_per_s": None}
+    return {"capture_gets_per_s": round(sum(r.get("gets_per_s", 0) for r in reports), 2),
+            "redirects_per_s": round(sum(r.get("redirects_per_s", 0) for r in reports), 2)}
 
 
 def series(app, which: str, now: float | None = None) -> dict[str, Any]:

@@ -4,9 +4,10 @@ workers (inspect) and queue depths."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from cachetap.wire import QUEUES
+from cachetap.wire import QUEUES, download_queue
 
 if TYPE_CHECKING:
     from cachetap.tasks.app import CachetapCelery
@@ -39,16 +40,17 @@ def task_report(app: CachetapCelery, task_id: str) -> dict[str, Any] | None:
     return report
 
 
-def queue_depths(app: CachetapCelery) -> dict[str, int | None]:
-    """Messages waiting per queue (None where the broker would not say)."""
+def queue_depths(app: CachetapCelery, nodes: Iterable[str] = ()) -> dict[str, int | None]:
+    """Messages waiting per queue, the download queues of `nodes` included (None where the broker
+    would not say)."""
     depths: dict[str, int | None] = {}
     with app.connection_for_read() as conn:
         channel = conn.default_channel
-        for queue in QUEUES:
+        for name in [queue.name for queue in QUEUES] + [download_queue(node) for node in nodes]:
             try:
-                depths[queue.name] = int(channel.queue_declare(queue=queue.name, passive=True).message_count)
+                depths[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
             except Exception:  # not declared yet, or a transport that cannot count
-                depths[queue.name] = None
+                depths[name] = None
     return depths
 
 

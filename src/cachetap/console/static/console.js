@@ -129,6 +129,7 @@
       const data = await api("/api/overview");
       fill(data);
       const quota = data.store.quota_bytes;
+      $("#quota-meter").hidden = !quota;
       $("#quota-meter").value = quota ? Math.min(1, data.store.stored_bytes / quota) : 0;
       if (Date.now() >= chartsDue) {
         chartsDue = Date.now() + 30000;
