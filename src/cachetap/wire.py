@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the capture process loads no database code
 ANALYZE_BATCH = "cachetap.analyze.batch"
 DOWNLOAD_FETCH = "cachetap.download.fetch"
 DOWNLOAD_MOVE = "cachetap.download.move"
+DOWNLOAD_DROP = "cachetap.download.drop"
 CAPTURE_REPLAY = "cachetap.capture.replay"
 SCHEDULE_PRUNE_HITS = "cachetap.schedule.prune_hits"
 SCHEDULE_RECLAIM = "cachetap.schedule.reclaim"
@@ -51,6 +52,7 @@ ROUTES: dict[str, dict[str, str]] = {
     ANALYZE_BATCH: {"queue": "analyze"},
     DOWNLOAD_FETCH: {"queue": "download"},
     DOWNLOAD_MOVE: {"queue": "download"},
+    DOWNLOAD_DROP: {"queue": "download"},
     SCHEDULE_PRUNE_HITS: {"queue": "schedule"},
     SCHEDULE_RECLAIM: {"queue": "schedule"},
     SCHEDULE_PRUNE_BROKER: {"queue": "schedule"},
@@ -92,9 +94,10 @@ def download_queue(node: str | None) -> str:
     return f"{DOWNLOAD_QUEUE}.{node}"
 
 
-def send_download(app: TaskSender, job: DownloadJob | MoveJob, node: str | None) -> Any:
-    """Queue `job` (a download, or a copy from another node) for `node`'s download worker (None: any)."""
-    task = DOWNLOAD_MOVE if isinstance(job, MoveJob) else DOWNLOAD_FETCH
+def send_download(app: TaskSender, job: DownloadJob | MoveJob | FileDrop, node: str | None) -> Any:
+    """Queue `job` (a download, a copy from another node, or a file to drop) for `node`'s download
+    worker (None: any)."""
+    task = DOWNLOAD_MOVE if isinstance(job, MoveJob) else DOWNLOAD_DROP if isinstance(job, FileDrop) else DOWNLOAD_FETCH
     return app.send_task(task, args=[job.to_message()], queue=download_queue(node))
 
 
@@ -257,3 +260,27 @@ class MoveJob:
         if not (isinstance(holder, str) and NODE_NAME.fullmatch(holder)):
             return None
         return cls(key, claim, holder)
+
+
+@dataclass(frozen=True, slots=True)
+class FileDrop:
+    """Delete the file of an evicted object on the node holding it, unless a row still names it: sent
+    to that node's queue by whichever node removed the row (a purge, an eviction by the cluster's
+    policy). `disk` is only ever looked up among the receiver's own disks, never used as a path."""
+
+    blob: str
+    disk: str | None
+
+    def to_message(self) -> dict[str, Any]:
+        return {"blob": self.blob, "disk": self.disk}
+
+    @classmethod
+    def from_message(cls, message: Any) -> FileDrop | None:
+        if not isinstance(message, Mapping):
+            return None
+        blob, disk = message.get("blob"), message.get("disk")
+        if not (isinstance(blob, str) and len(blob) == 64 and all(c in "0123456789abcdef" for c in blob)):
+            return None
+        if not (disk is None or (isinstance(disk, str) and 0 < len(disk) <= 255)):
+            return None
+        return cls(blob, disk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from cachetap.store.blobs import file_digest
 from cachetap.store.disks import Disks
@@ -45,3 +46,61 @@ def test_downloads_spread_over_two_disks_and_are_served_from_each(make_settings,
         where[entry.disk] += 1
     assert where == {str(d): 3 for d in disk_dirs}, where
     assert not (settings.cache_dir / "blobs").exists() or not any((settings.cache_dir / "blobs").iterdir())
+
+
+def _stored_on(app, disks: Disks, node: str, name: str) -> tuple[str, Path]:
+    """A ready entry held by `node` on its first disk, with its file; returns (key, file path)."""
+    import time
+
+    from cachetap.core.keys import cache_key
+    from cachetap.core.types import Sighting
+
+    url = f"http://files.test/{name}.iso"
+    key = cache_key(url, {})
+    app.catalog.record_sightings([Sighting(time.time(), "10.0.0.5", 1, "127.0.0.1", 80, "GET", "files.test", url,
+                                           key, f"/{name}.iso")], window=3600, now=time.time())
+    store = disks.store(disks.default)
+    temp = store.new_temp_name(key)
+    temp.write_bytes(name.encode() * 1000)
+    digest = file_digest(temp)
+    path = store.publish(temp, digest)
+    assert app.catalog.mark(key, "ready", blob=digest, stored_size=path.stat().st_size,
+                            node=node, disk=disks.default, expires_at=time.time() + 3600)
+    return key, path
+
+
+def test_purge_on_one_node_deletes_the_file_on_the_node_holding_it(make_settings, tmp_path):
+    """Node a purges an object node b holds: the row goes at once, and node b's download worker deletes
+    the file from its own disk (node a's disks are never touched)."""
+    from cachetap.tasks.housekeeping import purge_key
+    from cachetap.tasks.index_events import IndexNotifier
+    from cachetap.testing.waiting import wait_for
+
+    disk_a, disk_b = tmp_path / "disk-a", tmp_path / "disk-b"
+    disk_a.mkdir(), disk_b.mkdir()
+    settings_a = make_settings(node_name="node-a", cache_dirs=[str(disk_a)])
+    settings_b = make_settings(node_name="node-b", cache_dirs=[str(disk_b)])  # same catalog and broker
+    app_a, app_b = create_app(settings_a), create_app(settings_b)
+    key, path = _stored_on(app_b, Disks.from_settings(settings_b), "node-b", "held-by-b")
+    with CeleryWorker(settings_b, ["download"]) as worker:
+        entry, file = purge_key(app_a.catalog, Disks.from_settings(settings_a), settings_a, key, IndexNotifier(app_a))
+        assert entry is not None and file == "elsewhere" and app_a.catalog.get(key) is None
+        wait_for(lambda: not path.exists(), "node b deleting the file", timeout=60, detail=worker.log_text)
+
+
+def test_a_file_drop_only_deletes_an_unnamed_file_on_a_disk_of_ours(make_settings, tmp_path):
+    from cachetap.tasks.download import drop_file
+    from cachetap.wire import FileDrop
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    settings = make_settings(node_name="node-b", cache_dirs=[str(disk)])
+    app, disks = create_app(settings), Disks.from_settings(settings)
+    key, path = _stored_on(app, disks, "node-b", "named")
+    digest = path.name
+    assert FileDrop.from_message({"blob": "../../etc/passwd", "disk": str(disk)}) is None
+    assert FileDrop.from_message({"blob": digest, "disk": 5}) is None
+    assert drop_file(app.catalog, disks, FileDrop(digest, "/etc")) == "not_our_disk"
+    assert drop_file(app.catalog, disks, FileDrop(digest, str(disk))) == "kept" and path.exists()  # a row names it
+    app.catalog.remove(key)
+    assert drop_file(app.catalog, disks, FileDrop(digest, str(disk))) == "deleted" and not path.exists()

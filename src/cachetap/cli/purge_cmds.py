@@ -45,7 +45,7 @@ def purge(ctx: Context, target: str) -> None:
     if entry is None:
         raise click.ClickException(f"{key}: not in the cache{f' ({url})' if url else ''}")
     file_note = {"kept": ", file kept: another entry has the same content", "deleted": ", file deleted",
-                 "elsewhere": ", file left on its disk (not a disk of this node, or not usable now)"}.get(file, "")
+                 "elsewhere": ", file left to the node and disk holding it (deleted there unless shared)"}.get(file, "")
     size = f"{entry.stored_size} bytes" if entry.stored_size is not None else "no file"
     click.echo(f"removed {key} ({entry.state}, {size}{file_note}): {entry.url}")
 

@@ -36,7 +36,7 @@ from typing import Any
 from cachetap.core.keys import KEY_REGEX
 from cachetap.core.lifecycle import LIVE_DOWNLOAD, EntryState
 from cachetap.store.blobs import BlobStore
-from cachetap.store.catalog import Catalog
+from cachetap.store.catalog import Catalog, EntryView
 from cachetap.store.disks import Disks, as_disks
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,14 @@ class ReconcileReport:
 
 
 def evict(catalog: Catalog, blobs: Disks | BlobStore, key: str, reason: str, expect_state: str | None = None,
-          on_removed: OnRemoved | None = None) -> bool:
+          on_removed: OnRemoved | None = None, node: str | None = None,
+          held_elsewhere: Callable[[EntryView], None] | None = None) -> bool:
     """Remove `key`'s row, then its blob unless another row names the same digest.
 
     With `expect_state`, only an entry still in that state is removed (the caller decided on a
-    snapshot). `on_removed(key)` runs once the row is gone (capture nodes stop redirecting it).
+    snapshot). `on_removed(key)` runs once the row is gone (capture nodes stop redirecting it). With
+    `node` (this node's name), an object another node holds is that node's to delete:
+    `held_elsewhere(entry)` is told (it asks the holder), this node's disks are not touched.
     Returns whether the row was removed.
     """
     entry = catalog.get(key)
@@ -75,6 +78,11 @@ def evict(catalog: Catalog, blobs: Disks | BlobStore, key: str, reason: str, exp
         return False  # it changed under us: whoever changed it decides
     if on_removed is not None:
         on_removed(key)
+    if node is not None and entry.node not in (None, node) and entry.blob:
+        if held_elsewhere is not None:
+            held_elsewhere(entry)
+        log.info("evicted %s (%s, was %s, file on node %s): %s", key, reason, entry.state, entry.node, entry.url)
+        return True
     freed = 0
     blob, disks = entry.blob, as_disks(blobs)
     disk, store = disks.label_of(entry.disk), disks.store(entry.disk)

@@ -50,7 +50,7 @@ from cachetap.tasks.app import retry_countdown
 from cachetap.tasks.index_events import publish_index_event
 from cachetap.tasks.policy import forget
 from cachetap.tasks.schedule import take_back_dead_claims
-from cachetap.wire import DOWNLOAD_FETCH, INDEX_READY, DownloadJob
+from cachetap.wire import DOWNLOAD_DROP, DOWNLOAD_FETCH, INDEX_READY, DownloadJob, FileDrop
 
 log = logging.getLogger(__name__)
 
@@ -275,3 +275,26 @@ def freshness_deadline(settings: Settings, entry: EntryView | None, now: float) 
         headers["Last-Modified"] = entry.last_modified
     host, path = (entry.host, urlsplit(entry.url).path) if entry is not None else ("", "")
     return settings.refresh_policy().fresh_until(now, headers, host, path)
+
+
+@shared_task(bind=True, name=DOWNLOAD_DROP)
+def drop(self: Any, message: dict) -> str:
+    """Delete a file of this node whose row another node removed (a purge, the cluster's policy),
+    unless a row still names it on that disk; returns what happened."""
+    job = FileDrop.from_message(message)
+    if job is None:
+        log.warning("file drop without a valid digest and disk, ignored: %.200r", message)
+        return "bad_job"
+    return drop_file(self.app.catalog, Disks.from_settings(self.app.settings), job)
+
+
+def drop_file(catalog: Catalog, disks: Disks, job: FileDrop) -> str:
+    if job.disk is not None and job.disk not in disks.disks:
+        return "not_our_disk"  # a label from the broker is looked up, never used as a path
+    store, label = disks.store(job.disk), disks.label_of(job.disk)
+    if store is None:
+        return "disk_unusable"
+    if store.remove_unreferenced(job.blob, lambda: not catalog.blob_referenced(job.blob, label)):
+        log.info("deleted %s from %s: its entry was removed on another node", job.blob, label)
+        return "deleted"
+    return "kept"

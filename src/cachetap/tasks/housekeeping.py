@@ -60,7 +60,8 @@ def run_cleanup(catalog: Catalog, blobs: Disks | BlobStore, settings: Settings, 
     stats = catalog.entry_stats(lifecycle.AT_REST, fewer_hits_than=min_hits, last_hit_before=now - idle)
     states = {s.key: s.state for s in stats}
     victims = cleanup_victims(stats, now, min_hits, idle)
-    evicted = sum(evict(catalog, blobs, v.key, v.reason, expect_state=states[v.key], on_removed=removed)
+    evicted = sum(evict(catalog, blobs, v.key, v.reason, expect_state=states[v.key], on_removed=removed,
+                        node=settings.effective_node_name, held_elsewhere=index.held_elsewhere)
                   for v in victims)
     log.info("cleanup: %d of %d entries with < %d hits idle for %ds evicted", evicted, len(victims), min_hits, idle)
     return {"candidates": len(victims), "evicted": evicted}
@@ -85,7 +86,8 @@ def run_quota(catalog: Catalog, blobs: Disks | BlobStore, settings: Settings, fr
             entry = catalog.get(key)
             if entry is None or entry.state != EntryState.READY:
                 continue   # a reservation for a download still running: nothing on disk to free yet
-            if evict(catalog, disks, key, "quota", expect_state=EntryState.READY, on_removed=removed):
+            if evict(catalog, disks, key, "quota", expect_state=EntryState.READY, on_removed=removed,
+                     node=settings.effective_node_name, held_elsewhere=index.held_elsewhere):
                 evicted += 1
                 freed += entry.stored_size or 0
         log.warning("quota: %d bytes stored, %d allowed (quota %d, %d free, keep %d free): %d entries evicted, "
@@ -158,7 +160,8 @@ def revalidate_entry(catalog: Catalog, blobs: Disks | BlobStore, resolver: Resol
             return outcome
     elif outcome in ("changed", "gone"):
         removed = forgetting(catalog, settings, index.removed)  # the policy releases the key's space too
-        if evict(catalog, blobs, entry.key, outcome, expect_state=EntryState.READY, on_removed=removed):
+        if evict(catalog, blobs, entry.key, outcome, expect_state=EntryState.READY, on_removed=removed,
+                 node=settings.effective_node_name, held_elsewhere=index.held_elsewhere):
             log.info("revalidated %s (%s): %s, evicted: %s", entry.key, reason, outcome, entry.url)
             return outcome
     else:
@@ -191,12 +194,13 @@ def purge_key(catalog: Catalog, blobs: Disks | BlobStore, settings: Settings, ke
     entry = catalog.get(key)
     removed = forgetting(catalog, settings, index.removed)  # the policy's space too
     disks = as_disks(blobs, settings.min_free_bytes)
-    if entry is None or not evict(catalog, disks, key, "purge", on_removed=removed):
+    if entry is None or not evict(catalog, disks, key, "purge", on_removed=removed,
+                                  node=settings.effective_node_name, held_elsewhere=index.held_elsewhere):
         return None, "none"
     if not entry.blob:
         return entry, "none"
     store = disks.store(entry.disk)
-    if store is None:
+    if store is None or entry.node not in (None, settings.effective_node_name):
         return entry, "elsewhere"
     return entry, "kept" if store.exists(entry.blob) else "deleted"
 

@@ -11,9 +11,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from typing import TYPE_CHECKING
+
 from celery import Celery
 
-from cachetap.wire import INDEX_EXCHANGE, INDEX_READY, INDEX_REMOVED, INDEX_ROUTING_KEY, index_event
+from cachetap.wire import (INDEX_EXCHANGE, INDEX_READY, INDEX_REMOVED, INDEX_ROUTING_KEY, FileDrop, index_event,
+                           send_download)
+
+if TYPE_CHECKING:
+    from cachetap.store.catalog import EntryView
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,16 @@ class IndexNotifier:
     def removed(self, key: str) -> None:
         if self.app is not None:
             publish_index_event(self.app, INDEX_REMOVED, [key])
+
+    def held_elsewhere(self, entry: EntryView) -> None:
+        """A removed row's file is on another node: ask that node to delete it (best effort: its
+        reconcile deletes files no row names after reconcile_grace anyway)."""
+        if self.app is None or not entry.blob or not entry.node:
+            return
+        try:
+            send_download(self.app, FileDrop(entry.blob, entry.disk), entry.node)
+        except Exception as exc:
+            log.warning("could not ask node %s to delete the file of %s: %s", entry.node, entry.key, exc)
 
 
 NO_INDEX = IndexNotifier()

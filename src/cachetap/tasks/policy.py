@@ -64,7 +64,8 @@ def reserve(app: CachetapCelery, key: str, size: int, now: float, forced: bool =
         from cachetap.tasks.index_events import IndexNotifier
 
         blobs, index = Disks.from_settings(app.settings), IndexNotifier(app)
-        gone = sum(evict(app.catalog, blobs, v, "quota", expect_state=EntryState.READY, on_removed=index.removed)
+        gone = sum(evict(app.catalog, blobs, v, "quota", expect_state=EntryState.READY, on_removed=index.removed,
+                         node=app.settings.effective_node_name, held_elsewhere=index.held_elsewhere)
                    for v in victims)
         log.info("space for %s (%d bytes): %d of %d victims evicted (the rest were not stored yet)",
                  key, size, gone, len(victims))
