@@ -91,6 +91,14 @@ def postgresql_url(server_databases) -> str:
 
 
 @pytest.fixture
+def mariadb_url(server_databases) -> str:
+    """URL of an empty MariaDB database."""
+    url = server_databases["mariadb"]
+    _drop_all_tables(url)
+    return url
+
+
+@pytest.fixture
 def catalog(catalog_url):
     """A `Catalog` on a freshly migrated `catalog_url` database."""
     from cachetap.store.catalog import open_catalog

@@ -1,4 +1,5 @@
-"""Two cache nodes on RabbitMQ and PostgreSQL, each its own process group, address and directories.
+"""Two cache nodes on RabbitMQ and PostgreSQL (and on Redis and MariaDB), each its own process group,
+address and directories.
 
 Topology (built once, scenarios run on it in order): node-a serves on 127.0.0.2 and node-b on
 127.0.0.3 (`cachetap serve` plus a download worker each, with cache directories of their own); one
@@ -100,12 +101,13 @@ def origin() -> Iterator[Origin]:
         yield o
 
 
-@pytest.fixture
-def cluster(tmp_path, rabbitmq_broker_url, postgresql_url, origin):
-    database = postgresql_url
+@pytest.fixture(params=[("rabbitmq_broker_url", "postgresql_url"), ("redis_broker_url", "mariadb_url")],
+                ids=["rabbitmq-postgresql", "redis-mariadb"])
+def cluster(request, tmp_path, origin):
+    broker_url, database = (request.getfixturevalue(name) for name in request.param)
 
     def settings_for(name: str, **extra):
-        return load_settings(cache_dir=tmp_path / name / "cache", broker_url=rabbitmq_broker_url,
+        return load_settings(cache_dir=tmp_path / name / "cache", broker_url=broker_url,
                              database_url=database, node_name=name, node_heartbeat_interval=HEARTBEAT,
                              serve_host=ADDRESSES.get(name, "127.0.0.1"), serve_port=free_port(),
                              run_as_user="", admission_threshold=0, min_size=MiB,
