@@ -51,6 +51,11 @@ def test_prefetch_download_serve_and_the_figures_that_follow(stack):
         assert nodes["queues"][f"download.{cache['name']}"] == 0  # the per-node download queue, drained
         assert nodes["beat"] == {"holder": None, "last_started": {}}  # no beat in this stack
 
+        def free_from_the_registry():  # what the cache nodes' heartbeats say, not this machine's statfs
+            caches = [n for n in api.get("/api/nodes").json()["nodes"] if n["live"] and "cache" in n["roles"]]
+            return api.get("/api/overview").json()["store"]["disk_free_bytes"] == sum(n["free"] for n in caches)
+        wait_for(free_from_the_registry, "disk free summed over the cache nodes", timeout=30, step=0.5)
+
 
 def test_writes_need_the_token_even_on_loopback(stack):
     with stack.client() as api:

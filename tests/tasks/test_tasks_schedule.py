@@ -1,4 +1,5 @@
-"""Beat tasks in a real worker: stale claims recovered (even after kill -9), hits and broker files pruned."""
+"""Beat tasks in a real worker: stale claims recovered (even after kill -9), hits and broker files pruned,
+the console's minute sample taken."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import time
 from cachetap.tasks.app import create_app
 from cachetap.testing.origin import Resource
 from cachetap.testing.workers import CeleryWorker, take_tasks
-from cachetap.wire import ANALYZE_BATCH, DOWNLOAD_FETCH, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS, SCHEDULE_RECLAIM
+from cachetap.store.stats import Stats
+from cachetap.wire import (ANALYZE_BATCH, DOWNLOAD_FETCH, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS, SCHEDULE_RECLAIM,
+                           SCHEDULE_STATS)
 
 MiB = 1 << 20
 WAIT = 180
@@ -94,6 +97,9 @@ def test_prune_hits_and_broker_files(make_settings, make_sighting):
     with CeleryWorker(settings, ["schedule"]):
         assert run(app, SCHEDULE_PRUNE_HITS) == 1
         assert run(app, SCHEDULE_PRUNE_BROKER) == 1
+        gauges = run(app, SCHEDULE_STATS)  # the console's minute sample, on the same worker
+    assert gauges["objects"] == 0 and gauges["stored_bytes"] == 0 and gauges["disk_free"] > 0
+    assert Stats(app.catalog).latest_gauges()["disk_free"] == gauges["disk_free"]
     assert not old_file.exists() and new_file.exists()
     counts = app.catalog.record_sightings([make_sighting(url, ts=now)], window=1e9, now=now)
     assert counts == {make_sighting(url)["key"]: 2}  # the recent hit and this one; the old one is gone

@@ -6,7 +6,6 @@ Every figure the page shows comes from here through the API, so the page and the
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import time
 from typing import Any
 
@@ -14,7 +13,7 @@ from cachetap.core.lifecycle import EntryState
 from cachetap.core.serving import serving
 from cachetap.core.urls import object_url
 from cachetap.store.catalog import EntryView
-from cachetap.store.stats import HOUR, MINUTE, Stats
+from cachetap.store.stats import HOUR, MINUTE, Stats, disk_free
 from cachetap.web.urls import public_base_url
 
 RANGES = {"day": (MINUTE, 86_400), "month": (HOUR, 30 * 86_400)}
@@ -43,10 +42,6 @@ def overview(app, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     periods = {"today": local_midnight(now), "week": (now - 7 * 86_400) // HOUR * HOUR, "all": None}
     gauges = stats.latest_gauges()
-    try:
-        disk_free = shutil.disk_usage(settings.cache_dir).free
-    except OSError:
-        disk_free = gauges.get("disk_free")
     counts = app.catalog.counts_by_state()
     objects, stored = stats.ready_totals()
     return {
@@ -56,7 +51,7 @@ def overview(app, now: float | None = None) -> dict[str, Any]:
                   "served_per_s": round(stats.rate("served_requests", RATE_WINDOW, now), 3),
                   "window_s": RATE_WINDOW, **capture_rates(app, now)},
         "store": {"objects": objects, "stored_bytes": stored, "quota_bytes": settings.disk_quota or None,
-                  "disk_free_bytes": disk_free},
+                  "disk_free_bytes": disk_free(app.catalog, settings.cache_dir, settings.node_heartbeat_interval, now)},
         "states": counts,
         "beat_last_sample": gauges.get("bucket"),
     }

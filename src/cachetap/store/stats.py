@@ -16,6 +16,7 @@ shown beside it.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,21 @@ def _upsert(conn: Connection, row: dict[str, Any], updates: dict[str, Any]):
     if conn.dialect.name in ("mysql", "mariadb"):
         return stmt.on_duplicate_key_update(**updates)
     return stmt.on_conflict_do_update(index_elements=[STATS.c.period, STATS.c.bucket], set_=updates)
+
+
+def disk_free(catalog: Catalog, cache_dir, heartbeat_interval: float, now: float) -> int | None:
+    """Free bytes on the disks of the live cache nodes, as their heartbeats report them; this
+    machine's cache_dir when no cache node reports (a node alone before its first heartbeat)."""
+    from cachetap.store.nodes import CACHE_ROLE, liveness_window
+
+    disks = {(node.name, d.path): d.free for node in catalog.nodes.live(now, liveness_window(heartbeat_interval),
+                                                                         role=CACHE_ROLE) for d in node.disks}
+    if disks:
+        return sum(disks.values())
+    try:
+        return shutil.disk_usage(cache_dir).free
+    except OSError:
+        return None
 
 
 class Stats:

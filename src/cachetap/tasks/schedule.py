@@ -15,7 +15,6 @@ longer exist (the worker it replaces) are sent again at once, without waiting fo
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import time
 import uuid
@@ -26,7 +25,7 @@ from celery import shared_task
 from cachetap.core.lifecycle import EntryState, Event, advance, sources
 from cachetap.lifetime import tag_is_dead
 from cachetap.store.catalog import EntryView
-from cachetap.store.stats import Stats
+from cachetap.store.stats import Stats, disk_free
 from cachetap.tasks.app import PROCESSED_MAX_AGE, PRUNE_HITS_EVERY, STATS_EVERY, prune_processed
 from cachetap.tasks.beat import recorded
 from cachetap.tasks.placing import download_owner
@@ -118,15 +117,12 @@ def prune_broker(self: Any) -> int | None:
 def stats(self: Any) -> dict[str, int | None] | None:
     """The console's gauges for this minute (objects and bytes ready, disk free) and the pruning of
     minute buckets older than two days. The counters are written where things happen (store/stats.py)."""
-    now = time.time()
-    try:
-        disk_free = shutil.disk_usage(self.app.settings.cache_dir).free
-    except OSError:
-        disk_free = None
+    now, settings = time.time(), self.app.settings
     figures = Stats(self.app.catalog)
 
     def sample() -> dict[str, int | None]:
-        gauges = figures.sample(now, disk_free)
+        free = disk_free(self.app.catalog, settings.cache_dir, settings.node_heartbeat_interval, now)
+        gauges = figures.sample(now, free)
         figures.prune(now)
         return gauges
     return recorded(self.app, SCHEDULE_STATS, sample, STATS_EVERY)
