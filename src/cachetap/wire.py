@@ -27,6 +27,7 @@ ANALYZE_BATCH = "cachetap.analyze.batch"
 DOWNLOAD_FETCH = "cachetap.download.fetch"
 DOWNLOAD_MOVE = "cachetap.download.move"
 DOWNLOAD_DROP = "cachetap.download.drop"
+DOWNLOAD_HOUSEKEEPING = "cachetap.download.housekeeping"
 CAPTURE_REPLAY = "cachetap.capture.replay"
 SCHEDULE_PRUNE_HITS = "cachetap.schedule.prune_hits"
 SCHEDULE_RECLAIM = "cachetap.schedule.reclaim"
@@ -53,6 +54,7 @@ ROUTES: dict[str, dict[str, str]] = {
     DOWNLOAD_FETCH: {"queue": "download"},
     DOWNLOAD_MOVE: {"queue": "download"},
     DOWNLOAD_DROP: {"queue": "download"},
+    DOWNLOAD_HOUSEKEEPING: {"queue": "download"},
     SCHEDULE_PRUNE_HITS: {"queue": "schedule"},
     SCHEDULE_RECLAIM: {"queue": "schedule"},
     SCHEDULE_PRUNE_BROKER: {"queue": "schedule"},

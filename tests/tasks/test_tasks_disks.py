@@ -104,3 +104,46 @@ def test_a_file_drop_only_deletes_an_unnamed_file_on_a_disk_of_ours(make_setting
     assert drop_file(app.catalog, disks, FileDrop(digest, str(disk))) == "kept" and path.exists()  # a row names it
     app.catalog.remove(key)
     assert drop_file(app.catalog, disks, FileDrop(digest, str(disk))) == "deleted" and not path.exists()
+
+
+def test_each_cache_node_reconciles_its_own_disks(make_settings, tmp_path):
+    """The reconcile pass goes to every live cache node's own queue: each deletes the files no row
+    names on its disks and drops its own rows whose file is gone, never another node's."""
+    import os
+    import time
+
+    from cachetap.store.nodes import CACHE_ROLE, disks_of
+    from cachetap.tasks.housekeeping import _on_every_cache_node
+    from cachetap.testing.waiting import wait_for
+
+    made = {}
+    for node in ("node-a", "node-b"):
+        disk = tmp_path / f"disk-{node}"
+        disk.mkdir()
+        made[node] = make_settings(node_name=node, cache_dirs=[str(disk)], reconcile_grace=0, min_free_bytes=0)
+    apps = {node: create_app(s) for node, s in made.items()}
+    catalog = apps["node-a"].catalog
+    disks = {node: Disks.from_settings(s) for node, s in made.items()}
+    orphans, kept, lost = {}, {}, {}
+    for node, d in disks.items():
+        kept[node] = _stored_on(apps[node], d, node, f"kept-{node}")
+        lost[node] = _stored_on(apps[node], d, node, f"lost-{node}")
+        os.unlink(lost[node][1])   # its row now names a missing file
+        store = d.store(d.default)
+        temp = store.new_temp_name("0" * 32)
+        temp.write_bytes(node.encode())
+        orphans[node] = store.publish(temp, file_digest(temp))
+        catalog.nodes.beat(node, CACHE_ROLE, time.time(), public_url="http://127.0.0.1:1",
+                           disks=disks_of([str(Path(x.path)) for x in d]))
+    workers = [CeleryWorker(s, ["download"]).start() for s in made.values()]
+    try:
+        for node in made:  # keep both cache nodes alive in the registry while the passes run
+            catalog.nodes.beat(node, CACHE_ROLE, time.time(), public_url="http://127.0.0.1:1")
+        assert _on_every_cache_node(apps["node-a"]) == {"nodes": 2}
+        wait_for(lambda: not any(p.exists() for p in orphans.values())
+                 and all(catalog.get(k) is None for k, _ in lost.values()), "both nodes reconciled",
+                 timeout=90, detail=lambda: "\n".join(w.log_text()[-2000:] for w in workers))
+    finally:
+        for w in workers:
+            w.stop()
+    assert all(catalog.get(k) is not None and p.exists() for k, p in kept.values())

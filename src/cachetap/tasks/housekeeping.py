@@ -40,7 +40,8 @@ from cachetap.tasks.app import CachetapCelery
 from cachetap.tasks.beat import recorded
 from cachetap.tasks.index_events import NO_INDEX, IndexNotifier
 from cachetap.tasks.policy import forgetting, quota_order
-from cachetap.wire import SCHEDULE_CLEANUP, SCHEDULE_QUOTA, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE
+from cachetap.wire import (DOWNLOAD_HOUSEKEEPING, SCHEDULE_CLEANUP, SCHEDULE_QUOTA, SCHEDULE_RECONCILE,
+                           SCHEDULE_REVALIDATE, download_queue)
 
 log = logging.getLogger(__name__)
 
@@ -251,10 +252,41 @@ def quota(self: Any) -> dict[str, int] | None:
 
 
 @shared_task(bind=True, name=SCHEDULE_RECONCILE)
-def reconcile_store(self: Any) -> dict[str, int] | None:
+def reconcile_store(self: Any) -> dict[str, Any] | None:
+    """Files and rows are each node's own: every live cache node reconciles its disks (and keeps
+    their own quotas) in its download worker; with no node registered (one box) it runs here."""
     app = self.app
-    return recorded(app, SCHEDULE_RECONCILE, lambda: run_reconcile(app.catalog, _blobs(app), app.settings, time.time(),
-                                                                   IndexNotifier(app)), app.settings.housekeeping_interval)
+    return recorded(app, SCHEDULE_RECONCILE, lambda: _on_every_cache_node(app), app.settings.housekeeping_interval)
+
+
+def _on_every_cache_node(app: CachetapCelery) -> dict[str, Any]:
+    from cachetap.tasks.placing import live_cache_members
+
+    nodes = [m.name for m in live_cache_members(app, time.time())]
+    if not nodes:
+        return node_housekeeping(app)
+    for node in nodes:
+        app.send_task(DOWNLOAD_HOUSEKEEPING, args=[], queue=download_queue(node))
+    return {"nodes": len(nodes)}
+
+
+def node_housekeeping(app: CachetapCelery) -> dict[str, Any]:
+    """This node's reconcile and the quotas of its own disks."""
+    settings, disks = app.settings, _blobs(app)
+    summary: dict[str, Any] = run_reconcile(app.catalog, disks, settings, time.time(), IndexNotifier(app))
+    removed = forgetting(app.catalog, settings, IndexNotifier(app).removed)
+    for disk in disks:
+        free = disk.free()
+        if free is not None and (disk.quota or disk.min_free):
+            _disk_quota(app.catalog, disks, disk, free, settings.effective_node_name, removed)
+    return summary
+
+
+@shared_task(bind=True, name=DOWNLOAD_HOUSEKEEPING)
+def housekeeping_here(self: Any) -> dict[str, Any] | None:
+    app = self.app
+    return recorded(app, f"{DOWNLOAD_HOUSEKEEPING}@{app.settings.effective_node_name}"[:64],
+                    lambda: node_housekeeping(app), app.settings.housekeeping_interval)
 
 
 @shared_task(bind=True, name=SCHEDULE_REVALIDATE)
