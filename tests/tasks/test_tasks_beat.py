@@ -101,12 +101,14 @@ def test_killed_beat_is_replaced_and_housekeeping_runs_once_per_interval(backend
     finally:
         for beat in beats:
             beat.stop()
+    print(f"{backend}: standby took the beat lease {took_over:.2f}s after kill -9 (lease {LEASE}s)")
     assert took_over <= TAKEOVER_BOUND + 0.5, f"takeover after {took_over:.1f}s, bound {TAKEOVER_BOUND:.1f}s"
     for task, every in ((SCHEDULE_CLEANUP, INTERVAL), (SCHEDULE_RECLAIM, 5)):
         done = runs.runs(task)
         assert done and all(r.outcome == "ok" for r in done), done
         starts = [r.started_at for r in done]
         gaps = [b - a for a, b in zip(starts, starts[1:])]
+        print(f"{backend}: {task} started at gaps {[round(g, 2) for g in gaps]}s (interval {every}s)")
         assert gaps and min(gaps) >= every - 1.0, f"{task} ran twice in one interval: gaps {gaps}"
         # the gap across the kill is at most an interval plus the takeover
         assert max(gaps) <= every + TAKEOVER_BOUND + 2.0, f"{task} skipped intervals: gaps {gaps}"
