@@ -86,6 +86,9 @@ class CachetapTask(Task):
         if key is None:
             return
         try:
+            entry = self.app.catalog.get(key)
+            if entry is not None and entry.state == EntryState.FAILED and entry.reason:
+                return  # the task recorded why, in its own words ("download: size_changed ...")
             self.app.catalog.mark(key, EntryState.FAILED, reason=reason)
         except Exception as mark_exc:  # the catalog may be what failed; the log line above stays
             log.error("could not record failure of %s in the catalog: %s", key, mark_exc)
