@@ -63,7 +63,7 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
     injector = fast_path.injector if fast_path else None
     access_log = open_access_log(settings.access_log_path) if fast_path else None
 
-    heartbeat = _capture_heartbeat(settings, pipeline, fast_path)
+    heartbeat = None  # started once the interface is open: a capture that cannot start never registers
     # `cachetap reload`: new rules and redirect scope from the next packet on; the socket stays open.
     live = LiveSettings(settings).watch("capture", lambda fresh: apply_reload(fresh, pipeline, fast_path))
 
@@ -90,6 +90,7 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
     next_expire = next_stats = time.monotonic()
     try:
         with source:
+            heartbeat = _capture_heartbeat(settings, pipeline, fast_path)
             for ts, linktype, frame in source:
                 try:
                     act(pipeline.feed(ts, linktype, frame), frame, pipeline, injector, queue, access_log)

@@ -251,6 +251,8 @@ class Heartbeat:
 def start_heartbeat(database_url: str, name: str, role: str, interval: float,
                     describe: Callable[[], Mapping[str, Any]] = dict) -> Heartbeat:
     """A started heartbeat on an engine of its own (a process's other engine may be forked or busy)."""
-    from cachetap.store.db import make_engine
+    from cachetap.store.db import make_engine, upgrade
 
-    return Heartbeat(NodeRegistry(make_engine(database_url)), name, role, interval, describe).start()
+    engine = make_engine(database_url)
+    upgrade(engine)  # a capture may be the first process on a new catalog
+    return Heartbeat(NodeRegistry(engine), name, role, interval, describe).start()
