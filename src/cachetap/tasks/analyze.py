@@ -32,7 +32,6 @@ from cachetap.core import admission, egress
 from cachetap.core.lifecycle import EntryState
 from cachetap.core.types import Sighting
 from cachetap.fetch.resolver import Resolver
-from cachetap.store.disks import Disks
 from cachetap.store.stats import Stats
 from cachetap.tasks.admit import admit_key
 from cachetap.tasks.app import retry_countdown
@@ -102,7 +101,7 @@ def _revalidate_requested(app: Any, keys: list[str], tally: Counter[str]) -> Non
         return
     for entry in expired:
         try:
-            outcome = revalidate_entry(app.catalog, Disks.from_settings(app.settings), app.resolver, app.settings,
+            outcome = revalidate_entry(app.catalog, app.disks, app.resolver, app.settings,
                                        entry, time.time(), IndexNotifier(app))
         except Exception:
             log.exception("revalidating %s failed; the periodic pass tries again", entry.key)

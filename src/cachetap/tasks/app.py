@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # imported lazily at run time: a worker of one queue need not
     from cachetap.core.rules import Rules
     from cachetap.fetch.resolver import Resolver
     from cachetap.store.catalog import Catalog
+    from cachetap.store.disks import Disks
 
 log = logging.getLogger(__name__)
 _HEARTBEATS: list[Any] = []  # this process's node-registry heartbeats (signals are per process too)
@@ -114,6 +115,8 @@ class CachetapCelery(Celery):
         self._resolver: Resolver | None = None
         self._rules: Rules | None = None
         self._rules_for: Settings | None = None
+        self._disks: Disks | None = None
+        self._disks_for: Settings | None = None
 
     @property
     def settings(self) -> Settings:
@@ -151,6 +154,17 @@ class CachetapCelery(Celery):
 
                 self._rules, self._rules_for = Rules.from_settings(settings), settings
             return self._rules
+
+    @property
+    def disks(self) -> Disks:
+        """This node's disks (store/disks.py), opened once per settings (a missing one is named once)."""
+        with self._lazy_lock:
+            settings = self.settings
+            if self._disks is None or self._disks_for is not settings:  # min_free_bytes follows a reload
+                from cachetap.store.disks import Disks
+
+                self._disks, self._disks_for = Disks.from_settings(settings), settings
+            return self._disks
 
 
 def create_app(settings: Settings) -> CachetapCelery:

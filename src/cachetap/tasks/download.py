@@ -134,7 +134,7 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
     catalog.mark(key, downloading, token=claim, task_id=self.request.id, speed=0, claimed_by=process_tag())
     started = time.monotonic()
     try:
-        disk, blobs = Disks.from_settings(settings).place(key, entry.size)  # this key's disk, by hash
+        disk, blobs = app.disks.place(key, entry.size)  # this key's disk, by hash
         daemon = worker_daemon(settings)
         result = download(_pinned(DownloadJob.from_entry(entry, claim), app.resolver), daemon, blobs, daemon.options,
                           on_progress=_heartbeat(catalog, key, claim))
@@ -285,7 +285,7 @@ def drop(self: Any, message: dict) -> str:
     if job is None:
         log.warning("file drop without a valid digest and disk, ignored: %.200r", message)
         return "bad_job"
-    return drop_file(self.app.catalog, Disks.from_settings(self.app.settings), job)
+    return drop_file(self.app.catalog, self.app.disks, job)
 
 
 def drop_file(catalog: Catalog, disks: Disks, job: FileDrop) -> str:

@@ -234,7 +234,7 @@ def run_all(catalog: Catalog, blobs: Disks | BlobStore, resolver: Resolver, sett
 # ---- beat tasks ----------------------------------------------------------------------------------
 
 def _blobs(app: CachetapCelery) -> Disks:
-    return Disks.from_settings(app.settings)
+    return app.disks
 
 
 @shared_task(bind=True, name=SCHEDULE_CLEANUP)

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from cachetap.core.lifecycle import EntryState
 from cachetap.core.policy import Policy, make_policy
 from cachetap.settings import Settings
-from cachetap.store.disks import Disks
 from cachetap.store.catalog import Catalog
 from cachetap.store.evict import evict
 from cachetap.store.policy_store import CatalogPolicyStore
@@ -63,7 +62,7 @@ def reserve(app: CachetapCelery, key: str, size: int, now: float, forced: bool =
     if victims:
         from cachetap.tasks.index_events import IndexNotifier
 
-        blobs, index = Disks.from_settings(app.settings), IndexNotifier(app)
+        blobs, index = app.disks, IndexNotifier(app)
         gone = sum(evict(app.catalog, blobs, v, "quota", expect_state=EntryState.READY, on_removed=index.removed,
                          node=app.settings.effective_node_name, held_elsewhere=index.held_elsewhere)
                    for v in victims)

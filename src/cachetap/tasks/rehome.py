@@ -30,7 +30,6 @@ from cachetap.core.placement import owner
 from cachetap.core.urls import object_url
 from cachetap.fetch.aria2 import Aria2Error
 from cachetap.fetch.download import DownloadError, download
-from cachetap.store.disks import Disks
 from cachetap.store.holders import begin_move, finish_move, held_ready_among, rehome
 from cachetap.store.nodes import CACHE_ROLE, liveness_window
 from cachetap.tasks.download import worker_daemon
@@ -94,7 +93,7 @@ def move(self: Any, message: dict) -> dict[str, Any]:
         return {"key": job.key, "outcome": "holder_gone"}
     url = object_url(peer.public_url, job.key, entry.filename)
     try:
-        disk, blobs = Disks.from_settings(settings).place(job.key, entry.stored_size)  # its disk here, by hash
+        disk, blobs = app.disks.place(job.key, entry.stored_size)  # its disk here, by hash
         daemon = worker_daemon(settings)
         copied = download({"key": job.key, "url": url, "size": entry.stored_size,
                            "addresses": _addresses(urlsplit(url).hostname or "")},
