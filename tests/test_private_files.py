@@ -47,3 +47,23 @@ def test_cache_dir_owned_by_another_user_is_refused_with_one_line(tmp_path):
     assert listed.returncode == 2
     assert listed.stderr.count("\n") == 1 and "is owned by nobody" in listed.stderr, listed.stderr
     assert "chown" in listed.stderr and list(cache.iterdir()) == []
+
+
+def test_disks_present_are_given_to_the_service_user_missing_ones_never_made(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the disks to another user")
+    import pwd
+
+    from cachetap.privileges import ServiceUser, give_disks
+
+    nobody = pwd.getpwnam("nobody")
+    user = ServiceUser("nobody", nobody.pw_uid, nobody.pw_gid)
+    present, missing, unmounted = tmp_path / "disk1", tmp_path / "disk2", tmp_path / "disk3"
+    (present / "blobs").mkdir(parents=True)
+    unmounted.mkdir()
+    settings = load_settings(cache_dir=tmp_path / "home", cache_dirs=[
+        str(present), str(missing), {"path": str(unmounted), "require_mount": True}])
+    assert give_disks(settings, user) == [present]
+    assert os.stat(present).st_uid == os.stat(present / "blobs").st_uid == nobody.pw_uid
+    assert stat.S_IMODE(os.stat(present).st_mode) == 0o700
+    assert not missing.exists() and os.stat(unmounted).st_uid == 0

@@ -79,6 +79,19 @@ def give_cache_dir(path: Path, user: ServiceUser) -> None:
                 os.lchown(name, user.uid, user.gid)
 
 
+def give_disks(settings: Settings, user: ServiceUser) -> list[Path]:
+    """Hand the disks of `cache_dirs` that are there now (mounted, when that is required) to the
+    service user, private to it; returns them. A missing one is left alone: never created."""
+    given = []
+    for disk in settings.cache_dirs:
+        if not disk.path.is_dir() or (disk.require_mount and not os.path.ismount(disk.path)):
+            continue
+        give_cache_dir(disk.path, user)
+        os.chmod(disk.path, 0o700)
+        given.append(disk.path)
+    return given
+
+
 def as_user(argv: list[str], user: ServiceUser, caps: str = "") -> list[str]:
     """argv run as `user` with no supplementary groups and only the capabilities `caps` (ambient, so
     they survive the exec of Python; "" keeps none).

@@ -37,7 +37,7 @@ def run(ctx: Context, interface: str | None, no_capture: bool, log_level: str | 
     """Run everything on this machine: workers for every queue, beat, cache server, console, and capture when an
     interface is configured. Stops cleanly on Ctrl-C / SIGTERM."""
     from cachetap.cli.catalog_cmds import open_catalog
-    from cachetap.privileges import give_cache_dir, prepare_cache_dir, service_user
+    from cachetap.privileges import give_cache_dir, give_disks, prepare_cache_dir, service_user
     from cachetap.store.admin_token import admin_token
     from cachetap.supervisor import Supervisor, plan_children
 
@@ -55,6 +55,7 @@ def run(ctx: Context, interface: str | None, no_capture: bool, log_level: str | 
     if user is not None:  # the children run as this user: cache_dir and all in it must be theirs
         settings.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         give_cache_dir(settings.cache_dir, user)
+        give_disks(settings, user)  # the disks objects are stored on, too
     prepare_cache_dir(settings.cache_dir, settings.run_as_user)
     lock = hold_instance_lock(settings.cache_dir)  # noqa: F841  (held until this process ends)
     catalog = open_catalog(settings)  # migrate once before the workers start
