@@ -28,6 +28,7 @@ from cachetap.testing.netns import Topology, netns_problem
 from cachetap.testing.netstack import (DualStackServer, NamespaceOrigin, Stack, clean_env, missing_tools,
                                       redirect_config, sha256)
 from cachetap.testing.origin import Resource
+from cachetap.testing.waiting import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -46,6 +47,7 @@ FILES = {  # path -> size of generated content
     "/files/kill.bin": 3 * MIB,
     "/files/survive.bin": 2 * MIB,
     "/files/reload.bin": 1 * MIB,
+    "/files/registry.bin": 1 * MIB,
 }
 VIDEO = "/video/clip.mp4"
 
@@ -98,6 +100,32 @@ def test_first_requests_go_to_origin_then_302_to_cache_with_identical_bytes(stac
     entry = stack.admit(url)
     assert entry["size"] == len(content)
     stack.check_redirected(url)
+
+
+def test_every_long_running_process_of_the_box_is_in_the_node_registry(stack):
+    """`cachetap run` on one box: one node, with its capture (and its figures), cache server, workers and beat."""
+    path = "/files/registry.bin"
+    url = stack.url(path)
+    stack.admit(url)
+    stack.check_redirected(url)
+
+    def listed() -> list[dict]:
+        out = subprocess.run([sys.executable, "-m", "cachetap", "-c", str(stack.config), "nodes", "--json"],
+                             capture_output=True, text=True, timeout=60, env=clean_env())
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+    def with_redirects() -> dict | None:  # the capture reports its counts at each heartbeat
+        found = listed()
+        report = found[0]["reports"].get("capture", {}) if len(found) == 1 else {}
+        return found[0] if report.get("redirects", 0) >= 1 else None
+
+    node = wait_for(with_redirects, "the capture's heartbeat with its redirects", timeout=60)
+    assert node["live"] and set(node["roles"]) == {"beat", "cache", "capture", "worker"}
+    assert node["public_url"] == f"http://{stack.serve_ip}:{stack.serve_port}"
+    report = node["reports"]["capture"]
+    assert report["interface"] == stack.capture_if and report["requests"] >= 2 and report["index_keys"] >= 1
+    assert report["cache_servers_ok"] == {node["public_url"]: True}
 
 
 def test_ffprobe_seeks_with_ranges_served_by_the_cache(stack):
@@ -320,3 +348,4 @@ def test_clients_get_the_origin_when_every_cachetap_process_is_killed(stack):
     assert stack.status(url, "-r", "0-0") == 302
     stack.kill_all()
     stack.check_origin_answers(url)
+
