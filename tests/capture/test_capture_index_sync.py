@@ -12,6 +12,7 @@ from cachetap.settings import load_settings
 from cachetap.tasks.app import create_app
 from cachetap.tasks.index_events import publish_index_event
 from cachetap.testing.waiting import WaitTimeout, wait_for
+from cachetap.testing.entries import walk
 
 
 def key_for(name):
@@ -23,7 +24,7 @@ def make_ready(catalog, name, expires_at):
     key = cache_key(url, {})
     catalog.record_sightings([Sighting(time.time(), "10.0.0.5", 40000, "127.0.0.1", 80, "GET", "files.test", url,
                                        key, f"/{name}.iso")], window=3600, now=time.time())
-    assert catalog.mark(key, "ready", blob="ab" * 32, stored_size=10, expires_at=expires_at)
+    walk(catalog, key, "ready", blob="ab" * 32, stored_size=10, expires_at=expires_at)
     return key
 
 

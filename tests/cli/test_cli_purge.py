@@ -17,6 +17,7 @@ from cachetap.core.keys import cache_key, canonical_url
 from cachetap.core.types import Sighting
 from cachetap.settings import load_settings
 from cachetap.store.blobs import BlobStore
+from cachetap.testing.entries import walk
 
 CACHETAP = Path(sys.executable).with_name("cachetap")
 STRIP = {"*.cdn.test": ["token"]}
@@ -51,8 +52,8 @@ def add_ready(catalog, blobs: BlobStore, url: str, content: bytes, hits: int = 2
     temp = blobs.new_temp_name(key)
     temp.write_bytes(content)
     blobs.publish(temp, digest)
-    catalog.mark(key, "ready", blob=digest, size=len(content), stored_size=len(content), published_at=ts,
-                 expires_at=time.time() + 86_400)
+    walk(catalog, key, "ready", blob=digest, size=len(content), stored_size=len(content), published_at=ts,
+         expires_at=time.time() + 86_400)
     return key, digest
 
 

@@ -13,7 +13,7 @@ import cachetap
 from cachetap.core import lifecycle
 from cachetap.core.lifecycle import EntryState as S
 from cachetap.core.lifecycle import Event as E
-from cachetap.core.lifecycle import IllegalTransition, advance, claim_sources, duplicate_delivery, probe_outcome
+from cachetap.core.lifecycle import IllegalTransition, advance, claim_sources, duplicate_delivery, probe_event
 
 WINDOW = 86_400.0
 
@@ -72,9 +72,9 @@ def test_claim_sources(state, age, forced, expected):
 
 
 def test_probe_outcomes():
-    assert probe_outcome(failed=True, accepted=True) == S.FAILED
-    assert probe_outcome(failed=False, accepted=False) == S.REJECTED
-    assert probe_outcome(failed=False, accepted=True) == S.QUEUED
+    assert advance(S.PROBING, probe_event(failed=True, accepted=True)) == S.FAILED
+    assert advance(S.PROBING, probe_event(failed=False, accepted=False)) == S.REJECTED
+    assert advance(S.PROBING, probe_event(failed=False, accepted=True)) == S.QUEUED
 
 
 @pytest.mark.parametrize("state, ours, expected", [
@@ -108,3 +108,23 @@ def test_state_names_are_spelled_out_only_in_the_lifecycle_and_the_migrations():
             if isinstance(node, ast.Constant) and node.value in names:
                 found[(relative, node.value)] += 1
     assert dict(found) == NOT_STATES
+
+
+def test_moves_names_each_start_state_and_raises_for_any_move_the_table_lacks():
+    from cachetap.core.lifecycle import moves
+
+    assert moves(E.START) == {S.QUEUED: S.DOWNLOADING,
+                                  S.DOWNLOADING: S.DOWNLOADING}
+    assert moves(E.REQUEUE, "downloading") == {S.DOWNLOADING: S.QUEUED}
+    assert set(moves(E.GIVE_UP).values()) == {S.FAILED} and len(moves(E.GIVE_UP)) == len(S)
+    for bad in (("counting",), ["queued", "ready"], "bogus", []):
+        with pytest.raises(IllegalTransition):
+            moves(E.PUBLISH if bad != [] else E.CLAIM, bad)
+
+
+def test_the_shortest_chain_of_events_test_helpers_walk():
+    from cachetap.testing.entries import path_of_events
+
+    assert path_of_events("counting", "ready") == [E.CLAIM, E.PROBE_ACCEPTED, E.START, E.PUBLISH]
+    assert path_of_events("ready", "ready") == []
+    assert path_of_events("ready", "counting") == [E.GIVE_UP, E.CLAIM, E.RELEASE]

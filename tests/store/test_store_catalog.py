@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from cachetap.core.keys import url_filename
 from cachetap.core.types import Sighting
 from cachetap.store.catalog import Catalog, EntryView
-from cachetap.core.lifecycle import EntryState
+from cachetap.core.lifecycle import EntryState, Event, IllegalTransition
+from cachetap.testing.entries import walk
 from cachetap.store.models import Hit
 
 T0 = 1_700_000_000.0
@@ -104,7 +105,7 @@ def test_hostile_values_round_trip_unchanged(catalog, url):
     entry = catalog.get(s.key)
     assert (entry.url, entry.host, entry.filename) == (url, host, url_filename(url))
     assert hit_rows(catalog, s.key) == [(T0, client)]
-    assert catalog.mark(s.key, "failed", reason=url) and catalog.get(s.key).reason == url
+    assert catalog.mark(s.key, Event.GIVE_UP, reason=url) and catalog.get(s.key).reason == url
     assert catalog.set_probe(s.key, {"etag": url[:255], "content_type": host, "last_modified": "'; --",
                                      "cache_control": "\\\"", "size": 1})
     entry = catalog.get(s.key)
@@ -148,72 +149,112 @@ def key(catalog) -> str:
 
 
 def test_claim_moves_state_once(catalog, key):
-    assert catalog.claim(key, ["counting"], "probing", "tok-1", now=T0 + 1, stale_after=600)
+    assert catalog.claim(key, ["counting"], "tok-1", now=T0 + 1, stale_after=600)
     entry = catalog.get(key)
     assert (entry.state, entry.claim_token, entry.claimed_at, entry.updated_at) == ("probing", "tok-1", T0 + 1, T0 + 1)
-    assert not catalog.claim(key, ["counting"], "probing", "tok-2", now=T0 + 2, stale_after=600)
+    assert not catalog.claim(key, ["counting"], "tok-2", now=T0 + 2, stale_after=600)
     assert catalog.get(key).claim_token == "tok-1"
 
 
 def test_a_stale_claim_may_be_retaken_a_fresh_one_not(catalog, key):
-    assert catalog.claim(key, ["counting"], "downloading", "old", now=T0, stale_after=600)
-    assert not catalog.claim(key, ["queued"], "downloading", "new", now=T0 + 600, stale_after=600)
-    assert catalog.claim(key, ["queued"], "downloading", "new", now=T0 + 601, stale_after=600)
+    assert catalog.claim(key, ["counting"], "old", now=T0, stale_after=600)
+    assert not catalog.claim(key, ["failed"], "new", now=T0 + 600, stale_after=600)
+    assert catalog.claim(key, ["failed"], "new", now=T0 + 601, stale_after=600)
     assert catalog.get(key).claim_token == "new"
     # the vanished worker's token no longer matches
-    assert not catalog.mark(key, "ready", token="old")
-    assert catalog.mark(key, "ready", token="new", claim_token=None)
+    assert not catalog.mark(key, Event.PROBE_ACCEPTED, token="old")
+    assert catalog.mark(key, Event.PROBE_ACCEPTED, token="new")
+    assert catalog.get(key).state == "queued"
 
 
 def test_claim_of_a_missing_key_or_wrong_state(catalog, key):
-    assert not catalog.claim(key_of("missing"), ["counting"], "probing", "t", now=T0, stale_after=1)
-    assert not catalog.claim(key, ["queued", "failed"], "downloading", "t", now=T0, stale_after=1)
-    assert not catalog.claim(key, [], "probing", "t", now=T0, stale_after=1)
+    assert not catalog.claim(key_of("missing"), ["counting"], "t", now=T0, stale_after=1)
+    assert not catalog.claim(key, ["rejected", "failed"], "t", now=T0, stale_after=1)
     assert catalog.get(key).state == "counting"
 
 
-@pytest.mark.parametrize("args", [(["counting"], "nonsense"), (["nope"], "probing"), ("counting", "probing")])
-def test_claim_rejects_unknown_states(catalog, key, args):
-    # a bare string would be read as a list of one-letter states: it is rejected too
-    with pytest.raises(ValueError, match="unknown entry state"):
-        catalog.claim(key, args[0], args[1], "t", now=T0, stale_after=1)
+@pytest.mark.parametrize("states", [["nope"], "counting", [], ["queued"], ["ready"], ["counting", "downloading"]])
+def test_claim_from_a_state_the_table_does_not_claim_from_raises_before_writing(catalog, key, states):
+    # a bare string is one state: counting may be claimed, but the claim must then go through
+    if states == "counting":
+        assert catalog.claim(key, states, "t", now=T0, stale_after=1)
+        return
+    with pytest.raises(IllegalTransition):
+        catalog.claim(key, states, "t", now=T0, stale_after=1)
+    assert catalog.get(key).state == "counting"
 
 
 def test_claim_rejects_a_bad_key(catalog):
     with pytest.raises(ValueError):
-        catalog.claim("x'; --", ["counting"], "probing", "t", now=T0, stale_after=1)
+        catalog.claim("x'; --", ["counting"], "t", now=T0, stale_after=1)
 
 
-# ---- mark, set_probe ------------------------------------------------------------------------------
+# ---- mark, set_fields, set_probe ------------------------------------------------------------------
 
-def test_mark_sets_state_reason_and_fields(catalog, key):
-    assert catalog.mark(key, EntryState.REJECTED, reason="too_small", size=10, attempts=2)
+def test_mark_applies_the_event_and_sets_reason_and_fields(catalog, key):
+    catalog.claim(key, ["counting"], "p", now=T0, stale_after=600)
+    assert catalog.mark(key, Event.PROBE_REJECTED, reason="too_small", size=10, attempts=2)
     entry = catalog.get(key)
     assert (entry.state, entry.reason, entry.size, entry.attempts) == ("rejected", "too_small", 10, 2)
-    assert catalog.mark(key, "counting")
+    assert catalog.mark(key, Event.CLAIM)
     assert catalog.get(key).reason is None  # the reason belongs to the state it explained
-    assert not catalog.mark(key_of("missing"), "ready")
+    assert not catalog.mark(key_of("missing"), Event.CLAIM)
+
+
+@pytest.mark.parametrize("state,event", [("counting", Event.PUBLISH), ("counting", Event.START),
+                                         ("ready", Event.PUBLISH), ("queued", Event.PROGRESS),
+                                         ("failed", Event.PROBE_ACCEPTED), ("rejected", Event.RELEASE)])
+def test_an_illegal_move_raises_and_writes_nothing(catalog, key, state, event):
+    walk(catalog, key, state)
+    before = catalog.get(key)
+    with pytest.raises(IllegalTransition):
+        catalog.mark(key, event, state, blob="ab" * 32)
+    with pytest.raises(IllegalTransition):
+        catalog.mark(key, event, [state, "downloading"])
+    assert catalog.get(key) == before
+
+
+def test_a_move_from_a_state_the_row_has_left_changes_nothing(catalog, key):
+    # PUBLISH is legal from downloading, but the row is only queued: the database refuses the write
+    walk(catalog, key, "queued")
+    assert not catalog.mark(key, Event.PUBLISH, blob="ab" * 32)
+    assert catalog.get(key).state == "queued" and catalog.get(key).blob is None
+    # GIVE_UP may start anywhere: with no state named, the table's every source is allowed
+    assert catalog.mark(key, Event.GIVE_UP, reason="broker down")
+    assert (catalog.get(key).state, catalog.get(key).reason) == ("failed", "broker down")
 
 
 def test_mark_with_a_token_needs_the_claim(catalog, key):
-    catalog.claim(key, ["counting"], "downloading", "mine", now=T0, stale_after=600)
-    assert not catalog.mark(key, "ready", token="theirs", blob="ab" * 32)
+    walk(catalog, key, "downloading", claim_token="mine")
+    assert not catalog.mark(key, Event.PUBLISH, token="theirs", blob="ab" * 32)
     assert catalog.get(key).state == "downloading" and catalog.get(key).blob is None
-    assert catalog.mark(key, "ready", token="mine", blob="ab" * 32, stored_size=5, published_at=T0 + 9)
+    assert catalog.mark(key, Event.PUBLISH, "downloading", token="mine", blob="ab" * 32, stored_size=5,
+                        published_at=T0 + 9)
     entry = catalog.get(key)
     assert (entry.state, entry.blob, entry.stored_size, entry.published_at) == ("ready", "ab" * 32, 5, T0 + 9)
 
 
-@pytest.mark.parametrize("fields", [{"nonsense": 1}, {"id": 5}, {"Reason": "x"}, {"url; DROP TABLE entries": 1}])
+def test_set_fields_never_moves_the_state(catalog, key):
+    walk(catalog, key, "queued", claim_token="q")
+    assert not catalog.set_fields(key, ["downloading"], token="q", task_id="t1")
+    assert not catalog.set_fields(key, ["queued"], token="other", task_id="t1")
+    assert catalog.set_fields(key, ["queued", "downloading"], token="q", task_id="t1")
+    assert (catalog.get(key).state, catalog.get(key).task_id) == ("queued", "t1")
+    with pytest.raises(TypeError, match="unknown entry fields"):
+        catalog.set_fields(key, ["queued"], state="ready")
+
+
+@pytest.mark.parametrize("fields", [{"nonsense": 1}, {"id": 5}, {"Reason": "x"}, {"url; DROP TABLE entries": 1},
+                                    {"state": "ready"}])
 def test_mark_rejects_unknown_or_reserved_fields(catalog, key, fields):
     with pytest.raises(TypeError, match="unknown entry fields"):
-        catalog.mark(key, "ready", **fields)
+        catalog.mark(key, Event.CLAIM, **fields)
     assert catalog.get(key).state == "counting"
 
 
 def test_mark_rejects_unknown_state(catalog, key):
-    with pytest.raises(ValueError):
-        catalog.mark(key, "done")
+    with pytest.raises(IllegalTransition):
+        catalog.mark(key, Event.CLAIM, "done")
 
 
 @dataclasses.dataclass
@@ -233,7 +274,8 @@ def test_set_probe_from_an_object_or_a_mapping(catalog, key):
     assert (entry.size, entry.content_type, entry.etag, entry.last_modified, entry.cache_control) == (
         5 << 30, "application/x-iso9660-image", '"abc"', "Tue, 15 Nov 1994 08:12:31 GMT", "max-age=3600")
     assert entry.state == "counting"
-    assert catalog.set_probe(key, {"size": None, "etag": None}, state="queued")
+    catalog.claim(key, ["counting"], "p", now=T0, stale_after=600)
+    assert catalog.set_probe(key, {"size": None, "etag": None}, Event.PROBE_ACCEPTED)
     entry = catalog.get(key)
     assert (entry.size, entry.etag, entry.content_type, entry.state) == (None, None, None, "queued")
 
@@ -247,10 +289,13 @@ def test_set_probe_drops_overlong_validators_and_negative_sizes(catalog, key):
 
 
 def test_set_probe_with_state_and_token(catalog, key):
-    catalog.claim(key, ["counting"], "probing", "p1", now=T0, stale_after=600)
-    assert not catalog.set_probe(key, ProbeLike(), state="rejected", reason="x", token="p2")
-    assert catalog.set_probe(key, ProbeLike(), state="rejected", reason="too_large", token="p1")
+    assert catalog.claim(key, ["counting"], "p1", now=T0, stale_after=600)
+    assert not catalog.set_probe(key, ProbeLike(), Event.PROBE_REJECTED, reason="x", token="p2")
+    assert catalog.set_probe(key, ProbeLike(), Event.PROBE_REJECTED, reason="too_large", token="p1")
     assert (catalog.get(key).state, catalog.get(key).reason) == ("rejected", "too_large")
+    # a second verdict on a settled probe: only a probing row may take one, so nothing is written
+    assert not catalog.set_probe(key, ProbeLike(), Event.PROBE_ACCEPTED, token="p1")
+    assert catalog.get(key).state == "rejected"
 
 
 # ---- reads, housekeeping --------------------------------------------------------------------------
@@ -259,7 +304,7 @@ def test_get_is_a_frozen_snapshot_and_tolerates_bad_keys(catalog, key):
     entry = catalog.get(key)
     with pytest.raises(dataclasses.FrozenInstanceError):
         entry.state = "ready"  # type: ignore[misc]
-    catalog.mark(key, "ready")
+    walk(catalog, key, "ready")
     assert entry.state == "counting" and catalog.get(key).state == "ready"
     for bad in (key_of("nothing"), "", "x" * 32, "'; --", None, 5):
         assert catalog.get(bad) is None
@@ -268,7 +313,7 @@ def test_get_is_a_frozen_snapshot_and_tolerates_bad_keys(catalog, key):
 def test_entries_newest_hit_first_with_limit_and_state(catalog):
     made = [sighting(f"http://example.com/{i}.iso", ts=T0 + i) for i in range(5)]
     catalog.record_sightings(made, window=DAY, now=T0 + 10)
-    catalog.mark(made[1].key, "ready")
+    walk(catalog, made[1].key, "ready")
     assert [e.key for e in catalog.entries()] == [s.key for s in reversed(made)]
     assert [e.key for e in catalog.entries(limit=2)] == [made[4].key, made[3].key]
     assert [e.key for e in catalog.entries(state="ready")] == [made[1].key]
@@ -281,7 +326,7 @@ def test_counts_by_state_lists_every_state(catalog):
     assert catalog.counts_by_state() == dict.fromkeys(sorted(s.value for s in EntryState), 0)
     made = [sighting(f"http://example.com/{i}.iso") for i in range(3)]
     catalog.record_sightings(made, window=DAY, now=T0)
-    catalog.mark(made[0].key, "ready")
+    walk(catalog, made[0].key, "ready")
     counts = catalog.counts_by_state()
     assert (counts["counting"], counts["ready"], counts["failed"]) == (2, 1, 0)
 
@@ -298,9 +343,9 @@ def test_prune_hits_deletes_only_older_rows(catalog):
 def test_stale_claims(catalog):
     made = [sighting(f"http://example.com/{i}.iso") for i in range(4)]
     catalog.record_sightings(made, window=DAY, now=T0)
-    catalog.claim(made[0].key, ["counting"], "downloading", "a", now=T0, stale_after=600)
-    catalog.claim(made[1].key, ["counting"], "downloading", "b", now=T0 + 500, stale_after=600)
-    catalog.claim(made[2].key, ["counting"], "probing", "c", now=T0, stale_after=600)
+    walk(catalog, made[0].key, "downloading", claim_token="a", claimed_at=T0)
+    walk(catalog, made[1].key, "downloading", claim_token="b", claimed_at=T0 + 500)
+    catalog.claim(made[2].key, ["counting"], "c", now=T0, stale_after=600)
     found = catalog.stale_claims(now=T0 + 700, stale_after=600, states=["downloading"])
     assert [e.key for e in found] == [made[0].key]
     both = catalog.stale_claims(now=T0 + 700, stale_after=600, states=["downloading", "probing"])
@@ -330,7 +375,7 @@ def test_add_hits_from_the_cache_server(catalog, key):
 
 
 def test_one_revalidation_per_key_at_a_time(catalog, key):
-    catalog.mark(key, "ready", blob="b" * 64, expires_at=T0 + 10)
+    walk(catalog, key, "ready", blob="b" * 64, expires_at=T0 + 10)
     assert catalog.expired_among([key], T0 + 5) == []
     assert not catalog.begin_revalidation(key, "t1", now=T0 + 5, lease=60)  # still fresh
     assert [e.key for e in catalog.expired_among([key, key_of("other")], T0 + 20)] == [key]
@@ -348,8 +393,7 @@ def test_one_revalidation_per_key_at_a_time(catalog, key):
 
 
 def test_claims_held_on_a_host_and_retake_from_a_dead_holder(catalog, key):
-    assert catalog.claim(key, ["counting"], "downloading", "old", now=T0, stale_after=600)
-    catalog.mark(key, "downloading", token="old", claimed_by="host-a:123")
+    walk(catalog, key, "downloading", claim_token="old", claimed_at=T0, claimed_by="host-a:123")
     assert [e.key for e in catalog.claims_held_on("host-a", ["downloading"])] == [key]
     assert catalog.claims_held_on("host-b", ["downloading"]) == []
     assert catalog.claims_held_on("host-a", ["queued"]) == []

@@ -58,7 +58,7 @@ def _run_in_threads(url: str, start: multiprocessing.Barrier, results: multiproc
 
 
 def _claim(catalog: Catalog, _i: int) -> bool:
-    return catalog.claim(KEY, ["counting"], "downloading", uuid.uuid4().hex, now=T0 + 10, stale_after=600)
+    return catalog.claim(KEY, ["counting"], uuid.uuid4().hex, now=T0 + 10, stale_after=600)
 
 
 def _record(catalog: Catalog, i: int) -> bool:
@@ -94,7 +94,7 @@ def test_exactly_one_claim_wins_across_processes_and_threads(catalog_url):
         assert [o for o in outcomes if not isinstance(o, bool)] == []  # no errors
         assert outcomes.count(True) == 1
         entry = Catalog(engine).get(KEY)
-        assert entry.state == "downloading" and entry.claimed_at == T0 + 10
+        assert entry.state == "probing" and entry.claimed_at == T0 + 10
     finally:
         engine.dispose()
 

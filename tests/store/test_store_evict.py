@@ -14,6 +14,7 @@ from cachetap.core.types import Sighting
 from cachetap.store.blobs import BlobStore
 from cachetap.store.evict import evict, reconcile
 from cachetap.web.lookup import CatalogLookup
+from cachetap.testing.entries import walk
 
 HOUR = 3600.0
 
@@ -30,8 +31,7 @@ def add_entry(catalog, name: str, state: str = "counting", hits: int = 1, ts: fl
     sightings = [Sighting(ts=ts, client="10.0.0.5", client_port=4000, server="127.0.0.1", server_port=80,
                           method="GET", host="files.test", url=url, key=key, target=f"/{name}")] * hits
     catalog.record_sightings(sightings, window=86_400, now=ts)
-    if state != "counting":
-        catalog.mark(key, state)
+    walk(catalog, key, state)
     return key
 
 
@@ -47,8 +47,8 @@ def add_ready(catalog, blobs: BlobStore, name: str, content: bytes, **fields) ->
     key = add_entry(catalog, name)
     digest = store_blob(blobs, content)
     now = time.time()
-    catalog.mark(key, "ready", blob=digest, size=len(content), stored_size=len(content), published_at=now,
-                 expires_at=now + HOUR, **fields)
+    walk(catalog, key, "ready", blob=digest, size=len(content), stored_size=len(content), published_at=now,
+         expires_at=now + HOUR, **fields)
     return key, digest
 
 
@@ -74,7 +74,7 @@ def test_evict_keeps_a_blob_another_row_names(catalog, blobs):
 
 def test_evict_with_expect_state_leaves_an_entry_that_moved_on(catalog, blobs):
     key = add_entry(catalog, "moving.iso")
-    catalog.mark(key, "probing")
+    walk(catalog, key, "probing")
     assert evict(catalog, blobs, key, "cold", expect_state="counting") is False
     assert catalog.get(key).state == "probing"
     assert evict(catalog, blobs, key, "cold", expect_state="probing") is True
@@ -122,13 +122,13 @@ def test_file_deleted_behind_our_back_removes_the_row(catalog, blobs):
 
 def test_ready_row_without_blob_is_removed(catalog, blobs):
     key = add_entry(catalog, "noblob.iso")
-    catalog.mark(key, "ready")
+    walk(catalog, key, "ready")
     assert reconcile(catalog, blobs, now=time.time(), grace=0).rows_missing_blob == [key]
 
 
 def test_reconcile_keeps_blobs_named_by_any_row(catalog, blobs):
     key, digest = add_ready(catalog, blobs, "kept.iso", b"k" * 100)
-    catalog.mark(key, "downloading")  # e.g. re-fetching: its row still names the blob
+    walk(catalog, key, "downloading")  # e.g. re-fetching: its row still names the blob
     report = reconcile(catalog, blobs, now=time.time() + 10 * HOUR, grace=HOUR)
     assert report.orphan_blobs == [] and blobs.exists(digest)
 
@@ -213,7 +213,7 @@ def test_evicting_a_key_keeps_a_shared_blob_another_key_is_being_published_with(
     temp.write_bytes(content)
     path, hold = blobs.publish_held(temp, digest)   # B's download is published...
     assert evict(catalog, blobs, key_a, "test") is True  # ...A goes before B's row names the blob
-    catalog.mark(key_b, "ready", blob=digest, size=len(content), stored_size=len(content))
+    walk(catalog, key_b, "ready", blob=digest, size=len(content), stored_size=len(content))
     hold.release()
     assert path.read_bytes() == content
     assert evict(catalog, blobs, key_b, "test") is True and not path.exists()  # the last one frees it

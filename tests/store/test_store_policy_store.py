@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
+import sqlalchemy as sa
 
+from cachetap.core.lifecycle import EntryState
 from cachetap.core.policy import POLICIES, make_policy
 from cachetap.core.policy.base import Record
 from cachetap.core.policy.memory import MemoryStore
@@ -86,7 +88,12 @@ def test_upgrade_gives_objects_stored_before_it_a_place_in_the_policy(catalog_ur
             catalog.record_sightings([Sighting(ts=1.0, client="10.0.0.5", client_port=1, server="1.2.3.4",
                                                server_port=80, method="GET", host="files.test", url=url, key=key,
                                                target="/")] * 3, window=10.0, now=1.0)
-        catalog.mark(keys[0], "ready", blob="ab" * 32, stored_size=700, published_at=2.0)
+        # The row as the code of revision 0002 left it (today's Catalog reads columns added since).
+        old = sa.table("entries", sa.column("key"), sa.column("state"), sa.column("blob"),
+                       sa.column("stored_size"), sa.column("published_at"))
+        with engine.begin() as conn:
+            conn.execute(sa.update(old).where(old.c.key == keys[0]).values(
+                state=EntryState.READY.value, blob="ab" * 32, stored_size=700, published_at=2.0))
         upgrade(catalog_url)
         store = CatalogPolicyStore(engine)
         assert store.get(keys[0]) == Record(size=700, queue="main", priority=0.0, freq=3.0, last=0.0)

@@ -22,6 +22,7 @@ from cachetap.web.lookup import CatalogLookup
 from cachetap.web.server import CacheServer
 from cachetap.core.urls import object_path
 from cachetap.wire import ANALYZE_BATCH, CAPTURE_REPLAY, DOWNLOAD_FETCH, SCHEDULE_RECLAIM, DownloadJob
+from cachetap.core.lifecycle import Event
 
 MiB = 1 << 20
 WAIT = 240
@@ -40,10 +41,9 @@ def admit(app, url: str, make_sighting) -> dict:
     sighting = make_sighting(url)
     catalog.record_sightings([sighting], window=86_400, now=now)
     token = str(uuid.uuid4())
-    assert catalog.claim(sighting["key"], ["counting"], "probing", token, now=now, stale_after=600)
+    assert catalog.claim(sighting["key"], ["counting"], token, now=now, stale_after=600)
     result = probe(sighting["url"], app.resolver, 30)
-    assert catalog.set_probe(sighting["key"], result, state="queued", token=token)
-    catalog.mark(sighting["key"], "queued", token=token, claimed_at=time.time())
+    assert catalog.set_probe(sighting["key"], result, Event.PROBE_ACCEPTED, token=token, claimed_at=time.time())
     return DownloadJob.from_probe(sighting["key"], sighting["url"], result, token).to_message()
 
 
@@ -165,7 +165,7 @@ def test_download_worker_killed_mid_transfer_is_completed_once(broker, make_sett
     entry = app.catalog.get(job["key"])
     assert entry.state == "downloading" and entry.bytes_done < size
     # As if the dead worker ran on another machine: no worker here may judge it dead, only its lease.
-    app.catalog.mark(job["key"], "downloading", token=job["claim"], claimed_by="elsewhere.test:1")
+    app.catalog.set_fields(job["key"], ["downloading"], token=job["claim"], claimed_by="elsewhere.test:1")
     queues = ["download", "schedule"] if broker == "filesystem" else ["download"]
     with CeleryWorker(settings, queues, name="second") as second:
         if broker == "filesystem":

@@ -24,6 +24,7 @@ from cachetap.testing.origin import BASE_MTIME, Resource
 from cachetap.testing.workers import CeleryWorker
 from cachetap.web.lookup import CatalogLookup
 from cachetap.wire import ROUTES, SCHEDULE_CLEANUP, SCHEDULE_QUOTA, SCHEDULE_RECONCILE, SCHEDULE_REVALIDATE
+from cachetap.testing.entries import walk
 
 DAY = 86_400.0
 KiB = 1 << 10
@@ -48,8 +49,8 @@ def make_ready(catalog: Catalog, blobs: BlobStore, url: str, content: bytes, hit
     temp.write_bytes(content)
     blobs.publish(temp, digest)
     now = time.time()
-    catalog.mark(key, "ready", blob=digest, size=len(content), stored_size=len(content), published_at=now,
-                 expires_at=now + DAY if expires_at is None else expires_at, **fields)
+    walk(catalog, key, "ready", blob=digest, size=len(content), stored_size=len(content), published_at=now,
+         expires_at=now + DAY if expires_at is None else expires_at, **fields)
     return key, digest
 
 
@@ -80,7 +81,7 @@ def test_cleanup_pass(catalog, blobs, make_settings):
     recent, _ = make_ready(catalog, blobs, "http://files.test/recent.iso", b"r" * 100, hits=1, last_hit=now)
     counter = add_entry(catalog, "http://files.test/once.iso", hits=1, ts=now - 30 * DAY)
     downloading = add_entry(catalog, "http://files.test/busy.iso", hits=1, ts=now - 30 * DAY)
-    catalog.mark(downloading, "downloading")
+    walk(catalog, downloading, "downloading")
 
     assert run_cleanup(catalog, blobs, settings, now) == {"candidates": 2, "evicted": 2}
     assert catalog.get(cold) is None and not blobs.exists(cold_sha)
@@ -224,7 +225,7 @@ def test_revalidation_with_the_origin_down_keeps_the_entry_unserved(reval):
     expired_at = catalog.get(key).expires_at
     assert run_revalidate(catalog, blobs, resolver, settings, time.time())["error"] == 1  # the 503
     assert catalog.get(key).expires_at > time.time()  # down.iso was fine then
-    catalog.mark(key, "ready", expires_at=expired_at)
+    catalog.set_fields(key, ["ready"], expires_at=expired_at)
     origin.stop()
 
     assert run_revalidate(catalog, blobs, resolver, settings, time.time()) == {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from cachetap.core.lifecycle import Event
 from cachetap.core.placement import members_from, owner
 from cachetap.store.nodes import Disk
 from cachetap.tasks.admit import admit_key
@@ -23,8 +24,8 @@ def queued_entries(app, make_sighting, count: int) -> list:
     sightings = [make_sighting(f"http://files.test/f{i}.iso") for i in range(count)]
     catalog.record_sightings(sightings, window=86_400, now=time.time())
     for s in sightings:
-        assert catalog.claim(s["key"], ["counting"], "probing", f"old-{s['key']}", now=long_ago, stale_after=600)
-        catalog.set_probe(s["key"], {"size": 5 * MiB}, state="queued")
+        assert catalog.claim(s["key"], ["counting"], f"old-{s['key']}", now=long_ago, stale_after=600)
+        catalog.set_probe(s["key"], {"size": 5 * MiB}, Event.PROBE_ACCEPTED)
     return [catalog.get(s["key"]) for s in sightings]
 
 

@@ -12,6 +12,7 @@ from cachetap.testing.workers import CeleryWorker, take_tasks
 from cachetap.store.stats import Stats
 from cachetap.wire import (ANALYZE_BATCH, DOWNLOAD_FETCH, SCHEDULE_PRUNE_BROKER, SCHEDULE_PRUNE_HITS, SCHEDULE_RECLAIM,
                            SCHEDULE_STATS)
+from cachetap.core.lifecycle import Event
 
 MiB = 1 << 20
 WAIT = 180
@@ -32,10 +33,12 @@ def test_reclaim_releases_stale_probes_and_resends_stale_downloads(make_settings
     long_ago = time.time() - 3600
     for name, key in keys.items():
         claimed_at = time.time() if name == "fresh" else long_ago
-        assert catalog.claim(key, ["counting"], "probing", f"old-{name}", now=claimed_at, stale_after=600)
+        assert catalog.claim(key, ["counting"], f"old-{name}", now=claimed_at, stale_after=600)
         if name != "probing":
             catalog.set_probe(key, {"size": 5 * MiB, "etag": '"e"', "content_type": "application/x-iso9660-image"},
-                              state="queued" if name != "downloading" else "downloading")
+                              Event.PROBE_ACCEPTED)
+        if name == "downloading":
+            assert catalog.advance_claim(key, f"old-{name}", "queued", Event.START, now=claimed_at)
     with CeleryWorker(settings, ["schedule"]):
         assert run(app, SCHEDULE_RECLAIM) == {"probing": 1, "resent": 2}
         assert run(app, SCHEDULE_RECLAIM) == {"probing": 0, "resent": 0}  # fresh claims now

@@ -20,6 +20,7 @@ from cachetap.settings import load_settings
 from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import open_catalog
 from cachetap.testing.waiting import free_port, wait_for
+from cachetap.testing.entries import walk
 
 CACHETAP = str(Path(sys.executable).with_name("cachetap"))
 URL = "http://files.test/big.iso"
@@ -39,9 +40,9 @@ def stored(cache_dir: Path, url: str = URL, data: bytes = DATA, etag: str | None
     temp.write_bytes(data)
     digest = blake3.blake3(data).hexdigest()
     blobs.publish(temp, digest)
-    catalog.mark(key, "ready", blob=digest, size=len(data), stored_size=len(data), published_at=now,
-                 expires_at=now + 3600 if expires_at is None else expires_at, etag=etag,
-                 content_type="application/x-iso9660-image")
+    walk(catalog, key, "ready", blob=digest, size=len(data), stored_size=len(data), published_at=now,
+         expires_at=now + 3600 if expires_at is None else expires_at, etag=etag,
+         content_type="application/x-iso9660-image")
     return key
 
 
@@ -150,6 +151,7 @@ def test_a_stale_object_the_origin_confirms_is_logged_refresh_hit_once_then_hit(
         finally:
             proc.terminate()
             proc.wait(30)
+    print(log_path.read_text())
     fields = [line.split() for line in log_path.read_text().splitlines()]
     assert [f[3] for f in fields] == ["TCP_MISS/302", "TCP_REFRESH_HIT/200", "TCP_HIT/200", "TCP_HIT/200",
                                       "TCP_HIT/206"], fields

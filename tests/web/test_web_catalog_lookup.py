@@ -16,6 +16,7 @@ from cachetap.store.catalog import open_catalog
 from cachetap.web.lookup import CatalogLookup
 from cachetap.web.server import CacheServer
 from cachetap.core.urls import object_path
+from cachetap.testing.entries import walk
 
 URL = "http://example.com/files/Ubuntu Café.iso"
 KEY = hashlib.sha256(URL.encode()).hexdigest()[:32]
@@ -48,18 +49,18 @@ def test_only_ready_unexpired_entries_with_their_blob_are_served(stored):
     with CacheServer(lookup) as server:
         url = server.base_url + object_path(KEY, "Ubuntu Café.iso")
         assert curl(url) == ["302", "http://example.com/files/Ubuntu%20Caf%C3%A9.iso"]  # still counting
-        catalog.mark(KEY, "ready", blob=digest, size=len(DATA), stored_size=len(DATA), etag='"v1"',
-                     content_type="application/x-iso9660-image", last_modified="Tue, 14 Nov 2023 22:13:20 GMT",
-                     filename="Ubuntu Café.iso", published_at=time.time())
+        walk(catalog, KEY, "ready", blob=digest, size=len(DATA), stored_size=len(DATA), etag='"v1"',
+             content_type="application/x-iso9660-image", last_modified="Tue, 14 Nov 2023 22:13:20 GMT",
+             filename="Ubuntu Café.iso", published_at=time.time())
         head = subprocess.run(["curl", "-sS", "-D", "-", "-o", "/dev/null", url], capture_output=True,
                               text=True, check=True).stdout
         assert head.startswith("HTTP/1.1 200")
         assert 'ETag: "v1"' in head and "Last-Modified: Tue, 14 Nov 2023 22:13:20 GMT" in head
         assert "filename*=UTF-8''Ubuntu%20Caf%C3%A9.iso" in head
         assert curl("-H", 'If-None-Match: "v1"', url) == ["304"]
-        catalog.mark(KEY, "ready", expires_at=time.time() - 1)
+        catalog.set_fields(KEY, ["ready"], expires_at=time.time() - 1)
         assert curl(url)[0] == "302"
-        catalog.mark(KEY, "ready", expires_at=None)
+        catalog.set_fields(KEY, ["ready"], expires_at=None)
         assert curl(url) == ["200"]
         blobs.path(digest).write_bytes(DATA[:-1])  # corrupt: size differs from the catalog's
         assert curl(url)[0] == "302"
@@ -69,7 +70,7 @@ def test_only_ready_unexpired_entries_with_their_blob_are_served(stored):
 
 def test_hits_are_written_in_batches(stored):
     catalog, blobs, digest = stored
-    catalog.mark(KEY, "ready", blob=digest, size=len(DATA), filename="a.iso")
+    walk(catalog, KEY, "ready", blob=digest, size=len(DATA), filename="a.iso")
     before = catalog.get(KEY).hits
     lookup = CatalogLookup(catalog, blobs, ttl=60.0, flush_interval=3600.0)
     with CacheServer(lookup) as server:

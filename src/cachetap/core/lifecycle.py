@@ -10,6 +10,7 @@ which moves exist. Eviction removes rows (it is not a state); what goes on the w
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -86,6 +87,33 @@ def sources(event: Event) -> frozenset[EntryState]:
     return frozenset(state for state, ev in TRANSITIONS if ev is event)
 
 
+def moves(event: Event, from_states: EntryState | str | Iterable[EntryState | str] | None = None,
+          ) -> dict[EntryState, EntryState]:
+    """{state: next state} of `event` from each of `from_states` (default: every state it may start
+    from): what the catalog's conditional UPDATE may write. IllegalTransition when any of them has no
+    such move, so a caller asking for one fails before anything is written."""
+    if from_states is None:
+        starts: Iterable[EntryState | str] = sources(event)
+    elif isinstance(from_states, str):
+        starts = (from_states,)
+    else:
+        starts = from_states
+    found: dict[EntryState, EntryState] = {}
+    for state in starts:
+        target = advance(state, event)  # an unknown state raises IllegalTransition here too
+        found[EntryState(state)] = target
+    if not found:
+        raise IllegalTransition(f"{event} from no state at all")
+    return found
+
+
+def probe_event(failed: bool, accepted: bool) -> Event:
+    """The event a finished probe sends its claimed entry: failed, rejected by a rule, or accepted."""
+    if failed:
+        return E.PROBE_FAILED
+    return E.PROBE_ACCEPTED if accepted else E.PROBE_REJECTED
+
+
 def claim_sources(state: EntryState | str, verdict_age: float, retry_after: float,
                   forced: bool = False) -> tuple[EntryState, ...] | None:
     """The states an admission may claim an entry in `state` from, or None when it has nothing to do.
@@ -100,13 +128,6 @@ def claim_sources(state: EntryState | str, verdict_age: float, retry_after: floa
     if state in VERDICTS:
         return (S.COUNTING, state) if forced or verdict_age >= retry_after else None
     return (S.COUNTING,)
-
-
-def probe_outcome(failed: bool, accepted: bool) -> EntryState:
-    """Where a probe leaves a claimed entry: failed, rejected by a rule, or queued for download."""
-    if failed:
-        return advance(S.PROBING, E.PROBE_FAILED)
-    return advance(S.PROBING, E.PROBE_ACCEPTED if accepted else E.PROBE_REJECTED)
 
 
 def duplicate_delivery(state: EntryState | str | None, ours: bool) -> str:

@@ -19,7 +19,8 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from cachetap.core.eviction import EntryStat
-from cachetap.core.lifecycle import EntryState
+from cachetap.core import lifecycle
+from cachetap.core.lifecycle import EntryState, Event
 from cachetap.core.keys import KEY_PATTERN, url_filename
 from cachetap.core.types import Sighting
 from cachetap.store.db import is_transient, make_engine, upgrade, writer
@@ -32,7 +33,8 @@ HITS = Hit.__table__
 SECRETS = Secret.__table__
 STATES = frozenset(s.value for s in EntryState)
 PROBE_FIELDS = ("size", "content_type", "etag", "last_modified", "cache_control")
-# Columns a caller may set through mark(); identity, state and reason have their own arguments.
+# Columns a caller may set through mark() and set_fields(); identity, state and reason have their own
+# arguments, and the state changes only by an event of core.lifecycle's table.
 MARKABLE = frozenset(c.name for c in ENTRIES.columns) - {"id", "key", "state", "reason"}
 TRANSIENT_RETRIES = 5
 T = TypeVar("T")
@@ -93,6 +95,12 @@ def _check_state(state: str) -> str:
     if state not in STATES:
         raise ValueError(f"unknown entry state {state!r}; one of {sorted(STATES)}")
     return str(state)
+
+
+def _check_fields(fields: Mapping[str, Any]) -> None:
+    unknown = set(fields) - MARKABLE
+    if unknown:
+        raise TypeError(f"unknown entry fields: {sorted(unknown)}")
 
 
 def _clip(value: str, column: str, table: sa.Table = ENTRIES) -> str:
@@ -229,66 +237,95 @@ class Catalog:
 
     # ---- claims and state ---------------------------------------------------------------------
 
-    def claim(self, key: str, from_states: Collection[str], to_state: str, token: str, now: float,
-              stale_after: float) -> bool:
-        """Move `key` from one of `from_states` to `to_state` under `token`; True for the one winner.
+    def _moving(self, event: Event, from_states: Any = None) -> tuple[sa.ColumnElement, Any]:
+        """(WHERE clause, new state) of `event` applied per core.lifecycle's table: the row must be in
+        one of the move's start states, and each start state gets its own next state. Raises
+        IllegalTransition before anything is written when the caller asks for a move the table lacks."""
+        found = lifecycle.moves(event, from_states)
+        where = ENTRIES.c.state.in_(sorted(state.value for state in found))
+        targets = set(found.values())
+        if len(targets) == 1:
+            return where, targets.pop().value
+        return where, sa.case({start.value: end.value for start, end in found.items()}, value=ENTRIES.c.state)
 
-        A claim already in `to_state` but older than `stale_after` seconds (its worker vanished)
-        may be taken again. One conditional UPDATE: the database picks exactly one winner.
+    def claim(self, key: str, from_states: Collection[str], token: str, now: float, stale_after: float) -> bool:
+        """Take the probe claim of `key` (the CLAIM event) from one of `from_states` under `token`;
+        True for the one winner.
+
+        A probing claim older than `stale_after` seconds (its worker vanished) may be taken again. One
+        conditional UPDATE: the database picks exactly one winner.
         """
-        from_states = [_check_state(s) for s in from_states]
-        to_state = _check_state(to_state)
-        stale = sa.and_(ENTRIES.c.state == to_state,
+        where, probing = self._moving(Event.CLAIM, from_states)
+        lifecycle.advance(probing, Event.CLAIM)  # retaking a stale claim is a move of the table too
+        stale = sa.and_(ENTRIES.c.state == probing,
                         sa.or_(ENTRIES.c.claimed_at.is_(None), ENTRIES.c.claimed_at < now - stale_after))
         stmt = (
             sa.update(ENTRIES)
-            .where(ENTRIES.c.key == _check_key(key), sa.or_(ENTRIES.c.state.in_(from_states), stale))
-            .values(state=to_state, claim_token=token, claimed_at=now, updated_at=now)
+            .where(ENTRIES.c.key == _check_key(key), sa.or_(where, stale))
+            .values(state=probing, claim_token=token, claimed_at=now, updated_at=now)
         )
         return self._write(lambda conn: conn.execute(stmt).rowcount == 1)
 
-    def advance_claim(self, key: str, token: str, from_state: str, to_state: str, now: float,
+    def advance_claim(self, key: str, token: str, from_state: str, event: Event, now: float,
                       idle_for: float | None = None) -> bool:
-        """Move a claim held under `token` from `from_state` to `to_state`, renewing claimed_at and
+        """Apply `event` to a claim held under `token` in `from_state`, renewing claimed_at and
         counting an attempt; True for the one winner. With `idle_for`, only a claim not renewed for
         that many seconds is taken (a re-delivered job taking over from a worker that vanished).
         One conditional UPDATE, so of two deliveries of the same job exactly one proceeds."""
-        stmt = sa.update(ENTRIES).where(ENTRIES.c.key == _check_key(key), ENTRIES.c.claim_token == token,
-                                        ENTRIES.c.state == _check_state(from_state))
+        where, to_state = self._moving(event, from_state)
+        stmt = sa.update(ENTRIES).where(ENTRIES.c.key == _check_key(key), ENTRIES.c.claim_token == token, where)
         if idle_for is not None:
             stmt = stmt.where(sa.or_(ENTRIES.c.claimed_at.is_(None), ENTRIES.c.claimed_at < now - idle_for))
-        stmt = stmt.values(state=_check_state(to_state), claimed_at=now, updated_at=now,
-                           attempts=ENTRIES.c.attempts + 1)
+        stmt = stmt.values(state=to_state, claimed_at=now, updated_at=now, attempts=ENTRIES.c.attempts + 1)
         return self._write(lambda conn: conn.execute(stmt).rowcount == 1)
 
-    def mark(self, key: str, state: str, reason: str | None = None, token: str | None = None,
-             **fields: Any) -> bool:
-        """Set the state (and reason, and any other columns given); with `token`, only while that
-        claim is held. Returns whether the entry was changed. Unknown field names raise TypeError."""
-        unknown = set(fields) - MARKABLE
-        if unknown:
-            raise TypeError(f"mark() got unknown entry fields: {sorted(unknown)}")
-        values = {"updated_at": time.time(), **fields, "state": _check_state(state), "reason": reason}
-        stmt = sa.update(ENTRIES).where(ENTRIES.c.key == _check_key(key))
+    def mark(self, key: str, event: Event, from_states: Any = None, *, reason: str | None = None,
+             token: str | None = None, **fields: Any) -> bool:
+        """Apply `event` (core.lifecycle's table decides the new state), set the reason and any other
+        columns given; only from `from_states` (a state or several; default: every state the event
+        may start from), and with `token` only while that claim is held. Returns whether the entry
+        changed: False when it was in none of those states (it moved on meanwhile). Raises
+        IllegalTransition, writing nothing, for a move the table does not have; TypeError for
+        unknown field names."""
+        _check_fields(fields)
+        where, state = self._moving(event, from_states)
+        values = {"updated_at": time.time(), **fields, "state": state, "reason": reason}
+        stmt = sa.update(ENTRIES).where(ENTRIES.c.key == _check_key(key), where)
         if token is not None:
             stmt = stmt.where(ENTRIES.c.claim_token == token)
         return self._write(lambda conn: conn.execute(stmt.values(values)).rowcount == 1)
 
-    def set_probe(self, key: str, probe: Mapping[str, Any] | Any, state: str | None = None,
-                  reason: str | None = None, token: str | None = None) -> bool:
+    def set_fields(self, key: str, states: Collection[str], token: str | None = None, **fields: Any) -> bool:
+        """Set columns (never the state) while the entry is in one of `states`, and with `token` only
+        while that claim is held; True when it was."""
+        _check_fields(fields)
+        stmt = sa.update(ENTRIES).where(ENTRIES.c.key == _check_key(key),
+                                        ENTRIES.c.state.in_([_check_state(s) for s in states]))
+        if token is not None:
+            stmt = stmt.where(ENTRIES.c.claim_token == token)
+        values = {"updated_at": time.time(), **fields}
+        return self._write(lambda conn: conn.execute(stmt.values(values)).rowcount == 1)
+
+    def set_probe(self, key: str, probe: Mapping[str, Any] | Any, event: Event | None = None,
+                  reason: str | None = None, token: str | None = None, **fields: Any) -> bool:
         """Store what the HEAD probe found (size, content_type, etag, last_modified, cache_control).
 
         `probe` is a mapping or an object with those attributes (`core.admission.ProbeResult`).
-        With `state`, the state and reason are set too; with `token`, only while that claim is held.
+        With `event` (a probe outcome), the state moves by the lifecycle's table and the reason and
+        other `fields` are set too; with `token`, only while that claim is held.
         """
+        _check_fields(fields)
         get = probe.get if isinstance(probe, Mapping) else (lambda name: getattr(probe, name, None))
         values: dict[str, Any] = {name: _fits(get(name), name) for name in PROBE_FIELDS if name != "size"}
         size = get("size")
         values["size"] = None if size is None or size < 0 else int(size)
-        values["updated_at"] = time.time()
-        if state is not None:
-            values.update(state=_check_state(state), reason=reason)
-        stmt = sa.update(ENTRIES).where(ENTRIES.c.key == _check_key(key)).values(values)
+        values.update(fields, updated_at=time.time())
+        stmt = sa.update(ENTRIES).where(ENTRIES.c.key == _check_key(key))
+        if event is not None:
+            where, state = self._moving(event)
+            values.update(state=state, reason=reason)
+            stmt = stmt.where(where)
+        stmt = stmt.values(values)
         if token is not None:
             stmt = stmt.where(ENTRIES.c.claim_token == token)
         return self._write(lambda conn: conn.execute(stmt).rowcount == 1)

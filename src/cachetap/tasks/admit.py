@@ -54,34 +54,35 @@ def admit_key(app: CachetapCelery, key: str, now: float, forced: bool = False) -
     if from_states is None:
         return Admission(BUSY, state=EntryState(entry.state))  # queued, downloading, ready, or a fresh verdict
     token = str(uuid.uuid4())
-    probing = lifecycle.advance(from_states[-1], lifecycle.Event.CLAIM)
-    if not catalog.claim(key, from_states, probing, token, now=now, stale_after=settings.claim_timeout):
+    if not catalog.claim(key, from_states, token, now=now, stale_after=settings.claim_timeout):
         return Admission(BUSY, state=EntryState.PROBING)  # another worker holds it
     try:
         result = probe(entry.url, app.resolver, settings.probe_timeout)
     except ProbeError as exc:
         log.info("probe of %s failed: %s", entry.url, exc)
         reason = f"probe: {exc}"[:500]
-        failed = lifecycle.probe_outcome(failed=True, accepted=False)
+        failed = lifecycle.probe_event(failed=True, accepted=False)
         catalog.mark(key, failed, reason=reason, token=token)
-        return Admission(failed, state=failed, reason=reason)
+        state = lifecycle.advance(EntryState.PROBING, failed)
+        return Admission(state, state=state, reason=reason)
     # Every probe rule applies; the request rules (extensions, scope) judged the sightings already,
     # and a prefetch is asked for by name.
     verdict = app.rules.accept_probe(result)
-    state = lifecycle.probe_outcome(failed=False, accepted=verdict is None)
-    if verdict is not None:
-        log.info("rejected %s: %s", entry.url, verdict.reason)
-        catalog.set_probe(key, result, state=state, reason=verdict.reason, token=token)
-        return Admission(state, state=state, reason=verdict.reason)
-    if not reserve(app, key, result.size or 0, now, forced):
-        reason = "policy: not worth the space it would take"
-        rejected = lifecycle.probe_outcome(failed=False, accepted=False)
-        catalog.set_probe(key, result, state=rejected, reason=reason, token=token)
-        return Admission(rejected, state=rejected, reason=reason)
-    if not catalog.set_probe(key, result, state=state, token=token):
+    rejected = lifecycle.probe_event(failed=False, accepted=False)
+    refused = verdict.reason if verdict is not None else None
+    if refused is None and not reserve(app, key, result.size or 0, now, forced):
+        refused = "policy: not worth the space it would take"
+    if refused is not None:
+        log.info("rejected %s: %s", entry.url, refused)
+        catalog.set_probe(key, result, rejected, reason=refused, token=token)
+        state = lifecycle.advance(EntryState.PROBING, rejected)
+        return Admission(state, state=state, reason=refused)
+    accepted = lifecycle.probe_event(failed=False, accepted=True)
+    state = lifecycle.advance(EntryState.PROBING, accepted)
+    # The download's lease starts now.
+    if not catalog.set_probe(key, result, accepted, token=token, claimed_at=time.time()):
         forget(app, key)
         return Admission(BUSY)  # the claim went stale and someone else took it
-    catalog.mark(key, state, token=token, claimed_at=time.time())  # the download's lease starts now
     job = DownloadJob.from_probe(key, entry.url, result, token)
     try:
         sent = send_download(app, job, download_owner(app, key, now))
@@ -89,6 +90,7 @@ def admit_key(app: CachetapCelery, key: str, now: float, forced: bool = False) -
         # The entry stays queued under this claim; reclaim re-sends it once the claim is stale.
         log.error("sending the download of %s failed (%s); reclaim will re-send it", key, exc)
         return Admission(ADMITTED, state=state, reason=f"download job not sent yet: {exc}")
-    catalog.mark(key, state, token=token, task_id=sent.id)
+    # The worker may have started it already (and recorded the same id): queued or downloading.
+    catalog.set_fields(key, lifecycle.LIVE_DOWNLOAD, token=token, task_id=sent.id)
     log.info("admitted %s (%s bytes)", entry.url, result.size)
     return Admission(ADMITTED, state=state, task_id=sent.id)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery, Task
 from celery.signals import beat_init, celeryd_after_setup, worker_ready, worker_shutdown
 
-from cachetap.core.lifecycle import EntryState
+from cachetap.core.lifecycle import EntryState, Event
 from cachetap.logs import quiet_kombu
 from cachetap.reloading import LiveSettings
 from cachetap.settings import Settings
@@ -90,7 +90,7 @@ class CachetapTask(Task):
             entry = self.app.catalog.get(key)
             if entry is not None and entry.state == EntryState.FAILED and entry.reason:
                 return  # the task recorded why, in its own words ("download: size_changed ...")
-            self.app.catalog.mark(key, EntryState.FAILED, reason=reason)
+            self.app.catalog.mark(key, Event.GIVE_UP, reason=reason)  # from whatever state it is in
         except Exception as mark_exc:  # the catalog may be what failed; the log line above stays
             log.error("could not record failure of %s in the catalog: %s", key, mark_exc)
 

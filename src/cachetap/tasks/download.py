@@ -125,13 +125,12 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
         return {"key": key, "outcome": "url_mismatch"}
     now = time.time()
     downloading = advance(EntryState.QUEUED, Event.START)
-    taken = (catalog.advance_claim(key, claim, EntryState.QUEUED, downloading, now)
-             or catalog.advance_claim(key, claim, downloading, advance(downloading, Event.START), now,
-                                      idle_for=settings.download_lease)
+    taken = (catalog.advance_claim(key, claim, EntryState.QUEUED, Event.START, now)
+             or catalog.advance_claim(key, claim, downloading, Event.START, now, idle_for=settings.download_lease)
              or _holder_died(catalog, key, claim, now))
     if not taken:
         return _not_taken(self, catalog, key, claim, settings.download_lease)
-    catalog.mark(key, downloading, token=claim, task_id=self.request.id, speed=0, claimed_by=process_tag())
+    catalog.set_fields(key, [downloading], token=claim, task_id=self.request.id, speed=0, claimed_by=process_tag())
     started = time.monotonic()
     try:
         disk, blobs = app.disks.place(key, entry.size)  # this key's disk, by hash
@@ -154,7 +153,7 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
         entry = catalog.get(key)
         deadline = freshness_deadline(settings, entry, now)
         published = catalog.mark(
-            key, advance(downloading, Event.PUBLISH), token=claim, blob=result.digest, size=result.size,
+            key, Event.PUBLISH, downloading, token=claim, blob=result.digest, size=result.size,
             stored_size=result.size, published_at=now, etag=result.etag, content_type=result.content_type,
             node=settings.effective_node_name, disk=disk,
             expires_at=deadline, bytes_done=result.size, speed=0,
@@ -202,7 +201,7 @@ def _holder_died(catalog: Catalog, key: str, claim: str, now: float) -> bool:
     if entry is None or entry.claim_token != claim or not tag_is_dead(entry.claimed_by):
         return False
     log.warning("download of %s was held by %s, which is gone: taking over", key, entry.claimed_by)
-    return catalog.advance_claim(key, claim, EntryState.DOWNLOADING, EntryState.DOWNLOADING, now)
+    return catalog.advance_claim(key, claim, EntryState.DOWNLOADING, Event.START, now)
 
 
 def _not_taken(task: Any, catalog: Catalog, key: str, claim: str, lease: float) -> dict[str, Any]:
@@ -231,7 +230,7 @@ def _heartbeat(catalog: Catalog, key: str, claim: str) -> Callable[[int, int, in
             return
         last = now
         try:
-            held = catalog.mark(key, advance(EntryState.DOWNLOADING, Event.PROGRESS), token=claim,
+            held = catalog.mark(key, Event.PROGRESS, EntryState.DOWNLOADING, token=claim,
                                 bytes_done=done, speed=speed,
                                 claimed_at=time.time())
         except Exception as exc:  # a busy or unreachable catalog must not stop the bytes
@@ -255,13 +254,13 @@ def _failed(task: Any, catalog: Catalog, key: str, claim: str, exc: DownloadErro
         # send the job again meanwhile.
         lease = task.app.settings.download_lease
         countdown = retry_countdown(task.request.retries)
-        catalog.mark(key, advance(EntryState.DOWNLOADING, Event.PROGRESS), reason=f"retrying: {reason}"[:500],
+        catalog.mark(key, Event.PROGRESS, EntryState.DOWNLOADING, reason=f"retrying: {reason}"[:500],
                      token=claim, speed=0, claimed_at=time.time() + countdown - lease - 1)
         log.warning("download of %s failed (%s); retry %d in %.0fs", key, exc, task.request.retries + 1, countdown)
         return task.retry(exc=exc, countdown=countdown, max_retries=None, throw=False)
     log.error("download of %s failed for good: %s", key, exc)
     forget(task.app, key)
-    catalog.mark(key, advance(EntryState.DOWNLOADING, Event.GIVE_UP), reason=reason, token=claim,
+    catalog.mark(key, Event.GIVE_UP, EntryState.DOWNLOADING, reason=reason, token=claim,
                  claim_token=None, claimed_at=None, bytes_done=0, speed=0)
     return exc
 

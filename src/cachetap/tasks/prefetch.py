@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from cachetap.core import lifecycle
 from cachetap.core.keys import BadTarget, cache_key, canonical_url, host_of
-from cachetap.core.lifecycle import EntryState
+from cachetap.core.lifecycle import EntryState, Event
 from cachetap.core.types import Sighting
 from cachetap.tasks.admit import ADMITTED, admit_key
 
@@ -61,7 +61,7 @@ def prefetch_url(app: CachetapCelery, url: str, now: float | None = None) -> Pre
     admission = admit_key(app, key, now, forced=True)
     if admission.outcome == ADMITTED and admission.task_id is None:
         # Not left queued under a job nobody will run: the next prefetch or admission starts afresh.
-        catalog.mark(key, EntryState.FAILED, reason=f"broker unreachable: {admission.reason}"[:500],
+        catalog.mark(key, Event.GIVE_UP, EntryState.QUEUED, reason=f"broker unreachable: {admission.reason}"[:500],
                      claim_token=None, claimed_at=None)
         return Prefetched(key, canonical, BROKER_DOWN, EntryState.FAILED, admission.reason)
     state = admission.state.value if admission.state is not None else None

@@ -22,7 +22,7 @@ from typing import Any
 
 from celery import shared_task
 
-from cachetap.core.lifecycle import EntryState, Event, advance, sources
+from cachetap.core.lifecycle import EntryState, Event, sources
 from cachetap.lifetime import tag_is_dead
 from cachetap.store.catalog import EntryView
 from cachetap.store.stats import Stats, disk_free
@@ -65,7 +65,7 @@ def _reclaim(app: Any) -> dict[str, int]:
     done = {EntryState.PROBING: 0, "resent": 0}
     for entry in catalog.stale_claims(now, stale_after, sources(Event.RELEASE)):
         # Guarded by the old token: a worker that took it meanwhile keeps it.
-        if catalog.mark(entry.key, advance(entry.state, Event.RELEASE), token=entry.claim_token,
+        if catalog.mark(entry.key, Event.RELEASE, entry.state, token=entry.claim_token,
                         claim_token=None, claimed_at=None):
             done[EntryState.PROBING] += 1
             log.info("stale probe claim on %s released", entry.key)
@@ -97,7 +97,7 @@ def resend_download(app: Any, entry: EntryView, now: float) -> bool:
     catalog, token = app.catalog, str(uuid.uuid4())
     if entry.claim_token is None or not catalog.retake(entry.key, entry.claim_token, token, now):
         return False
-    catalog.mark(entry.key, advance(entry.state, Event.REQUEUE), token=token, claimed_at=now)
+    catalog.mark(entry.key, Event.REQUEUE, entry.state, token=token, claimed_at=now)
     # To the key's owner now: a node that died is out of the live set, so its keys are re-homed.
     send_download(app, DownloadJob.from_entry(entry, token), download_owner(app, entry.key, now))
     return True
