@@ -13,6 +13,9 @@ anything: the "20 MB/s" origin ran at loopback speed. Compared:
             analyze stage queues to the worker's published_at in the catalog
   aria2c    a bare `aria2c` process with the same split/connection/allocation options
   curl      one connection
+  defaults  download() on default settings (16 connections, at most 4 per address) from an origin
+            whose name resolves to four loopback addresses (127.0.0.2-5, the same files), and from
+            one address: what splitting over a CDN's addresses keeps of the 16-connection speed
 """
 
 from __future__ import annotations
@@ -42,11 +45,16 @@ from cachetap.tasks.app import create_app
 from cachetap.wire import DOWNLOAD_FETCH, DownloadJob
 from cachetap.testing.origin import generated_chunks
 from cachetap.testing.workers import CeleryWorker
+from cachetap.core.lifecycle import EntryState, Event
 
-def start_origin(www: Path, rate: int) -> tuple[subprocess.Popen[str], int]:
+MULTI_ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+
+
+def start_origin(www: Path, rate: int, addresses: list[str] | None = None) -> tuple[subprocess.Popen[str], int]:
     """The test origin in a process of its own, each connection paced to `rate` by the kernel."""
+    listen = [arg for address in addresses or [] for arg in ("--address", address)]
     proc = subprocess.Popen([sys.executable, "-m", "cachetap.testing.origin", "--dir", str(www),
-                             "--rate", str(rate)], stdout=subprocess.PIPE, text=True)
+                             "--rate", str(rate), *listen], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line.startswith("listening on "):
         proc.kill()
@@ -78,15 +86,14 @@ class QueuedFetch:
         self.catalog.record_sightings([Sighting(now, "10.0.0.5", 1, "127.0.0.1", 80, "GET", host_of(url), url,
                                                 key, url)], window=3600, now=now)
         token = str(uuid.uuid4())
-        assert self.catalog.claim(key, ["counting"], "probing", token, now=now, stale_after=600)
+        assert self.catalog.claim(key, [EntryState.COUNTING], token, now=now, stale_after=600)
         result = probe(url, self.app.resolver, 30)
-        self.catalog.set_probe(key, result, state="queued", token=token)
-        self.catalog.mark(key, "queued", token=token, claimed_at=time.time())
+        self.catalog.set_probe(key, result, Event.PROBE_ACCEPTED, token=token, claimed_at=time.time())
         sent_at = time.time()
         self.app.send_task(DOWNLOAD_FETCH, args=[DownloadJob.from_probe(key, url, result, token).to_message()], queue="download")
         deadline = time.monotonic() + 600
-        while (entry := self.catalog.get(key)).state != "ready":
-            if entry.state == "failed" or time.monotonic() > deadline:
+        while (entry := self.catalog.get(key)).state != EntryState.READY:
+            if entry.state == EntryState.FAILED or time.monotonic() > deadline:
                 raise RuntimeError(f"queued download did not finish: {entry.state} {entry.reason}")
             time.sleep(0.01)
         evict(self.catalog, BlobStore(self.settings.cache_dir), key, "bench")
@@ -116,11 +123,14 @@ def main() -> None:
     write_object(work / "www" / "object.iso", size)
     origin, port = start_origin(work / "www", int(args.rate_mb * 1e6))
     url = f"http://127.0.0.1:{port}/object.iso"
+    mirrors, mirrors_port = start_origin(work / "www", int(args.rate_mb * 1e6), MULTI_ADDRESSES)
+    defaults = Aria2Options.from_settings(load_settings(cache_dir=work / "defaults"))
     blobs = BlobStore(work / "cache")
     out_dir = work / "out"
     out_dir.mkdir()
     times: dict[str, list[float]] = {"cachetap download()": [], "cachetap queued": [], "bare aria2c": [],
-                                     "curl (1 connection)": [], "digest alone (floor)": []}
+                                     "curl (1 connection)": [], "digest alone (floor)": [],
+                                     "defaults, 4 addresses": [], "defaults, 1 address": []}
     queued = QueuedFetch(work / "queued")
     try:
         with Aria2Daemon(work / "aria2", options) as daemon:
@@ -133,6 +143,12 @@ def main() -> None:
                     timed(lambda: result.update(r=download(job, daemon, blobs, options))))
                 blobs.remove(result["r"].digest)
                 times["cachetap queued"].append(queued.run(f"{url}?run={run}"))
+                # Default settings: a name with four addresses (as the resolver pins them), then one.
+                for name, addresses, at in (("defaults, 4 addresses", MULTI_ADDRESSES, mirrors_port),
+                                            ("defaults, 1 address", ["127.0.0.1"], port)):
+                    pinned = {**job, "url": f"http://mirrors.test:{at}/object.iso", "addresses": addresses}
+                    times[name].append(timed(lambda: result.update(r=download(pinned, daemon, blobs, defaults))))
+                    blobs.remove(result["r"].digest)
 
                 target = out_dir / "aria2c.iso"
                 cmd = [ARIA2C, "--no-conf", "-q", f"-s{options.split}", f"-x{options.max_connection_per_server}",
@@ -152,8 +168,9 @@ def main() -> None:
                 print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
     finally:
         queued.close()
-        origin.send_signal(signal.SIGTERM)
-        origin.wait(timeout=10)
+        for proc in (origin, mirrors):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{args.size_mib} MiB from an origin paced to {args.rate_mb:g} MB/s per connection, "
@@ -167,6 +184,10 @@ def main() -> None:
     print(f"cachetap / bare aria2c (median): {ratio:.3f}x  (target <= 1.05x)")
     ratio = statistics.median(times["cachetap queued"]) / statistics.median(times["bare aria2c"])
     print(f"cachetap queued / bare aria2c (median): {ratio:.3f}x")
+    print(f"defaults: -s{defaults.split} -x{defaults.max_connection_per_server} per address")
+    for name in ("defaults, 4 addresses", "defaults, 1 address"):
+        ratio = statistics.median(times[name]) / statistics.median(times["bare aria2c"])
+        print(f"cachetap {name} / bare aria2c -x16 on one address (median): {ratio:.3f}x")
 
 
 if __name__ == "__main__":

@@ -324,18 +324,22 @@ def _range(headers, res: Resource, etag: str, length: int) -> tuple[int, int] | 
 
 
 class Origin:
-    """Threaded HTTP/1.1 origin on 127.0.0.1 and a random port; start()/stop() or `with`."""
+    """Threaded HTTP/1.1 origin on a random port of 127.0.0.1 (or of each of `addresses`, all on the
+    same port: a host whose name resolves to several addresses); start()/stop() or `with`."""
 
-    def __init__(self, directory: Path | str | None = None, rate: int | None = None) -> None:
+    def __init__(self, directory: Path | str | None = None, rate: int | None = None,
+                 addresses: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.directory = Path(directory).resolve() if directory is not None else None
         self.rate = rate
+        self.addresses = tuple(addresses)
+        self._servers: list[_Server] = []
         self._resources: dict[str, Resource] = {}
         self._stats: dict[str, PathStats] = {}
         self._md5s: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # --- content ------------------------------------------------------------------------------
     def add(self, path: str, resource: Resource) -> str:
@@ -409,23 +413,29 @@ class Origin:
 
     def start(self) -> Origin:
         self._stopping.clear()
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.origin = self
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"origin:{self.port}", daemon=True)
-        self._thread.start()
+        port = 0
+        for address in self.addresses:  # the first picks a free port, the others share it
+            server = _Server((address, port), _Handler)
+            server.origin = self
+            port = server.server_address[1]
+            self._servers.append(server)
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                      name=f"origin:{address}:{port}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._server = self._servers[0]
         return self
 
     def stop(self) -> None:
         if self._server is None:
             return
         self._stopping.set()  # in-flight bodies end at their next chunk
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._servers, self._threads, self._server = [], [], None
 
     def __enter__(self) -> Origin:
         return self.start()
@@ -443,10 +453,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--dir", required=True, type=Path)
     parser.add_argument("--rate", type=int, default=None, help="bytes/s per connection")
+    parser.add_argument("--address", action="append", help="listen here (repeat for several; default 127.0.0.1)")
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with Origin(args.dir, rate=args.rate) as origin:
+    with Origin(args.dir, rate=args.rate, addresses=tuple(args.address or ("127.0.0.1",))) as origin:
         print(f"listening on {origin.url('/')}", flush=True)
         while not stop.wait(1.0):
             pass
