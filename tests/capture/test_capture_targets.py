@@ -24,6 +24,7 @@ from cachetap.testing.waiting import wait_for
 from cachetap.web.lookup import DirectoryLookup
 from cachetap.web.server import CacheServer
 from cachetap.wire import index_event
+from cachetap.testing.entries import walk
 
 URL_A = "http://cdn.example.org/a.pak"
 URL_B = "http://cdn.example.org/b.pak"
@@ -131,7 +132,7 @@ def test_a_removed_event_and_a_reconcile_follow_the_holder(app, servers, targets
     for url, key, holder in ((URL_A, KEY_A, "node-a"), (URL_B, KEY_B, None)):
         catalog.record_sightings([Sighting(time.time(), "10.0.0.5", 1, "127.0.0.1", 80, "GET", "cdn.example.org",
                                            url, key, "/")], window=3600, now=time.time())
-        assert catalog.mark(key, "ready", blob="ab" * 32, stored_size=10, node=holder)
+        walk(catalog, key, "ready", blob="ab" * 32, stored_size=10, node=holder)
     index = HotIndex()
     sync = IndexSync(app, index, node="t", node_index=targets.index_of)
     assert sync.reconcile() == 2

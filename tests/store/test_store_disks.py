@@ -18,6 +18,7 @@ from cachetap.settings import ConfigError, load_settings
 from cachetap.store.disks import MARKER, Disk, Disks, NoDisk
 from cachetap.store.evict import reconcile
 from cachetap.web.lookup import CatalogLookup
+from cachetap.testing.entries import walk
 
 KEYS = [cache_key(f"http://files.test/{n}.iso", {}) for n in range(3000)]
 
@@ -108,8 +109,8 @@ def _ready_on(catalog, disks: Disks, label: str, name: str, body: bytes, last_hi
 
     digest = file_digest(temp)
     store.publish(temp, digest)
-    assert catalog.mark(key, "ready", blob=digest, size=len(body), stored_size=len(body), disk=label,
-                        expires_at=time.time() + 3600, last_hit=time.time() if last_hit is None else last_hit)
+    walk(catalog, key, "ready", blob=digest, size=len(body), stored_size=len(body), disk=label,
+         expires_at=time.time() + 3600, last_hit=time.time() if last_hit is None else last_hit)
     return key
 
 

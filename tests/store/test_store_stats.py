@@ -7,6 +7,7 @@ import hashlib
 from cachetap.core.lifecycle import EntryState
 from cachetap.core.types import Sighting
 from cachetap.store.stats import HOUR, MINUTE, Stats
+from cachetap.testing.entries import walk
 
 T0 = 1_700_000_000.0 // HOUR * HOUR  # an hour boundary
 
@@ -26,8 +27,10 @@ def seen(catalog, path: str, host: str = "example.com", ts: float = T0) -> str:
 def test_served_fetched_and_missed_bytes_reach_the_entry_and_both_buckets(catalog):
     stats = Stats(catalog)
     ready, probed, unknown = seen(catalog, "/a.iso"), seen(catalog, "/b.iso", host="other.org"), seen(catalog, "/c.iso")
-    catalog.set_probe(ready, {"size": 1000}, state=EntryState.READY)
-    catalog.set_probe(probed, {"size": 300}, state=EntryState.REJECTED, reason="too_small")
+    catalog.set_probe(ready, {"size": 1000})
+    walk(catalog, ready, EntryState.READY)
+    catalog.set_probe(probed, {"size": 300})
+    walk(catalog, probed, EntryState.REJECTED, reason="too_small")
     assert stats.count_requests({ready: 2, probed: 3, unknown: 1}, T0 + 10) == 900  # only the probed, not ready one
     stats.count_fetched(ready, 1000, T0 + 20)
     assert catalog.add_hits({ready: 3}, T0 + 70, served_bytes={ready: 2500}) == 1
@@ -49,7 +52,7 @@ def test_served_fetched_and_missed_bytes_reach_the_entry_and_both_buckets(catalo
 def test_gauges_are_sampled_and_old_minutes_pruned_while_hours_stay(catalog):
     stats = Stats(catalog)
     key = seen(catalog, "/a.iso")
-    catalog.mark(key, EntryState.READY, stored_size=4096)
+    walk(catalog, key, EntryState.READY, stored_size=4096)
     assert stats.sample(T0, disk_free=10_000) == {"objects": 1, "stored_bytes": 4096, "disk_free": 10_000}
     assert stats.latest_gauges()["objects"] == 1 and stats.latest_gauges()["bucket"] == T0
     catalog.add_hits({key: 1}, T0 + 5, served_bytes={key: 10})

@@ -23,6 +23,7 @@ from cachetap.testing.waiting import wait_for
 from cachetap.testing.workers import CeleryWorker
 from cachetap.web.lookup import CatalogLookup
 from cachetap.web.server import CacheServer
+from cachetap.testing.entries import walk
 
 MiB = 1 << 20
 SIZE = 2 * MiB + 99
@@ -48,8 +49,8 @@ def ready_on_a(catalog, blobs_a: BlobStore, url: str, key: str, content: bytes) 
     temp = blobs_a.new_temp_name(key)
     temp.write_bytes(content)
     blobs_a.publish(temp, digest)
-    assert catalog.mark(key, "ready", blob=digest, size=len(content), stored_size=len(content), published_at=now,
-                        expires_at=now + 86_400, node="node-a")
+    walk(catalog, key, "ready", blob=digest, size=len(content), stored_size=len(content), published_at=now,
+         expires_at=now + 86_400, node="node-a")
     return digest
 
 
@@ -105,10 +106,10 @@ def test_objects_on_their_owner_or_with_no_recorded_holder_stay(make_settings, o
     catalog = app.catalog
     path, url, key = owned_by_b(origin.port)
     ready_on_a(catalog, BlobStore(tmp_path / "node-a"), url, key, b"x" * 10)
-    catalog.mark(key, "ready", node="node-b")
+    catalog.set_fields(key, ["ready"], node="node-b")
     other = "http://files.test/none.iso"
     ready_on_a(catalog, BlobStore(tmp_path / "node-a"), other, cache_key(other, {}), b"y" * 10)
-    catalog.mark(cache_key(other, {}), "ready", node=None)
+    catalog.set_fields(cache_key(other, {}), ["ready"], node=None)
     catalog.nodes.beat("node-b", "cache", time.time(), public_url="http://127.0.0.3:9")
     tally: Counter[str] = Counter()
     rehome_requested(app, [key, cache_key(other, {})], time.time(), tally)
