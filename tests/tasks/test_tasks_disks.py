@@ -8,6 +8,7 @@ from pathlib import Path
 from cachetap.store.blobs import file_digest
 from cachetap.store.disks import Disks
 from cachetap.tasks.app import create_app
+from cachetap.testing.entries import walk
 from cachetap.testing.origin import Resource
 from cachetap.testing.workers import CeleryWorker
 from cachetap.web.lookup import CatalogLookup
@@ -64,8 +65,8 @@ def _stored_on(app, disks: Disks, node: str, name: str) -> tuple[str, Path]:
     temp.write_bytes(name.encode() * 1000)
     digest = file_digest(temp)
     path = store.publish(temp, digest)
-    assert app.catalog.mark(key, "ready", blob=digest, stored_size=path.stat().st_size,
-                            node=node, disk=disks.default, expires_at=time.time() + 3600)
+    walk(app.catalog, key, "ready", blob=digest, stored_size=path.stat().st_size,
+         node=node, disk=disks.default, expires_at=time.time() + 3600)
     return key, path
 
 
