@@ -76,7 +76,7 @@ def run_quota(catalog: Catalog, blobs: Disks | BlobStore, settings: Settings, fr
     overrides the measurement of every disk)."""
     removed = forgetting(catalog, settings, index.removed)   # the policy releases the key's space too
     disks = as_disks(blobs, settings.min_free_bytes)
-    rooms = [(d, d.free() if free_bytes is None else free_bytes) for d in disks]
+    rooms = [(d, None if not d.usable() else d.free() if free_bytes is None else free_bytes) for d in disks]
     used = catalog.stored_bytes()
     free = sum(f or 0 for _, f in rooms)
     one = rooms[0][0] if len(rooms) == 1 else None
@@ -276,7 +276,7 @@ def node_housekeeping(app: CachetapCelery) -> dict[str, Any]:
     summary: dict[str, Any] = run_reconcile(app.catalog, disks, settings, time.time(), IndexNotifier(app))
     removed = forgetting(app.catalog, settings, IndexNotifier(app).removed)
     for disk in disks:
-        free = disk.free()
+        free = disk.free() if disk.usable() else None
         if free is not None and (disk.quota or disk.min_free):
             _disk_quota(app.catalog, disks, disk, free, settings.effective_node_name, removed)
     return summary
