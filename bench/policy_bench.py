@@ -12,8 +12,10 @@ percentages of each trace's unique bytes. Columns:
   * `bypass`: cachetap's default policy with the default settings (admission_threshold 1) in the
     bypass model: requests go to the origin until the download at --rate has finished, BHR counts
     only bytes served from the cache, and `saved` subtracts the bytes the downloads cost;
-  * `belady`: the exact offline Belady reference of bench/belady.py. (libCacheSim's BeladySize needs
-    next-access times its CSV reader does not compute; it did not finish on these traces.)
+  * `belady`: the exact offline Belady reference of bench/belady.py;
+  * libCacheSim's own BeladySize (offline, 128 sampled objects per eviction), fed the trace in its
+    binary oracleGeneral format, which carries each request's next-access time (with the CSV reader
+    it has no next-access times and did not finish in minutes).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import struct
 import sys
 import tempfile
 import time
@@ -41,14 +44,30 @@ LCS_ONLINE = ["LRU", "FIFO", "Clock", "GDSF", "LFUDA", "ARC", "S3FIFO", "Sieve",
               "LIRS", "LHD", "Cacheus", "LeCaR", "Hyperbolic", "MQ", "Clock2QPlus", "GLCache", "LRUK"]
 
 
-def _lcs_child(csv_path: str, policy: str, capacity: int, out) -> None:
+def _lcs_child(path: str, policy: str, capacity: int, out) -> None:
     import libcachesim as lcs
 
-    params = lcs.ReaderInitParam(has_header=False, delimiter=",", obj_id_is_num=True)
-    params.time_field, params.obj_id_field, params.obj_size_field = 1, 2, 3
-    reader = lcs.TraceReader(csv_path, lcs.TraceType.CSV_TRACE, params)
+    if path.endswith(".oracleGeneral"):
+        reader = lcs.TraceReader(path, lcs.TraceType.ORACLE_GENERAL_TRACE)
+    else:
+        params = lcs.ReaderInitParam(has_header=False, delimiter=",", obj_id_is_num=True)
+        params.time_field, params.obj_id_field, params.obj_size_field = 1, 2, 3
+        reader = lcs.TraceReader(path, lcs.TraceType.CSV_TRACE, params)
     _omr, bmr = getattr(lcs, policy)(capacity).process_trace(reader)
     out.put(1.0 - bmr)
+
+
+def write_oracle_general(trace, path: str) -> None:
+    """libCacheSim's oracleGeneral binary trace: per request uint32 time, uint64 id, uint32 size (kB),
+    int64 index of the object's next request (-1: none)."""
+    following = [-1] * len(trace)
+    seen: dict[int, int] = {}
+    for i in range(len(trace) - 1, -1, -1):
+        following[i] = seen.get(trace[i][1], -1)
+        seen[trace[i][1]] = i
+    with open(path, "wb") as f:
+        f.writelines(struct.pack("<IQIq", int(ts), obj + 1, max(1, size // 1000), following[i])
+                     for i, (ts, obj, size) in enumerate(trace))
 
 
 def lcs_run(csv_path: str, policy: str, capacity: int, timeout: float) -> float:
@@ -103,6 +122,8 @@ def main() -> None:
             with open(csv_path, "w") as f:
                 # In kB: libCacheSim overflows 32-bit counters with byte-sized caches of terabytes.
                 f.writelines(f"{int(ts)},{obj + 1},{max(1, size // 1000)}\n" for ts, obj, size in trace)
+            oracle_path = os.path.join(tmp, f"{model}.oracleGeneral")
+            write_oracle_general(trace, oracle_path)
             print(f"\n## {model}: {len(trace)} requests, {len({o for _, o, _ in trace})} objects, "
                   f"{ub / 1e12:.2f} TB unique, {sum(s for *_, s in trace) / 1e12:.1f} TB requested")
             rows: dict[str, list[float]] = {}
@@ -121,6 +142,8 @@ def main() -> None:
                 rows.setdefault(f"bypass:{DEFAULT_POLICY}@{args.rate / 1e6:g}MB/s BHR", []).append(bhr)
                 rows.setdefault(f"bypass:{DEFAULT_POLICY} saved/asked", []).append(saved)
                 rows.setdefault("belady (exact, offline)", []).append(belady_bhr(trace, cap))
+                rows.setdefault("libCacheSim BeladySize (offline)", []).append(
+                    lcs_run(oracle_path, "BeladySize", cap // 1000, args.timeout))
             print_table(rows, sizes, took)
 
 
@@ -137,6 +160,9 @@ def print_table(rows: dict[str, list[float]], sizes: list[float], took: dict[str
     if ours_default:
         print(f"{'default - best online':34}" + "".join(f"{o - b:+9.4f}" for o, b in zip(ours_default, best)))
         print(f"{'default / belady':34}" + "".join(f"{o / b if b else 0:9.3f}" for o, b in zip(ours_default, belady)))
+        sampled = rows["libCacheSim BeladySize (offline)"]
+        print(f"{'default / BeladySize':34}" + "".join(f"{o / b if b == b and b else 0:9.3f}"
+                                                         for o, b in zip(ours_default, sampled)))
 
 
 if __name__ == "__main__":

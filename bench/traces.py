@@ -20,6 +20,12 @@ Models (the `MODELS` table; numbers are the defaults):
 * `shift`    Weak skew and heavy tails: 30,000 objects, Zipf 0.6, Pareto sizes (alpha 1.2, from 1 MB,
              clipped at 16 GB); the popular set changes half-way (a second population replaces the
              first), 15% one-hit wonders; 20 days.
+* `lanparty` A LAN party or classroom week: 7 days, three sessions (days 1, 3 and 5, starting at a
+             random hour) in which 100-400 clients each pull 3-12 of the same 36 game/OS images
+             (Zipf 0.8 among the images, 1-16 GB log-uniform), a client's downloads starting
+             exponentially after the session start (mean 1 hour); plus background traffic for the
+             rest of the requests: 20,000 evergreen objects (Zipf 0.8, log-normal median 30 MB,
+             sigma 1.5, 1 MB-4 GB) and 20% one-hit wonders. The images are most of the bytes.
 """
 
 from __future__ import annotations
@@ -134,8 +140,37 @@ def shift(seed: int, requests: int) -> Trace:
     return sorted(trace)
 
 
-MODELS: dict[str, Callable[[int, int], Trace]] = {"lan30d": lan30d, "patchday": patchday, "scan": scan, "shift": shift}
-SEEDS = {"lan30d": 30, "patchday": 7, "scan": 14, "shift": 20}
+def lanparty(seed: int, requests: int) -> Trace:
+    rng, days, trace = random.Random(seed), 7.0, []
+    images = 36
+    weights = _zipf_weights(images, 0.8, rng)
+    sizes = [int(math.exp(rng.uniform(math.log(1 * GB), math.log(16 * GB)))) for _ in range(images)]
+    for day in (1, 3, 5):
+        start = day * DAY + rng.uniform(0, 12 * 3600.0)
+        for _client in range(rng.randint(100, 400)):
+            wanted: set[int] = set()
+            count = rng.randint(3, 12)
+            while len(wanted) < count:
+                wanted.add(rng.choices(range(images), weights)[0])
+            begin = start + rng.expovariate(1 / 3600.0)
+            for obj in wanted:
+                trace.append((begin + rng.uniform(0, 600.0), obj, sizes[obj]))
+    background = max(0, requests - len(trace))
+    n = 20_000
+    weights = _zipf_weights(n, 0.8, rng)
+    total = sum(weights)
+    for obj in range(n):
+        size = _lognormal(rng, 30 * MB, 1.5, 1 * MB, 4 * GB)
+        _spread(rng, trace, images + obj, size, _poisson(rng, 0.8 * background * weights[obj] / total), 0.0,
+                days * DAY, None)
+    for i in range(int(background * 0.2)):
+        trace.append((rng.uniform(0, days * DAY), images + n + i, _lognormal(rng, 30 * MB, 1.5, 1 * MB, 4 * GB)))
+    return sorted(trace)
+
+
+MODELS: dict[str, Callable[[int, int], Trace]] = {"lan30d": lan30d, "patchday": patchday, "scan": scan, "shift": shift,
+                                                  "lanparty": lanparty}
+SEEDS = {"lan30d": 30, "patchday": 7, "scan": 14, "shift": 20, "lanparty": 41}
 
 
 def unique_bytes(trace: Trace) -> int:
