@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from belady import belady_bhr  # noqa: E402
-from traces import MODELS, SEEDS, unique_bytes  # noqa: E402
+from traces import EXTRA_MODELS, MODELS, SEEDS, unique_bytes  # noqa: E402
 
 from cachetap.core.policy import DEFAULT_POLICY, POLICIES, make_policy  # noqa: E402
 from cachetap.core.policy.memory import MemoryStore  # noqa: E402
@@ -116,7 +116,7 @@ def main() -> None:
     our_names = [p for p in args.ours.split(",") if p]
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.traces.split(","):
-            trace = MODELS[model](SEEDS[model], args.requests)
+            trace = {**MODELS, **EXTRA_MODELS}[model](SEEDS[model], args.requests)
             ub = unique_bytes(trace)
             csv_path = os.path.join(tmp, f"{model}.csv")
             with open(csv_path, "w") as f:

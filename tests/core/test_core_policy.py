@@ -166,3 +166,19 @@ def test_rescale_keeps_order_relative_to_last_request():
     store.rescale(10.0)
     assert store.get("a").priority == 200.0 and store.get("b").priority == 600.0
     assert [k for k, _ in store.lowest("main", 2)] == ["a", "b"]
+
+
+def test_adaptive_lrfu_miniatures_remember_a_bounded_sample_of_keys():
+    from cachetap.core.policy.lrfu import HASH_SPACE, AdaptiveLRFU
+    rng = random.Random(5)
+    policy = AdaptiveLRFU(MemoryStore(), 50_000)
+    policy.max_sampled = 100
+    requests = [(float(t), f"k{rng.randrange(8_000)}", rng.randrange(1, 200)) for t in range(10_000)]
+    _play(policy, requests)
+    assert policy.threshold < HASH_SPACE / 10            # the sample shrank as keys arrived
+    assert len(policy.sampled) <= 100
+    for mini in policy.minis:
+        assert set(mini.store.records) <= set(policy.sampled)
+        assert mini.capacity < 50_000 / 10 and mini.used <= mini.capacity
+    # the miniatures still earn hits on what they sample
+    assert max(policy.earned) > 0
