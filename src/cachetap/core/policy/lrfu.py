@@ -130,7 +130,9 @@ class AdaptiveLRFU(LRFU):
     """
 
     name = "lrfu"
-    max_sampled = 8192                                          # keys the miniatures remember at most
+    # Keys the miniatures remember at most (tens of MB in all). Samples of 8,192 keys already chose
+    # worse half-lives on heavy-tailed sizes (bench/policy_bench.py's `shift` trace).
+    max_sampled = 65536
     candidates = tuple(h * 3600.0 for h in (3, 12, 48, 192, 768))   # half-lives tried, seconds
     decay = 0.99995                                             # per request (sampled or not)
     margin = 1.02                                               # switch only for a clear gain
