@@ -158,7 +158,9 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
 
     from cachetap.capture.batcher import BatchSender, make_analyze_sender
     from cachetap.capture.relay import SightingRelay
-    from cachetap.capture.live import _freeze_startup_objects, _raise_priority, _shorten_switch_interval, act
+    from cachetap.capture.live import _freeze_startup_objects, _raise_priority, _shorten_switch_interval, act, idle
+    from cachetap.capture.prometheus import MetricsPublisher
+    from cachetap.metrics import use_box_directory
     from cachetap.wire import encode_sighting
     from cachetap.capture.pipeline import Pipeline
     from cachetap.capture.redirector import RedirectScope, Redirector
@@ -178,6 +180,7 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
         keys = {cache_key(canonical_url(bench_path(d, i), "origin.test", 80), {})
                 for d in delays for i in range(MAX_COUNT)}
         settings = load_settings(cache_dir=work, http_ports=[80], mode="redirect", interface=capture_if)
+        use_box_directory(settings.cache_dir)  # as `cachetap capture` does: values in files, before the fork
         # Forked before the first thread, as in capture/live.py. Batches are encoded by kombu as for a
         # broker and kept in memory (no broker in this namespace): the sending costs what it costs live.
         broker = Celery("bench", broker="memory://")
@@ -196,7 +199,9 @@ def role_capture(capture_if: str, origin_if: str, origin_mac: str, location_base
         def queue(sighting) -> None:
             relay.add(encode_sighting(sighting))
 
-        source = LiveSource(capture_if, request_filter([80], interface_linktype(capture_if)), on_idle=relay.flush)
+        source = LiveSource(capture_if, request_filter([80], interface_linktype(capture_if)),
+                            on_idle=lambda: idle(relay, published))
+        published = MetricsPublisher(pipeline, relay, redirector.index, source)  # metrics, published when idle
         signal.signal(signal.SIGTERM, lambda *_: (stop.set(), source.stop()))
         _raise_priority()
         _shorten_switch_interval()

@@ -17,7 +17,7 @@ ROOT = Path(cachetap.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "core"),                  # "": the package itself (__init__: the version)
     ("settings", "lifetime", "logs"),
-    ("privileges", "reloading"),
+    ("privileges", "reloading", "metrics"),
     ("store",),
     ("fetch", "web"),
     ("wire",),

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cachetap.capture.prometheus import sender_report
 from cachetap.settings import Settings
 from cachetap.wire import ANALYZE_BATCH, TaskSender, send
 
@@ -27,6 +28,7 @@ Send = Callable[[list[dict]], None]
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
+REPORT_EVERY = 1.0
 
 
 @dataclass
@@ -47,7 +49,7 @@ class BatchSender:
 
     def __init__(self, send: Send, size: int, interval: float, buffer: int,
                  backoff_first: float = BACKOFF_FIRST, backoff_max: float = BACKOFF_MAX,
-                 buffer_bytes: int = 64 << 20):
+                 buffer_bytes: int = 64 << 20, report: Callable[[BatchCounters], None] | None = None):
         if size < 1 or interval <= 0 or buffer < size:
             raise ValueError(f"need size >= 1, interval > 0, buffer >= size (got {size}, {interval}, {buffer})")
         self._send = send
@@ -66,6 +68,8 @@ class BatchSender:
         self._closing = threading.Event()
         self._in_flight = 0
         self.counters = BatchCounters()
+        self._report = report  # told the counters from the sender thread, about once a second
+        self._reported_at = 0.0
         self._thread = threading.Thread(target=self._run, name="cachetap-batcher", daemon=True)
         self._thread.start()
 
@@ -110,12 +114,30 @@ class BatchSender:
             left += self._in_flight
         if left:
             log.warning("batch sender closed with %d sightings unsent (dropped)", left)
+        self._report_counters(force=True)
         return left == 0 and not self._thread.is_alive()
 
     # --- sender thread ----------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._send_batches()
+        finally:
+            self._report_counters(force=True)
+
+    def _report_counters(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._report is None or (not force and now - self._reported_at < REPORT_EVERY):
+            return
+        self._reported_at = now
+        try:
+            self._report(self.counters)
+        except Exception:  # figures must not stop the sightings
+            log.exception("reporting the batch sender's counters failed")
+
+    def _send_batches(self) -> None:
         while True:
-            wait = self._time_until_due()
+            self._report_counters()
+            wait = min(self._time_until_due(), REPORT_EVERY) if self._report else self._time_until_due()
             if wait > 0 and not self._closing.is_set():
                 self._wake.wait(wait)
                 self._wake.clear()
@@ -182,4 +204,4 @@ def make_analyze_sender(app: TaskSender) -> Send:
 def analyze_batch_sender(app: TaskSender, settings: Settings) -> BatchSender:
     """A BatchSender to `app`'s analyze queue, sized by `settings` (live capture, replay, replay task)."""
     return BatchSender(make_analyze_sender(app), size=settings.batch_size, interval=settings.batch_interval,
-                       buffer=settings.batch_buffer, buffer_bytes=settings.batch_buffer_bytes)
+                       buffer=settings.batch_buffer, buffer_bytes=settings.batch_buffer_bytes, report=sender_report())

@@ -30,6 +30,7 @@ from cachetap.capture.inject import Injector
 from cachetap.capture.pipeline import Observation, Pipeline
 from cachetap.capture.redirector import RedirectScope, Redirector
 from cachetap.capture.relay import SightingRelay
+from cachetap.capture.prometheus import MetricsPublisher
 from cachetap.capture.report import CaptureReport
 from cachetap.capture.sniffer import LiveSource, interface_linktype
 from cachetap.capture.targets import CacheTargets, NodeURL
@@ -49,6 +50,7 @@ STATS_EVERY = 60.0
 # How long the capture loop may wait for the GIL a helper thread holds (CPython's default: 5 ms).
 SWITCH_INTERVAL = 0.0001
 EXPIRE_EVERY = 1.0
+PUBLISH_LATEST = 5.0  # seconds the figures may wait for an idle moment at most
 
 
 def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | None = None) -> dict:
@@ -70,7 +72,9 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
     def queue(sighting: Sighting) -> None:
         relay.add(encode_sighting(sighting))
 
-    source = LiveSource(settings.interface, bpf, on_idle=relay.flush)
+    source = LiveSource(settings.interface, bpf, on_idle=lambda: idle(relay, published))
+    published = MetricsPublisher(pipeline, relay, fast_path.index_sync.index if fast_path else None, source)
+    published.publish()  # the index size from the start, whatever the traffic
 
     def _stop(signum, _frame):
         log.info("signal %s: stopping capture", signum)
@@ -101,12 +105,15 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
                 if now >= next_expire:
                     pipeline.finish(time.time())
                     next_expire = now + EXPIRE_EVERY
+                    if now - published.published_at >= PUBLISH_LATEST:  # a link too busy to ever be idle
+                        published.publish()
                 if now >= next_stats:
                     log.info("capture stats: %s queued: %s", pipeline.summary(), asdict(relay.counters))
                     next_stats = now + STATS_EVERY
                 if stop.is_set():
                     break
     finally:
+        published.publish()
         live.stop()
         if heartbeat is not None:
             heartbeat.stop()
@@ -118,6 +125,12 @@ def run_live_capture(settings: Settings, app: Celery, stop: threading.Event | No
     summary = pipeline.summary()
     log.info("capture stopped: %s", summary)
     return summary
+
+
+def idle(relay: SightingRelay, published: MetricsPublisher) -> None:
+    """The kernel's queue is drained: hand the pending sightings over, publish figures if due."""
+    relay.flush()
+    published.maybe_publish()
 
 
 def apply_reload(settings: Settings, pipeline: Pipeline, fast_path: FastPath | None) -> None:
@@ -138,7 +151,7 @@ def act(observations: list[Observation], frame: bytes, pipeline: Pipeline, injec
         match obs.decision:
             case Redirect(location=location) if injector is not None:
                 if injector.redirect(obs.segment, frame, location) > 0:
-                    pipeline.redirected(obs)
+                    pipeline.redirected(obs, injector.last_sent_at)
                     injected = True
                 else:
                     pipeline.redirect_failed(obs)

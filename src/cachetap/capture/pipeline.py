@@ -22,6 +22,7 @@ from cachetap.capture.reassembly import HeadAssembler
 from cachetap.capture.redirector import Redirector
 from cachetap.core.keys import BadTarget, cache_key, canonical_url, host_of
 from cachetap.core.rules import Rules
+from cachetap.core.tally import BucketTally
 from cachetap.core.types import Count, Decision, Ignore, Redirect, RequestHead, Segment, Sighting
 from cachetap.settings import Settings
 
@@ -76,6 +77,7 @@ class Pipeline:
         self.packets = 0
         self.rejected: Counter[str] = Counter()   # malformed input, by reason
         self.decisions: Counter[str] = Counter()  # "count", "ignore:<reason>", ...
+        self.latency = BucketTally()  # capture timestamp -> 302 sent, per redirect (capture/prometheus.py)
 
     def feed(self, ts: float, linktype: int, frame: bytes) -> list[Observation]:
         self.packets += 1
@@ -116,8 +118,11 @@ class Pipeline:
         return obs
 
     # --- outcomes of acting on a Redirect, reported by the loop that sent (or failed to send) it ----
-    def redirected(self, obs: Observation) -> None:
+    def redirected(self, obs: Observation, sent_at: float | None = None) -> None:
+        """The 302 left at `sent_at` (the clock of the capture timestamps): its latency is tallied."""
         self.decisions["redirect"] += 1
+        if sent_at is not None:
+            self.latency.add(sent_at - obs.segment.ts)
         self.redirector.sent(obs.segment, obs.head, obs.key, self.clock())
 
     def redirect_failed(self, obs: Observation) -> None:

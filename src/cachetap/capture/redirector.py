@@ -22,6 +22,11 @@ from cachetap.core.types import Redirect, RequestHead, Segment
 from cachetap.core.urls import object_url
 
 
+# Why a GET of a ready key was not redirected: every reason `_refusal` and `failed` give.
+REFUSALS = ("cache_server_down", "to_cache_server", "pipelined", "destination_refused", "port_mismatch",
+            "out_of_redirect_scope", "loop", "inject_failed")
+
+
 @dataclass(frozen=True, slots=True)
 class RedirectScope:
     """Which clients and hosts may be redirected (a narrower scope than what is counted and cached)."""

@@ -12,6 +12,7 @@ from celery import Celery
 from cachetap.capture.batcher import analyze_batch_sender
 from cachetap.capture.pcapfile import CaptureFileError, read_frames
 from cachetap.capture.pipeline import Observation, Pipeline, counts
+from cachetap.capture.prometheus import MetricsPublisher
 from cachetap.settings import Settings
 from cachetap.wire import encode_sighting
 
@@ -40,6 +41,7 @@ def replay_capture(settings: Settings, path: Path, app: Celery | None = None,
         pipeline.finish()
         if sender is not None:
             sender.close()
+            MetricsPublisher(pipeline).publish()  # a replay that queues counts as captured traffic
     summary = pipeline.summary()
     summary["file"] = str(path)
     if sender is not None:

@@ -20,9 +20,10 @@ from cachetap.settings import ConfigError, Settings, load_settings
 class Context:
     """What every sub-command gets: the config file (if any), settings loaded on first use."""
 
-    def __init__(self, config_file: Path | None, keep_privileges: bool = False) -> None:
+    def __init__(self, config_file: Path | None, keep_privileges: bool = False, machine_metrics: bool = False) -> None:
         self.config_file = config_file
         self.keep_privileges = keep_privileges  # run and capture need root; the rest act as cache_dir's owner
+        self.machine_metrics = machine_metrics  # counts into cache_dir/metrics, which /metrics sums
         self._settings: Settings | None = None
 
     def settings(self, need_cache_dir: bool = True, **overrides) -> Settings:
@@ -37,6 +38,10 @@ class Context:
                 become_cache_owner(self._settings.cache_dir, self._settings.run_as_user)
         if need_cache_dir:
             ensure_cache_dir(self._settings.cache_dir)
+            if self.machine_metrics:
+                from cachetap.metrics import use_box_directory
+
+                use_box_directory(self._settings.cache_dir)
         return self._settings
 
 
@@ -54,6 +59,10 @@ def ensure_cache_dir(path: Path) -> None:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+# Commands whose work the machine's metrics count (captured requests, admissions, evictions, the
+# console's purges and prefetches); the cache server joins them when it serves the catalog (serve_cmds).
+MACHINE_METRICS = ("capture", "replay", "prefetch", "purge", "cleanup", "console")
 
 
 def setup_logging(level: str) -> None:
@@ -78,7 +87,9 @@ def cli(click_ctx: click.Context, config_file: Path | None) -> None:
     from cachetap.privileges import die_with_supervisor
 
     die_with_supervisor()  # a child of `cachetap run` (serve, capture) stops with it
-    click_ctx.obj = Context(config_file, keep_privileges=click_ctx.invoked_subcommand in ("run", "capture", "config"))
+    command = click_ctx.invoked_subcommand
+    click_ctx.obj = Context(config_file, keep_privileges=command in ("run", "capture", "config"),
+                            machine_metrics=command in MACHINE_METRICS)
 
 
 @cli.group()
@@ -142,7 +153,7 @@ def toml_inline(value) -> str:
 
 def main() -> None:
     from cachetap.cli import (capture_cmds, catalog_cmds, console_cmds, deploy_cmds, fetch_cmds,  # noqa: F401
-                              node_cmds, purge_cmds, run_cmds, serve_cmds, simulate_cmds)  # (registers commands)
+                              flower_cmds, node_cmds, purge_cmds, run_cmds, serve_cmds, simulate_cmds)  # (registers commands)
     try:
         cli(prog_name="cachetap")
     except ConfigError as exc:  # raised by a command, e.g. a cache_dir owned by another user

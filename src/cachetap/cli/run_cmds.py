@@ -37,6 +37,7 @@ def run(ctx: Context, interface: str | None, no_capture: bool, log_level: str | 
     """Run everything on this machine: workers for every queue, beat, cache server, console, and capture when an
     interface is configured. Stops cleanly on Ctrl-C / SIGTERM."""
     from cachetap.cli.catalog_cmds import open_catalog
+    from cachetap.metrics import clear_box_directory
     from cachetap.privileges import give_cache_dir, give_disks, prepare_cache_dir, service_user
     from cachetap.store.admin_token import admin_token
     from cachetap.supervisor import Supervisor, plan_children
@@ -58,6 +59,7 @@ def run(ctx: Context, interface: str | None, no_capture: bool, log_level: str | 
         give_disks(settings, user)  # the disks objects are stored on, too
     prepare_cache_dir(settings.cache_dir, settings.run_as_user)
     lock = hold_instance_lock(settings.cache_dir)  # noqa: F841  (held until this process ends)
+    clear_box_directory(settings.cache_dir)  # metrics start from zero, as after any restart
     catalog = open_catalog(settings)  # migrate once before the workers start
     admin_token(catalog, settings.cache_dir, settings.admin_token)  # first start: made, and the file written
     catalog.engine.dispose()

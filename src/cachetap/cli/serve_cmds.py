@@ -33,12 +33,14 @@ def serve(ctx: Context, host: str | None, port: int | None, processes: int | Non
         from cachetap.cli.catalog_cmds import open_catalog
         from cachetap.store.disks import Disks
         from cachetap.core.urls import HINT_SECRET
+        from cachetap.metrics import use_box_directory
         from cachetap.store.admin_token import admin_token
 
         catalog = open_catalog(settings)
         lookup = CatalogLookup(catalog, Disks.from_settings(settings))
         hint_secret = catalog.shared_secret(HINT_SECRET)
         admin_token(catalog, settings.cache_dir, settings.admin_token)  # a cache node alone: its file too
+        use_box_directory(settings.cache_dir)  # /metrics: every cachetap process of this machine
     if directory is None:  # `cachetap reload` changes the log level (here and in forked workers)
         from cachetap.reloading import LiveSettings
 

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cachetap import metrics
 from cachetap.core.keys import KEY_REGEX
 from cachetap.core.lifecycle import LIVE_DOWNLOAD, EntryState
 from cachetap.store.blobs import BlobStore
@@ -90,6 +91,7 @@ def evict(catalog: Catalog, blobs: Disks | BlobStore, key: str, reason: str, exp
             store.remove_unreferenced(blob, lambda: not catalog.blob_referenced(blob, disk)):
         freed = entry.stored_size or 0
     log.info("evicted %s (%s, was %s, %s bytes freed): %s", key, reason, entry.state, freed, entry.url)
+    metrics.store().evictions.labels(reason).inc()
     return True
 
 
@@ -106,6 +108,7 @@ def reconcile(catalog: Catalog, blobs: Disks | BlobStore, now: float, grace: flo
             continue
         if catalog.remove_if(stat.key, EntryState.READY, stat.blob):
             report.rows_missing_blob.append(stat.key)
+            metrics.store().evictions.labels("missing_file").inc()
             if on_removed is not None:
                 on_removed(stat.key)
             if store is None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from kombu.exceptions import OperationalError as BrokerError
 
+from cachetap import metrics
 from cachetap.core import lifecycle
 from cachetap.core.lifecycle import EntryState
 from cachetap.fetch.probe import ProbeError, probe
@@ -64,6 +65,7 @@ def admit_key(app: CachetapCelery, key: str, now: float, forced: bool = False) -
         failed = lifecycle.probe_event(failed=True, accepted=False)
         catalog.mark(key, failed, reason=reason, token=token)
         state = lifecycle.advance(EntryState.PROBING, failed)
+        metrics.analyze().rejected.labels("probe_failed").inc()
         return Admission(state, state=state, reason=reason)
     # Every probe rule applies; the request rules (extensions, scope) judged the sightings already,
     # and a prefetch is asked for by name.
@@ -76,6 +78,7 @@ def admit_key(app: CachetapCelery, key: str, now: float, forced: bool = False) -
         log.info("rejected %s: %s", entry.url, refused)
         catalog.set_probe(key, result, rejected, reason=refused, token=token)
         state = lifecycle.advance(EntryState.PROBING, rejected)
+        metrics.analyze().rejected.labels(verdict.reason if verdict is not None else "policy").inc()
         return Admission(state, state=state, reason=refused)
     accepted = lifecycle.probe_event(failed=False, accepted=True)
     state = lifecycle.advance(EntryState.PROBING, accepted)
@@ -83,6 +86,7 @@ def admit_key(app: CachetapCelery, key: str, now: float, forced: bool = False) -
     if not catalog.set_probe(key, result, accepted, token=token, claimed_at=time.time()):
         forget(app, key)
         return Admission(BUSY)  # the claim went stale and someone else took it
+    metrics.analyze().admitted.inc()
     job = DownloadJob.from_probe(key, entry.url, result, token)
     try:
         sent = send_download(app, job, download_owner(app, key, now))

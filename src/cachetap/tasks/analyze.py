@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from celery import shared_task
 
+from cachetap import metrics
 from cachetap.core import admission, egress
 from cachetap.core.lifecycle import EntryState
 from cachetap.core.types import Sighting
@@ -43,13 +44,15 @@ from cachetap.wire import ANALYZE_BATCH, decode_sighting
 
 log = logging.getLogger(__name__)
 
+# What becomes of a sighting: counted, or dropped for one of the reasons in the module doc.
+SIGHTING_OUTCOMES = ("counted", "untrusted", "port_mismatch", "authorization", "malformed")
+
 
 @shared_task(bind=True, name=ANALYZE_BATCH)
 def batch(self: Any, sightings: list[dict]) -> dict[str, int]:
     """Count one batch of sightings and act on the keys it admits; returns what happened."""
     app, settings = self.app, self.app.settings
-    tally: Counter[str] = Counter(counted=0, untrusted=0, port_mismatch=0, authorization=0, malformed=0,
-                                  admitted=0, rejected=0, failed=0, busy=0)
+    tally: Counter[str] = Counter(dict.fromkeys(SIGHTING_OUTCOMES, 0), admitted=0, rejected=0, failed=0, busy=0)
     trusted = _trusted_sightings(sightings, app.resolver, settings.trusted_networks, tally)
     now = time.time()
     try:
@@ -76,6 +79,10 @@ def batch(self: Any, sightings: list[dict]) -> dict[str, int]:
     except Exception:  # the object stays where it is; its next request tries again
         log.exception("re-homing requested objects failed")
     summary = dict(tally)
+    sightings = metrics.analyze().sightings
+    for outcome in SIGHTING_OUTCOMES:
+        if summary[outcome]:
+            sightings.labels(outcome).inc(summary[outcome])
     log.info("analyze batch: %s", summary)
     return summary
 
@@ -83,9 +90,12 @@ def batch(self: Any, sightings: list[dict]) -> dict[str, int]:
 def _count_requests(app: Any, sightings: list[Sighting], now: float) -> None:
     """The console's requests and missed bytes; a failure costs figures, never the batch."""
     try:
-        Stats(app.catalog).count_requests(Counter(s.key for s in sightings), now)
+        missed = Stats(app.catalog).count_requests(Counter(s.key for s in sightings), now)
     except sa.exc.SQLAlchemyError as exc:
         log.warning("request figures of %d sightings not recorded: %s", len(sightings), exc)
+        return
+    if missed:
+        metrics.analyze().missed_bytes.inc(missed)
 
 
 def _revalidate_requested(app: Any, keys: list[str], tally: Counter[str]) -> None:

@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
-from celery.signals import beat_init, celeryd_after_setup, worker_ready, worker_shutdown
+from celery.signals import beat_init, celeryd_after_setup, celeryd_init, worker_ready, worker_shutdown
 
 from cachetap.core.lifecycle import EntryState, Event
 from cachetap.logs import quiet_kombu
+from cachetap.metrics import use_box_directory
 from cachetap.reloading import LiveSettings
 from cachetap.settings import Settings
 from cachetap.tasks.embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
@@ -288,6 +289,14 @@ def _consume_own_download_queue(app: CachetapCelery) -> None:
         own = download_queue(app.settings.effective_node_name)
         queues.select_add(own)
         log.info("download worker of node %s: consuming %s too", app.settings.effective_node_name, own)
+
+
+@celeryd_init.connect
+def _worker_metrics_folder(sender: str, instance: Any, **_: Any) -> None:
+    """Before the pool forks: every process of the worker writes to the machine's metrics folder."""
+    settings = getattr(instance.app, "settings", None)
+    if isinstance(settings, Settings):
+        use_box_directory(settings.cache_dir)
 
 
 @beat_init.connect

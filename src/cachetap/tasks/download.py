@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from celery import shared_task
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
+from cachetap import metrics
 from cachetap.core import lifecycle
 from cachetap.core.freshness import expires_at
 from cachetap.core.lifecycle import EntryState, Event, advance
@@ -132,6 +133,8 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
         return _not_taken(self, catalog, key, claim, settings.download_lease)
     catalog.set_fields(key, [downloading], token=claim, task_id=self.request.id, speed=0, claimed_by=process_tag())
     started = time.monotonic()
+    figures = metrics.download()
+    figures.active.inc()
     try:
         disk, blobs = app.disks.place(key, entry.size)  # this key's disk, by hash
         daemon = worker_daemon(settings)
@@ -147,7 +150,11 @@ def fetch(self: Any, message: dict) -> dict[str, Any]:
         raise _failed(self, catalog, key, claim, exc) from None
     except NoDisk as exc:
         raise _failed(self, catalog, key, claim, DownloadError("no_disk", retryable=True, detail=str(exc))) from None
+    finally:
+        figures.active.dec()
     seconds = round(time.monotonic() - started, 3)
+    figures.bytes.inc(result.size)
+    figures.duration.observe(seconds)
     now = time.time()
     try:
         entry = catalog.get(key)
@@ -257,8 +264,10 @@ def _failed(task: Any, catalog: Catalog, key: str, claim: str, exc: DownloadErro
         catalog.mark(key, Event.PROGRESS, EntryState.DOWNLOADING, reason=f"retrying: {reason}"[:500],
                      token=claim, speed=0, claimed_at=time.time() + countdown - lease - 1)
         log.warning("download of %s failed (%s); retry %d in %.0fs", key, exc, task.request.retries + 1, countdown)
+        metrics.download().failures.labels(exc.reason, "retrying").inc()
         return task.retry(exc=exc, countdown=countdown, max_retries=None, throw=False)
     log.error("download of %s failed for good: %s", key, exc)
+    metrics.download().failures.labels(exc.reason, "gave_up").inc()
     forget(task.app, key)
     catalog.mark(key, Event.GIVE_UP, EntryState.DOWNLOADING, reason=reason, token=claim,
                  claim_token=None, claimed_at=None, bytes_done=0, speed=0)

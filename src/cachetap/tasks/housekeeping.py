@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from celery import shared_task
 
+from cachetap import metrics
 from cachetap.core import lifecycle
 from cachetap.core.eviction import bytes_budget, cleanup_victims
 from cachetap.core.freshness import revalidation_headers, revalidation_outcome
@@ -36,6 +37,7 @@ from cachetap.store.blobs import BlobStore
 from cachetap.store.catalog import Catalog, EntryView
 from cachetap.store.disks import Disk, Disks, as_disks
 from cachetap.store.evict import evict, reconcile
+from cachetap.store.stats import Stats
 from cachetap.tasks.app import CachetapCelery
 from cachetap.tasks.beat import recorded
 from cachetap.tasks.index_events import NO_INDEX, IndexNotifier
@@ -98,6 +100,8 @@ def run_quota(catalog: Catalog, blobs: Disks | BlobStore, settings: Settings, fr
             continue  # not usable now (its objects are out of service anyway), or done above
         n, nbytes = _disk_quota(catalog, disks, disk, disk_free, settings.effective_node_name, removed)
         evicted, freed = evicted + n, freed + nbytes
+    objects, stored = Stats(catalog).ready_totals()
+    metrics.store().measured(objects, stored, settings.disk_quota, free + freed)
     return {"used": used, "budget": budget, "free": free, "evicted": evicted, "freed": freed}
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from celery import shared_task
 
+from cachetap import metrics
 from cachetap.core.lifecycle import EntryState, Event, sources
 from cachetap.lifetime import tag_is_dead
 from cachetap.store.catalog import EntryView
@@ -123,6 +124,7 @@ def stats(self: Any) -> dict[str, int | None] | None:
     def sample() -> dict[str, int | None]:
         free = disk_free(self.app.catalog, settings.cache_dir, settings.node_heartbeat_interval, now)
         gauges = figures.sample(now, free)
+        metrics.store().measured(gauges["objects"] or 0, gauges["stored_bytes"] or 0, settings.disk_quota, free)
         figures.prune(now)
         return gauges
     return recorded(self.app, SCHEDULE_STATS, sample, STATS_EVERY)

@@ -1,26 +1,18 @@
 """Prometheus counters of the cache server.
 
-Each server owns a registry, so several in-process servers (tests) do not collide. With worker
-processes the values live in prometheus-client's multiprocess files (PROMETHEUS_MULTIPROC_DIR,
-set up by run_server) and /metrics sums all workers, whichever worker answers the scrape.
+Each server owns a registry, so several in-process servers (tests) do not collide. `cachetap serve`
+keeps the values in the machine's metrics folder (cachetap.metrics), and /metrics sums every
+process of the machine (capture, workers, all cache server workers), whichever worker answers the
+scrape; a plain directory served with worker processes gets a folder of its own (run_server).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest, values
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client import CollectorRegistry, Counter
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def enable_multiprocess(directory: str) -> None:
-    """Store counter values in files under directory; call before forking workers."""
-    os.environ[MULTIPROC_ENV] = directory
-    # prometheus-client picks its value class at import time from the environment.
-    values.ValueClass = values.MultiProcessValue()
+from cachetap.metrics import exposition
 
 
 class ServeMetrics:
@@ -45,9 +37,4 @@ class ServeMetrics:
         child.inc()
 
     def exposition(self) -> bytes:
-        directory = os.environ.get(MULTIPROC_ENV)
-        if directory and values.ValueClass is not values.MutexValue:
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=directory)
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+        return exposition(self.registry)

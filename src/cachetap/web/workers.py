@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 from cachetap.lifetime import die_with_parent
+from cachetap.metrics import enable_multiprocess, multiprocess_directory
 from cachetap.web.limits import raise_open_files_limit
 from cachetap.web.lookup import ObjectLookup
-from cachetap.web.metrics import enable_multiprocess
 from cachetap.web.server import CacheServer
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ def run_server(host: str, port: int, lookup: ObjectLookup, processes: int = 1, *
     raise_open_files_limit()  # before the connection caps are sized from it (workers inherit it)
     if processes == 1:
         asyncio.run(_serve_with_signals(CacheServer(lookup, host, port, **options), on_ready))
+        return
+    if multiprocess_directory() is not None:  # the machine's folder (cachetap serve)
+        _run_workers(host, port, lookup, processes, on_ready, options)
         return
     metrics_dir = tempfile.mkdtemp(prefix="cachetap-metrics-")
     enable_multiprocess(metrics_dir)
