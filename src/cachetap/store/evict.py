@@ -77,6 +77,7 @@ def evict(catalog: Catalog, blobs: Disks | BlobStore, key: str, reason: str, exp
         return False
     if not catalog.remove_if(key, entry.state, entry.blob):
         return False  # it changed under us: whoever changed it decides
+    metrics.store().evictions.labels(reason).inc()  # the row is gone: whoever holds the file deletes it
     if on_removed is not None:
         on_removed(key)
     if node is not None and entry.node not in (None, node) and entry.blob:
@@ -91,7 +92,6 @@ def evict(catalog: Catalog, blobs: Disks | BlobStore, key: str, reason: str, exp
             store.remove_unreferenced(blob, lambda: not catalog.blob_referenced(blob, disk)):
         freed = entry.stored_size or 0
     log.info("evicted %s (%s, was %s, %s bytes freed): %s", key, reason, entry.state, freed, entry.url)
-    metrics.store().evictions.labels(reason).inc()
     return True
 
 
