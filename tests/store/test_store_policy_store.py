@@ -73,25 +73,24 @@ def test_records_values_and_order(store):
 
 def test_upgrade_gives_objects_stored_before_it_a_place_in_the_policy(catalog_url):
     from cachetap.core.keys import cache_key
-    from cachetap.core.types import Sighting
-    from cachetap.store.catalog import Catalog
 
     upgrade(catalog_url, "0002_secrets")
     engine = make_engine(catalog_url)
     try:
-        catalog = Catalog(engine)
+        # Rows as the code of revision 0002 wrote them (today's Catalog writes columns added since):
+        # both seen three times, the first one stored.
+        old = sa.table("entries", *(sa.column(name) for name in (
+            "key", "url", "host", "filename", "state", "hits", "first_seen", "last_hit", "blob", "stored_size",
+            "published_at", "created_at", "updated_at")))
         keys = []
-        for name in ("a", "b"):
-            url = f"http://files.test/{name}.iso"
-            key = cache_key(url, {})
-            keys.append(key)
-            catalog.record_sightings([Sighting(ts=1.0, client="10.0.0.5", client_port=1, server="1.2.3.4",
-                                               server_port=80, method="GET", host="files.test", url=url, key=key,
-                                               target="/")] * 3, window=10.0, now=1.0)
-        # The row as the code of revision 0002 left it (today's Catalog reads columns added since).
-        old = sa.table("entries", sa.column("key"), sa.column("state"), sa.column("blob"),
-                       sa.column("stored_size"), sa.column("published_at"))
         with engine.begin() as conn:
+            for name in ("a", "b"):
+                url = f"http://files.test/{name}.iso"
+                keys.append(cache_key(url, {}))
+                conn.execute(sa.insert(old).values(
+                    key=keys[-1], url=url, host="files.test", filename=f"{name}.iso",
+                    state=EntryState.COUNTING.value, hits=3, first_seen=1.0, last_hit=1.0, created_at=1.0,
+                    updated_at=1.0))
             conn.execute(sa.update(old).where(old.c.key == keys[0]).values(
                 state=EntryState.READY.value, blob="ab" * 32, stored_size=700, published_at=2.0))
         upgrade(catalog_url)
