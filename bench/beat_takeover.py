@@ -15,10 +15,7 @@ import argparse
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
-
-import sqlalchemy as sa
 
 from cachetap.settings import load_settings
 from cachetap.store.catalog import open_catalog
@@ -75,20 +72,8 @@ def main() -> None:
             if backend == "sqlite":
                 rows.append((backend, takeovers("", Path(tmp), args.runs, args.lease)))
                 continue
-            services.ensure(backend)
-            name = f"cachetap_beat_bench_{uuid.uuid4().hex[:8]}"
-            admin = sa.create_engine(services.URLS[backend].format(db="postgres" if backend == "postgresql" else ""),
-                                     isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                extra = " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" if backend == "mariadb" else ""
-                conn.exec_driver_sql(f"CREATE DATABASE {name}{extra}")
-            try:
-                rows.append((backend, takeovers(services.URLS[backend].format(db=name), Path(tmp), args.runs, args.lease)))
-            finally:
-                with admin.connect() as conn:
-                    force = " WITH (FORCE)" if backend == "postgresql" else ""
-                    conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
-                admin.dispose()
+            with services.scratch_database(backend) as url:
+                rows.append((backend, takeovers(url, Path(tmp), args.runs, args.lease)))
     bound = args.lease * 4 / 3
     print(f"beat takeover after SIGKILL, beat_lease {args.lease:g}s (bound {bound:.2f}s), {args.runs} runs each")
     print(f"{'catalog':<12}{'median s':>10}{'max s':>10}  runs")

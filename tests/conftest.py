@@ -7,17 +7,13 @@ runs never meet) and dropped at the end; each test gets them empty.
 from __future__ import annotations
 
 import os
-import random
-import subprocess
 import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis
 import sqlalchemy as sa
 
 from cachetap.wire import QUEUE_NAMES
-from cachetap.lifetime import pid_is_alive
 from cachetap.testing import services
 
 CATALOG_BACKENDS = [
@@ -113,56 +109,19 @@ def catalog(catalog_url):
 def _rabbitmq_vhost() -> Iterator[str]:
     """A vhost of our own, so concurrent test runs never consume each other's messages."""
     try:
-        services.ensure("rabbitmq")
+        with services.rabbitmq_vhost() as url:
+            yield url
     except services.ServiceUnavailable as exc:
         pytest.skip(str(exc))
-    vhost = f"cachetap_test_{uuid.uuid4().hex[:8]}"
-    ctl = ["rabbitmqctl", "-q"]
-    subprocess.run([*ctl, "add_vhost", vhost], check=True, capture_output=True, timeout=120)
-    subprocess.run([*ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-                   check=True, capture_output=True, timeout=120)
-    try:
-        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    finally:
-        subprocess.run([*ctl, "delete_vhost", vhost], check=False, capture_output=True, timeout=120)
 
 
 def _redis_db() -> Iterator[str]:
-    """A Redis database (4-15) that no other test holds, emptied before and after.
-
-    Emptied whole, not just the queue lists: a worker killed mid-task in an earlier test leaves its
-    message in kombu's `unacked` hash, and the next worker on that database would restore it. A lock
-    in database 0 (the holder's pid) keeps concurrent pytest runs on this machine apart.
-    """
+    """A Redis database no other test run holds (services.redis_database)."""
     try:
-        services.ensure("redis")
+        with services.redis_database() as url:
+            yield url
     except services.ServiceUnavailable as exc:
         pytest.skip(str(exc))
-    locks = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    for db in random.sample(range(4, 16), 12):
-        lock = f"cachetap-test-db:{db}"
-        holder = locks.get(lock)
-        if holder is None:
-            if not locks.set(lock, os.getpid(), ex=3600, nx=True):
-                continue  # another run took it just now
-        elif pid_is_alive(int(holder)):
-            continue
-        else:  # left by a run that died
-            locks.set(lock, os.getpid(), ex=3600)
-        break
-    else:
-        locks.close()
-        pytest.skip("Redis databases 4-15 are all held by other test runs on this machine")
-    url = f"redis://127.0.0.1:6379/{db}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
-        yield url
-    finally:
-        client.flushdb()
-        client.close()
-        locks.delete(lock)
-        locks.close()
 
 
 @pytest.fixture(params=["filesystem", "redis", "rabbitmq"])
