@@ -25,7 +25,6 @@ import argparse
 import logging
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,21 +42,21 @@ from cachetap.capture.redirector import RedirectScope, Redirector
 from cachetap.capture.targets import CacheTargets, NodeURL
 from cachetap.core.keys import cache_key
 from cachetap.core.lifecycle import EntryState
-from cachetap.core.types import RequestHead, Segment, Sighting
+from cachetap.core.types import Sighting
 from cachetap.core.urls import object_url
 from cachetap.settings import load_settings
 from cachetap.store.nodes import CACHE_ROLE, liveness_window
 from cachetap.tasks.app import create_app
 from cachetap.testing import LOOPBACK_NETWORKS, services
+from cachetap.testing.cluster import Node, decide
 from cachetap.testing.origin import Origin, Resource
 from cachetap.testing.waiting import free_port, wait_for
-from cachetap.testing.workers import CeleryWorker, settings_env
+from cachetap.testing.workers import CeleryWorker
 from cachetap.wire import ANALYZE_BATCH, encode_sighting
 
 sys.path.insert(0, str(Path(__file__).parent))
 from beat_takeover import takeovers  # noqa: E402  (the bench beside this one)
 
-CACHETAP = Path(sys.executable).with_name("cachetap")
 HEARTBEAT = 0.5
 ADDRESSES = {"node-a": "127.0.0.2", "node-b": "127.0.0.3"}
 LOCAL = "http://127.0.0.1:9"  # the capture's own configured cache server: none
@@ -122,45 +121,6 @@ def admission(root: Path, label: str, broker_url: str, database_url: str, origin
 
 # --- 2 and 3: two cache nodes -------------------------------------------------------------------------
 
-class Node:
-    """A cache node: `cachetap serve` and a download worker, each in a process group of its own."""
-
-    def __init__(self, settings) -> None:
-        self.settings = settings
-        self.serve: subprocess.Popen | None = None
-        self.worker: CeleryWorker | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.settings.serve_host}:{self.settings.serve_port}"
-
-    def start(self) -> Node:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
-        env.update(settings_env(self.settings))
-        self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.serve = subprocess.Popen([str(CACHETAP), "serve", "--quiet"], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True)
-        self.worker = CeleryWorker(self.settings, ["download"], pool="threads", concurrency=4,
-                                   name=self.settings.node_name).start()
-        return self
-
-    def kill(self) -> None:
-        for pid in (self.serve.pid, self.worker.process.pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.serve.wait(30)
-        self.worker.kill()
-
-    def stop(self) -> None:
-        if self.serve is not None and self.serve.poll() is None:
-            self.serve.send_signal(signal.SIGTERM)
-            self.serve.wait(30)
-        if self.worker is not None:
-            self.worker.stop()
-
-
 def wrk(urls: list[str], seconds: int, connections: int) -> float:
     """Bytes per second summed over one wrk per URL, all running at once."""
     runs = [subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url], stdout=subprocess.PIPE,
@@ -175,7 +135,8 @@ def wrk(urls: list[str], seconds: int, connections: int) -> float:
 
 
 def cluster(root: Path, broker_url: str, database_url: str, origin: Origin, size: int, seconds: int) -> dict:
-    nodes = {name: Node(node_settings(root, name, broker_url, database_url, origin)) for name in ADDRESSES}
+    nodes = {name: Node(name, node_settings(root, name, broker_url, database_url, origin), pool="threads", concurrency=4)
+             for name in ADDRESSES}
     analyzer = node_settings(root, "analyzer", broker_url, database_url, origin)
     app = create_app(analyzer)
     figures: dict = {}
@@ -217,21 +178,14 @@ def cluster(root: Path, broker_url: str, database_url: str, origin: Origin, size
         redirector = Redirector(index, targets.slots[0].gate, LOCAL, RedirectScope(), targets.addresses,
                                 targets=targets, fetch_guard=lambda _address: None)
         dead = [p for p in paths if cache_key(url_of(origin, p), {}) in held["node-b"]]
-        wait_for(lambda: all(decide(redirector, origin, p) for p in dead), "node-b's keys redirected", timeout=30)
+        wait_for(lambda: all(decide(redirector, "files.test", origin.port, p) for p in dead), "node-b's keys redirected", timeout=30)
         nodes["node-b"].kill()
         killed = time.monotonic()
-        wait_for(lambda: all(decide(redirector, origin, p) is None for p in dead), "node-b's keys failing open",
+        wait_for(lambda: all(decide(redirector, "files.test", origin.port, p) is None for p in dead), "node-b's keys failing open",
                  timeout=30, step=0.005)
         figures["fail open"] = time.monotonic() - killed
     app.catalog.engine.dispose()
     return figures
-
-
-def decide(redirector: Redirector, origin: Origin, path: str):
-    url = url_of(origin, path)
-    seg = Segment(0.0, "10.0.0.5", "93.184.216.34", 40000, origin.port, 1, 1, 0x18, b"")
-    return redirector.decide(seg, RequestHead("GET", path, "HTTP/1.1", f"files.test:{origin.port}", None), url,
-                             cache_key(url, {}), "files.test", pipelined=False, now=time.monotonic())
 
 
 # --- the run ---------------------------------------------------------------------------------------

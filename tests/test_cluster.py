@@ -14,13 +14,9 @@ the beat (tests of their own).
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -31,68 +27,25 @@ from cachetap.capture.redirector import RedirectScope, Redirector
 from cachetap.capture.targets import CacheTargets, NodeURL
 from cachetap.core.keys import cache_key
 from cachetap.core.placement import members_from, owner
-from cachetap.core.types import RequestHead, Segment, Sighting
+from cachetap.core.types import Sighting
 from cachetap.settings import load_settings
 from cachetap.store.nodes import CACHE_ROLE, liveness_window
 from cachetap.tasks.app import create_app
 from cachetap.testing import LOOPBACK_NETWORKS
+from cachetap.testing.cluster import Node
+from cachetap.testing.cluster import decide as cluster_decide
 from cachetap.testing.origin import Origin, Resource, generated_chunks
 from cachetap.testing.waiting import free_port, wait_for
-from cachetap.testing.workers import CeleryWorker, settings_env
+from cachetap.testing.workers import CeleryWorker
 from cachetap.wire import ANALYZE_BATCH, encode_sighting
 
 pytestmark = pytest.mark.services
 
-CACHETAP = Path(sys.executable).with_name("cachetap")
 MiB = 1 << 20
 SIZE = MiB + 4097
 HEARTBEAT = 0.5
 ADDRESSES = {"node-a": "127.0.0.2", "node-b": "127.0.0.3"}
 LOCAL = "http://127.0.0.1:9"  # the capture's own configured cache server: none
-
-
-class Node:
-    """One cache node: its cache server and its download worker, each in a process group of its own."""
-
-    def __init__(self, name: str, settings) -> None:
-        self.name, self.settings = name, settings
-        self.serve: subprocess.Popen | None = None
-        self.worker: CeleryWorker | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.settings.serve_host}:{self.settings.serve_port}"
-
-    def start(self) -> Node:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
-        env.update(settings_env(self.settings))
-        self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.settings.cache_dir.parent / f"{self.name}-serve.log", "ab")
-        self.serve = subprocess.Popen([str(CACHETAP), "serve", "--quiet"], env=env, stdout=log, stderr=log,
-                                      start_new_session=True)
-        log.close()
-        self.worker = CeleryWorker(self.settings, ["download"], name=self.name).start()
-        return self
-
-    def kill(self) -> None:
-        """kill -9 both process groups, as a machine that loses power."""
-        for pid in (self.serve.pid if self.serve else None, self.worker.process.pid if self.worker else None):
-            if pid is not None:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        if self.serve is not None:
-            self.serve.wait(30)
-        if self.worker is not None:
-            self.worker.kill()
-
-    def stop(self) -> None:
-        if self.serve is not None and self.serve.poll() is None:
-            self.serve.send_signal(signal.SIGTERM)
-            self.serve.wait(30)
-        if self.worker is not None:
-            self.worker.stop()
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +100,7 @@ def request(app, origin: Origin, paths: list[str]) -> None:
 
 
 def decide(redirector: Redirector, origin: Origin, path: str):
-    url = f"http://files.test:{origin.port}{path}"
-    seg = Segment(0.0, "10.0.0.5", "93.184.216.34", 40000, origin.port, 1, 1, 0x18, b"")
-    return redirector.decide(seg, RequestHead("GET", path, "HTTP/1.1", f"files.test:{origin.port}", None), url,
-                             cache_key(url, {}), "files.test", pipelined=False, now=time.monotonic())
+    return cluster_decide(redirector, "files.test", origin.port, path)
 
 
 def curl(url: str) -> bytes:
