@@ -88,6 +88,10 @@ class ObjectLookup(Protocol):
         """True for the one answer, across processes, that is the first after the revalidation at
         `refreshed_at` (logged TCP_REFRESH_HIT); may query the catalog, so call it once per answer."""
 
+    def available(self) -> bool:
+        """Whether this lookup can tell what is servable now (`/healthz` says 503 otherwise, so
+        captures stop sending clients here); cheap, called per health check."""
+
 
 def directory_key(relative_path: str) -> str:
     """Key of a file in a served directory: sha256 prefix of its '/'-separated relative path."""
@@ -212,6 +216,13 @@ class DirectoryLookup:
     def take_refresh(self, key: str, refreshed_at: float) -> bool:
         return False
 
+    def available(self) -> bool:
+        return True
+
+
+PROBE_INTERVAL = 1.0  # seconds between catalog reads while it is down, to notice it is back
+PROBE_KEY = "0" * 32
+
 
 class CatalogLookup:
     """Ready, unexpired catalog entries whose blob is on disk.
@@ -239,6 +250,8 @@ class CatalogLookup:
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self._pid = os.getpid()
+        self.catalog_failing = False  # the last catalog read failed and none succeeded since
+        self._next_probe = 0.0
 
     def _check_fork(self) -> None:
         # Worker processes are forked: threads and pooled DB connections do not survive a fork.
@@ -259,7 +272,19 @@ class CatalogLookup:
         cached = self._cache.get(key)
         if cached is not None and cached[0] > now:
             return cached[1], cached[2]
-        entry = self.catalog.get(key)
+        try:
+            entry = self.catalog.get(key)
+        except Exception as exc:
+            # The catalog is down: nothing can be shown servable, but the client must still reach its
+            # download (fail open). The request falls back to its signed origin hint, and
+            # /healthz answers 503 until the catalog is back, so captures stop redirecting here.
+            if not self.catalog_failing:
+                log.warning("catalog unreachable, redirected clients go back to their origin: %s", exc)
+            self.catalog_failing = True
+            return None, None  # not cached: the next request asks the catalog again
+        if self.catalog_failing:
+            log.warning("catalog reachable again")
+            self.catalog_failing = False
         obj = self._served(key, entry)
         self._cache[key] = (now + self.ttl, entry, obj)
         self._cache.move_to_end(key)
@@ -278,7 +303,19 @@ class CatalogLookup:
 
     def miss_reason(self, key: str) -> str:
         entry, obj = self._entry(key)
+        if self.catalog_failing:
+            return "catalog_unavailable"
         return "stale" if obj is not None and _expired(entry) else "not_servable"
+
+    def available(self) -> bool:
+        """False while the catalog fails; asks it again (one primary-key read) at most every second."""
+        if not self.catalog_failing:
+            return True
+        now = time.monotonic()
+        if now >= self._next_probe:
+            self._next_probe = now + PROBE_INTERVAL
+            self._entry(PROBE_KEY)
+        return not self.catalog_failing
 
     def take_refresh(self, key: str, refreshed_at: float) -> bool:
         """One conditional UPDATE per revalidation and process: rows are cached for `ttl`, so the

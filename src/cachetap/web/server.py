@@ -166,6 +166,9 @@ class CacheServer:
                           405, keep_alive)
         path = request.path
         if path == "/healthz":
+            if not self.lookup.available():
+                return Answer(resp.simple(503, b"catalog unavailable\n", keep_alive, with_body=not is_head), 503,
+                              keep_alive)
             return Answer(resp.simple(200, b"ok", keep_alive, with_body=not is_head), 200, keep_alive)
         if path == "/metrics":
             body = self.metrics.exposition()
