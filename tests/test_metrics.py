@@ -56,3 +56,33 @@ def test_processes_of_a_machine_are_summed_and_the_dead_ones_gauges_dropped(tmp_
     assert (box_directory(tmp_path).stat().st_mode & 0o777) == 0o700
     clear_box_directory(tmp_path)
     assert "cachetap_download_bytes_total" not in exposed(tmp_path)
+
+
+
+RACE = """
+import sys, threading
+sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible: the race shows every time
+from cachetap import metrics
+start, got, errors = threading.Barrier(8), [], []
+def ask():
+    start.wait()
+    try:
+        got.append(metrics.download())
+    except Exception as exc:
+        errors.append(type(exc).__name__)
+threads = [threading.Thread(target=ask) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(errors, len({id(m) for m in got}))
+"""
+
+
+def test_components_metrics_are_made_once_when_threads_ask_together():
+    """A download worker's thread pool asks for the download metrics from several threads at once
+    (with functools.cache all but one got DuplicateTimeseries, failing their downloads)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]", "1"]

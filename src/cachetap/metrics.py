@@ -13,17 +13,20 @@ dashboard (docs/grafana-dashboard.json) uses can be checked against one list.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from cachetap.core.tally import REDIRECT_LATENCY_BOUNDS
 from cachetap.lifetime import pid_is_alive
+
+T = TypeVar("T")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DIRECTORY = "metrics"
@@ -178,21 +181,33 @@ class StoreMetrics:
             self.free.set(free)
 
 
-@functools.cache
+_made: dict[type, object] = {}
+_making = threading.Lock()
+
+
+def _once(kind: type[T]) -> T:
+    """The process's one instance of a component's metrics. Not functools.cache: two threads of a
+    download worker's pool asking at once would both register the same names (DuplicateTimeseries)."""
+    made = _made.get(kind)
+    if made is None:
+        with _making:
+            made = _made.get(kind)
+            if made is None:
+                made = _made[kind] = kind(REGISTRY)
+    return made  # type: ignore[return-value]
+
+
 def capture() -> CaptureMetrics:
-    return CaptureMetrics(REGISTRY)
+    return _once(CaptureMetrics)
 
 
-@functools.cache
 def analyze() -> AnalyzeMetrics:
-    return AnalyzeMetrics(REGISTRY)
+    return _once(AnalyzeMetrics)
 
 
-@functools.cache
 def download() -> DownloadMetrics:
-    return DownloadMetrics(REGISTRY)
+    return _once(DownloadMetrics)
 
 
-@functools.cache
 def store() -> StoreMetrics:
-    return StoreMetrics(REGISTRY)
+    return _once(StoreMetrics)
