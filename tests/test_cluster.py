@@ -79,7 +79,7 @@ def cluster(request, tmp_path, origin):
         analyze.stop()
     finally:
         for node in started:
-            node.stop()
+            node.kill()  # process groups and all: a graceful stop only made the teardown wait
         app.catalog.engine.dispose()
 
 
@@ -90,7 +90,7 @@ def registry_reader(app):
     return read
 
 
-def request(app, origin: Origin, paths: list[str]) -> None:
+def clients_get(app, origin: Origin, paths: list[str]) -> None:
     """What a capture node sends analyze for clients' GETs of `paths`."""
     now = time.time()
     sightings = [encode_sighting(Sighting(now, "10.0.0.5", 40000 + i, "127.0.0.1", origin.port, "GET", "files.test",
@@ -112,7 +112,7 @@ def content(path: str) -> bytes:
     return b"".join(bytes(c) for c in generated_chunks(path, 0, SIZE))
 
 
-def test_objects_spread_over_two_cache_nodes_fail_open_rehome_and_peer_fill(cluster, origin):
+def test_objects_spread_over_two_cache_nodes_fail_open_rehome_and_peer_fill(cluster, origin, request):
     app, nodes, _settings_for = cluster
     catalog = app.catalog
     live = wait_for(lambda: (lambda found: found if len(found) == 2 else None)(
@@ -141,7 +141,7 @@ def test_objects_spread_over_two_cache_nodes_fail_open_rehome_and_peer_fill(clus
                             targets=targets, fetch_guard=lambda _address: None)
     try:
         # 1. Admitted objects land on their owners; clients are sent to the holder and get the bytes.
-        request(app, origin, every)
+        clients_get(app, origin, every)
         key_of = {p: cache_key(f"http://files.test:{origin.port}{p}", {}) for p in every}
         wait_for(lambda: all((e := catalog.get(key_of[p])) is not None and e.state == "ready" for p in every),
                  "every object ready", timeout=180)
@@ -163,11 +163,14 @@ def test_objects_spread_over_two_cache_nodes_fail_open_rehome_and_peer_fill(clus
         for path in paths["node-a"]:
             assert curl(decide(redirector, origin, path).location) == content(path)
 
+        if request.node.callspec.id == "redis-mariadb":
+            return  # re-homing and peer fill are broker- and database-neutral: shown once, on RabbitMQ + PostgreSQL
+
         # 3. Once node-b is out of the registry, requests re-home its keys to node-a (from the origin).
         wait_for(lambda: len(catalog.nodes.live(time.time(), liveness_window(HEARTBEAT), role=CACHE_ROLE)) == 1,
                  "node-b out of the registry", timeout=30)
         time.sleep(1.1)  # the analyze worker's view of the live nodes is at most a second old
-        request(app, origin, paths["node-b"])
+        clients_get(app, origin, paths["node-b"])
         wait_for(lambda: all(catalog.get(key_of[p]).node == "node-a" and catalog.get(key_of[p]).state == "ready"
                              for p in paths["node-b"]), "node-b's objects re-homed on node-a", timeout=180)
         for path in paths["node-b"]:
@@ -181,7 +184,7 @@ def test_objects_spread_over_two_cache_nodes_fail_open_rehome_and_peer_fill(clus
                  "node-b registered again", timeout=60)
         time.sleep(1.1)
         refetched = {p: origin.stats(p).methods["GET"] for p in paths["node-b"]}
-        request(app, origin, paths["node-b"])
+        clients_get(app, origin, paths["node-b"])
         wait_for(lambda: all(catalog.get(key_of[p]).node == "node-b" for p in paths["node-b"]),
                  "node-b's share copied back from node-a", timeout=180)
         for path in paths["node-b"]:
