@@ -258,3 +258,25 @@ def test_a_ready_key_whose_host_names_another_port_is_not_redirected(playbook):
     redirector.index = HotIndex([cache_key(url, {})])
     assert playbook >> get(host=f"{HOST}:8080") << Count(cache_key(url, {}))
     assert redirector.skipped == {"port_mismatch": 1}
+
+
+def test_remembered_urls_and_locations_decide_as_the_first_time_and_stay_bounded(playbook, monkeypatch):
+    """The pipeline remembers what a target names and the redirector the Location it built (both
+    hot-path savings): a repeat decides exactly like the first time, bad targets included, and a
+    flood of distinct or long targets never grows either table past its bound."""
+    from cachetap.capture import pipeline as pipeline_module
+    from cachetap.capture import redirector as redirector_module
+
+    monkeypatch.setattr(pipeline_module, "MAX_REMEMBERED", 8)
+    monkeypatch.setattr(redirector_module, "MAX_REMEMBERED", 8)
+    for _ in range(2):
+        assert (playbook >> get() << Redirect(READY, LOCATION)
+                >> get("/a/../../x.iso", host="bad host") << Ignore("bad_target_control_char"))
+    long_target = "/" + "x" * 600 + ".iso"
+    others = [f"/games/{n}.pak" for n in range(20)] + [long_target]
+    for target in others:
+        assert playbook >> get(target) << Count(cache_key(canonical_url(target, HOST, 80), {}))
+    assert len(playbook.pipeline._resources) <= 8
+    assert all(len(target) <= 512 for target, _, _ in playbook.pipeline._resources)
+    assert playbook >> get() << Redirect(READY, LOCATION)  # forgotten and rebuilt: the same answer
+    assert len(playbook.pipeline.redirector._locations) <= 8

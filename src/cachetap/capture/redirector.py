@@ -25,6 +25,7 @@ from cachetap.core.urls import object_url
 # Why a GET of a ready key was not redirected: every reason `_refusal` and `failed` give.
 REFUSALS = ("cache_server_down", "to_cache_server", "pipelined", "destination_refused", "port_mismatch",
             "out_of_redirect_scope", "loop", "inject_failed")
+MAX_REMEMBERED, MAX_REMEMBERED_URL = 4096, 512  # Locations kept, for URLs this short: a few MB at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,9 @@ class Redirector:
         self._suppressed: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.skipped: Counter[str] = Counter()
         self.redirected = 0
+        # (cache server, URL) -> Location. Building one (quote, HMAC signature) cost more than the rest of
+        # the decision; a ready object is by nature asked for again and again. Bounded like _recent.
+        self._locations: dict[tuple[str, str], str] = {}
 
     def decide(self, seg: Segment, head: RequestHead, url: str, key: str, host: str,
                pipelined: bool, now: float) -> Redirect | None:
@@ -93,11 +97,21 @@ class Redirector:
         if reason is not None:
             self.skipped[reason] += 1
             return None
-        location = object_url(target.base_url, key, location_name(url), origin=url,
-                              secret=self.hint_secret)
-        if len(location) > MAX_LOCATION:  # the 302 must fit one segment: drop the fallback hint
-            location = object_url(target.base_url, key, location_name(url))
+        memo = (target.base_url, url)
+        location = self._locations.get(memo)
+        if location is None:
+            location = self._location(target.base_url, url, key)
+            if len(url) <= MAX_REMEMBERED_URL:
+                if len(self._locations) >= MAX_REMEMBERED:
+                    self._locations.clear()
+                self._locations[memo] = location
         return Redirect(key, location)
+
+    def _location(self, base_url: str, url: str, key: str) -> str:
+        location = object_url(base_url, key, location_name(url), origin=url, secret=self.hint_secret)
+        if len(location) > MAX_LOCATION:  # the 302 must fit one segment: drop the fallback hint
+            location = object_url(base_url, key, location_name(url))
+        return location
 
     def sent(self, seg: Segment, head: RequestHead, key: str, now: float) -> None:
         self._remember(seg.src, key, head.range, now)
