@@ -13,6 +13,9 @@ anything: the "20 MB/s" origin ran at loopback speed. Compared:
             analyze stage queues to the worker's published_at in the catalog
   aria2c    a bare `aria2c` process with the same split/connection/allocation options
   curl      one connection
+  small     the same paths for a `--small-kib` object, `--small-repeat` times per run: what a fetch
+            costs besides moving bytes (a bare aria2c pays its process start, the queue its pickup,
+            claim and catalog writes, download() its RPCs, re-HEAD, hash and publish)
   defaults  download() on default settings (16 connections, at most 4 per address) from an origin
             whose name resolves to four loopback addresses (127.0.0.2-5, the same files), and from
             one address: what splitting over a CDN's addresses keeps of the 16-connection speed
@@ -103,6 +106,15 @@ class QueuedFetch:
         self.worker.stop()
 
 
+def bare_aria2c(options: Aria2Options, out_dir: Path, url: str) -> list[str]:
+    """A plain aria2c run with the options download() gives the daemon, into out_dir/aria2c.iso."""
+    return [ARIA2C, "--no-conf", "-q", f"-s{options.split}", f"-x{options.max_connection_per_server}",
+            f"-k{options.min_split_size}", f"--stream-piece-selector={options.piece_selector}",
+            "--file-allocation=none", "--disk-cache=0",
+            "--allow-overwrite=true", "--auto-file-renaming=false", "--async-dns=false",
+            f"--dir={out_dir}", "--out=aria2c.iso", url]
+
+
 def timed(fn) -> float:
     began = time.perf_counter()
     fn()
@@ -115,12 +127,16 @@ def main() -> None:
     ap.add_argument("--rate-mb", type=float, default=20.0, help="per-connection limit, MB/s (10^6 bytes)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--piece-selector", default="inorder", help="aria2 --stream-piece-selector")
+    ap.add_argument("--small-kib", type=int, default=1024, help="size of the object of the fixed-cost rows")
+    ap.add_argument("--small-repeat", type=int, default=5, help="small fetches per path and run")
     args = ap.parse_args()
     size = args.size_mib << 20
+    small = args.small_kib << 10
     options = Aria2Options(piece_selector=args.piece_selector, max_connection_per_server=16)  # -s16 -x16 -k1M
     work = Path(tempfile.mkdtemp(prefix="cachetap-bench-"))
     (work / "www").mkdir()
     write_object(work / "www" / "object.iso", size)
+    write_object(work / "www" / "small.iso", small)
     origin, port = start_origin(work / "www", int(args.rate_mb * 1e6))
     url = f"http://127.0.0.1:{port}/object.iso"
     mirrors, mirrors_port = start_origin(work / "www", int(args.rate_mb * 1e6), MULTI_ADDRESSES)
@@ -130,7 +146,8 @@ def main() -> None:
     out_dir.mkdir()
     times: dict[str, list[float]] = {"cachetap download()": [], "cachetap queued": [], "bare aria2c": [],
                                      "curl (1 connection)": [], "digest alone (floor)": [],
-                                     "defaults, 4 addresses": [], "defaults, 1 address": []}
+                                     "defaults, 4 addresses": [], "defaults, 1 address": [],
+                                     "small: download()": [], "small: queued": [], "small: bare aria2c": []}
     queued = QueuedFetch(work / "queued")
     try:
         with Aria2Daemon(work / "aria2", options) as daemon:
@@ -151,13 +168,20 @@ def main() -> None:
                     blobs.remove(result["r"].digest)
 
                 target = out_dir / "aria2c.iso"
-                cmd = [ARIA2C, "--no-conf", "-q", f"-s{options.split}", f"-x{options.max_connection_per_server}",
-                       f"-k{options.min_split_size}", f"--stream-piece-selector={options.piece_selector}",
-                       "--file-allocation=none", "--disk-cache=0",
-                       "--allow-overwrite=true", "--auto-file-renaming=false", "--async-dns=false",
-                       f"--dir={out_dir}", "--out=aria2c.iso", url]
-                times["bare aria2c"].append(timed(lambda: subprocess.run(cmd, check=True)))
+                times["bare aria2c"].append(timed(lambda: subprocess.run(bare_aria2c(options, out_dir, url),
+                                                                         check=True)))
                 target.unlink()
+
+                small_url = url.replace("/object.iso", "/small.iso")
+                for repeat in range(args.small_repeat):
+                    small_job = {**job, "key": f"{run:016x}{repeat:016x}", "url": small_url, "size": small}
+                    times["small: download()"].append(
+                        timed(lambda: result.update(r=download(small_job, daemon, blobs, options))))
+                    blobs.remove(result["r"].digest)
+                    times["small: queued"].append(queued.run(f"{small_url}?run={run}.{repeat}"))
+                    times["small: bare aria2c"].append(
+                        timed(lambda: subprocess.run(bare_aria2c(options, out_dir, small_url), check=True)))
+                    target.unlink()
 
                 target = out_dir / "curl.iso"
                 times["curl (1 connection)"].append(
@@ -178,12 +202,22 @@ def main() -> None:
           f"{args.runs} runs, {os.cpu_count()} CPUs")
     print(f"{'method':<22}{'best s':>9}{'median s':>10}{'MB/s (median)':>15}")
     for name, values in times.items():
+        if name.startswith("small: "):
+            continue
         med = statistics.median(values)
         print(f"{name:<22}{min(values):>9.2f}{med:>10.2f}{size / med / 1e6:>15.0f}")
     ratio = statistics.median(times["cachetap download()"]) / statistics.median(times["bare aria2c"])
     print(f"cachetap / bare aria2c (median): {ratio:.3f}x  (target <= 1.05x)")
     ratio = statistics.median(times["cachetap queued"]) / statistics.median(times["bare aria2c"])
     print(f"cachetap queued / bare aria2c (median): {ratio:.3f}x")
+    print(f"fixed cost: a {args.small_kib} KiB object, {args.small_repeat * args.runs} fetches per path "
+          f"(interleaved)")
+    print(f"{'method':<22}{'best ms':>9}{'median ms':>11}{'vs bare (median)':>18}")
+    bare_small = statistics.median(times["small: bare aria2c"])
+    for name in ("small: bare aria2c", "small: download()", "small: queued"):
+        values = times[name]
+        med = statistics.median(values)
+        print(f"{name[7:]:<22}{min(values) * 1000:>9.1f}{med * 1000:>11.1f}{med - bare_small:>+17.3f}s")
     print(f"defaults: -s{defaults.split} -x{defaults.max_connection_per_server} per address")
     for name in ("defaults, 4 addresses", "defaults, 1 address"):
         ratio = statistics.median(times[name]) / statistics.median(times["bare aria2c"])
