@@ -33,15 +33,27 @@ def test_start_answers_rpc_with_secret_and_stops(tmp_path):
         daemon.client
 
 
-def test_ensure_running_restarts_after_sigkill(tmp_path):
-    with Aria2Daemon(tmp_path, OPTIONS) as daemon:
+def _end_is_reported(daemon, origin, out):
+    """download() sleeps between status polls on aria2's notifications: without them every download
+    that ends between two polls is noticed up to a poll interval late."""
+    gid = daemon.client.add_uri([origin.url("/small.iso")], {"dir": str(out.parent), "out": out.name})
+    assert daemon.wait_for_news(gid, timeout=60), "aria2 sent no notification of the end"
+    assert daemon.client.tell_status(gid, ["status"])["status"] == "complete"
+    assert not daemon.wait_for_news(gid, timeout=0.01)  # taken once
+
+
+def test_ensure_running_restarts_after_sigkill_and_reports_again(tmp_path):
+    with Origin() as origin, Aria2Daemon(tmp_path, OPTIONS) as daemon:
+        origin.add("/small.iso", Resource(size=64 * 1024))
         assert daemon.ensure_running() is False
+        _end_is_reported(daemon, origin, tmp_path / "first.iso")
         first = daemon.pid
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: not daemon.running(), "aria2c to die")
         assert daemon.ensure_running() is True
         assert daemon.pid != first and daemon.restarts == 1
         daemon.client.get_version()
+        _end_is_reported(daemon, origin, tmp_path / "restarted.iso")  # the new aria2c's notifications
 
 
 def test_missing_executable_is_a_clear_error(tmp_path):

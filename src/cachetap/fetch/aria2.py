@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import aria2p
 import requests
 
+from cachetap.fetch.aria2_events import Aria2Events
 from cachetap.lifetime import die_with_parent
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class Aria2Daemon:
         self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._api: aria2p.API | None = None
+        self._events: Aria2Events | None = None
         self._lock = threading.RLock()
 
     # --- public ------------------------------------------------------------------------------
@@ -156,6 +158,20 @@ class Aria2Daemon:
         return [line.rsplit(" Redirecting to ", 1)[1].strip() for line in text.splitlines()
                 if " Redirecting to " in line]
 
+    def wait_for_news(self, gid: str, timeout: float) -> bool:
+        """Sleep up to `timeout` seconds, waking early when aria2 reports that `gid` ended or paused
+        (fetch/aria2_events.py); True when it did."""
+        events = self._events
+        if events is None:
+            time.sleep(timeout)
+            return False
+        return events.wait(gid, timeout)
+
+    def forget_news(self, gid: str) -> None:
+        events = self._events
+        if events is not None:
+            events.forget(gid)
+
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -198,6 +214,7 @@ class Aria2Daemon:
             proc = self._proc
             if proc is None:
                 return
+            self._close_events()  # while aria2c still answers the WebSocket close handshake
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -260,6 +277,7 @@ class Aria2Daemon:
             try:
                 api.client.get_version()
                 self._api = api
+                self._events = Aria2Events(port).start()
                 log.info("aria2c started (pid %s, rpc port %s)", self._proc.pid, port)
                 return
             except (requests.RequestException, aria2p.ClientException):
@@ -268,10 +286,16 @@ class Aria2Daemon:
 
     def _reap(self) -> None:
         proc, self._proc, self._api = self._proc, None, None
+        self._close_events()
         if proc is not None and proc.poll() is None:
             proc.kill()
         if proc is not None:
             proc.wait()
+
+    def _close_events(self) -> None:
+        events, self._events = self._events, None
+        if events is not None:
+            events.close()
 
     def _output_tail(self) -> str:
         try:

@@ -31,7 +31,9 @@ import base64
 import hashlib
 import ipaddress
 import logging
+import os
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -151,12 +153,17 @@ def download(job: Mapping[str, Any], daemon: Aria2Daemon, blobs: BlobStore, opti
     run = _Run(spec, daemon, options, temp, control)
     try:
         total = run.wait(on_progress)
-        run.hasher.advance(total)  # the hash of the tail runs while we re-HEAD the origin
+        # The hash of the tail and the flush of the data to disk run while we re-HEAD the origin;
+        # publishing fsyncs again, which then finds nothing left to write.
+        run.hasher.advance(total)
+        flushing = _flush_in_background(temp)
         etag, content_type, md5 = _revalidate(spec, total, options)
         try:
             digest = run.hasher.finish(total)
         except (ShortFile, OSError) as exc:
             raise DownloadError("short_file", retryable=True, detail=str(exc)) from None
+        finally:
+            flushing.join()
         if md5 is not None and _md5_file(temp) != md5:
             raise DownloadError("content_md5_mismatch", retryable=True)
         path, hold = blobs.publish_held(temp, digest)  # released once the catalog names the blob
@@ -171,6 +178,25 @@ def download(job: Mapping[str, Any], daemon: Aria2Daemon, blobs: BlobStore, opti
         # A BaseException (worker shutdown, KeyboardInterrupt) skips discard() and leaves aria2
         # running: its session and control file let the next attempt for this key continue.
         run.hasher.close()
+
+
+def _flush_in_background(path: Path) -> threading.Thread:
+    """fsync `path` on a thread; errors are left to the fsync of the publish, which raises them."""
+    def flush() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=flush, name=f"flush:{path.name}", daemon=True)
+    thread.start()
+    return thread
 
 
 def _complete_prefix(bitfield: str, piece_length: int, total: int) -> int:
@@ -229,7 +255,12 @@ class _Run:
     def _adopt(self, client: aria2p.Client) -> str | None:
         """A download of this temp file aria2 already has (restored from its session)."""
         keys = ["gid", "status", "files"]
-        found = client.tell_active(keys) + client.tell_waiting(0, 1000, keys) + client.tell_stopped(0, 1000, keys)
+        # One round trip for the three lists (each RPC is a new HTTP connection to aria2c).
+        lists = client.multicall2([(client.TELL_ACTIVE, [keys]), (client.TELL_WAITING, [0, 1000, keys]),
+                                   (client.TELL_STOPPED, [0, 1000, keys])])
+        if not all(isinstance(listed, list) and len(listed) == 1 for listed in lists):
+            raise aria2p.ClientException(1, f"aria2 refused to list its downloads: {lists!r:.200}")
+        found = [d for listed in lists for d in listed[0]]
         for d in found:
             if any(f.get("path") == str(self.temp) for f in d.get("files", [])):
                 if d["status"] in ("active", "waiting", "paused"):
@@ -275,10 +306,10 @@ class _Run:
                     raise DownloadError("size_changed", retryable=False,
                                         detail=f"probe said {self.spec.size}, origin now says {total}")
                 self.hasher.advance(_complete_prefix(st["bitfield"], int(st["pieceLength"]), total))
-            # Poll sooner near the end so completion is noticed promptly.
+            # Poll sooner near the end; aria2's notification of the end wakes us before that.
             speed = int(st["downloadSpeed"])
             eta = (total - done) / speed if speed and total else POLL_INTERVAL
-            time.sleep(min(POLL_INTERVAL, max(0.01, eta)))
+            self.daemon.wait_for_news(self.gid, min(POLL_INTERVAL, max(0.01, eta)))
 
     def refuse_redirects(self) -> None:
         """Fail when aria2 followed a redirect since this download began (see the module doc).
@@ -304,6 +335,7 @@ class _Run:
 
     def forget(self) -> None:
         if self.gid is not None:
+            self.daemon.forget_news(self.gid)
             try:
                 self.daemon.client.remove_download_result(self.gid)
             except (requests.RequestException, aria2p.ClientException, Aria2Error):
@@ -312,6 +344,7 @@ class _Run:
     def discard(self) -> None:
         """Stop aria2's download, drop its result and delete every partial file of this key."""
         if self.gid is not None:
+            self.daemon.forget_news(self.gid)
             try:
                 client = self.daemon.client
                 try:
