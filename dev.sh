@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 RUN_DEBS=(libpcap0.8 aria2 iproute2)
-TEST_DEBS=(tcpdump tcpreplay curl wget nginx-light ffmpeg systemd logrotate wrk chromium)
+TEST_DEBS=(tcpdump tcpreplay curl wget socat nginx-light ffmpeg systemd logrotate wrk chromium)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

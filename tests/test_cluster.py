@@ -1,124 +1,230 @@
-"""Two cache nodes on RabbitMQ and PostgreSQL (and on Redis and MariaDB), each its own process group,
-address and directories.
+"""A cluster on one machine, end to end: two capture nodes, two cache nodes, two beats, real clients.
 
-Topology (built once, scenarios run on it in order): node-a serves on 127.0.0.2 and node-b on
-127.0.0.3 (`cachetap serve` plus a download worker each, with cache directories of their own); one
-analyze worker; one origin on 127.0.0.1. Distinct loopback addresses rather than namespaces: the
-machine's RabbitMQ and PostgreSQL listen on 127.0.0.1 only, which a process in another namespace
-cannot reach, and every node here must reach both. The capture side is the production redirect
-path (IndexSync on the broker's index events and the catalog, CacheTargets on the node registry,
-Redirector) run in this process without a raw socket; clients are real curl processes fetching the
-Location it decides. Not covered here: live capture with clients in namespaces, two capture nodes,
-the beat (tests of their own).
+    client-1 (ns) --+                         capture-1: `cachetap capture`, redirect mode, on a mirror
+    client-2 (ns) --+-- switch (ns) -- gateway + origin (ns)      of client-1's switch port
+                    +- mirror/injection ports of capture-1 and capture-2 (root namespace)
+    node-a: `cachetap serve` on 127.0.0.2 + its download worker   } each its own process groups
+    node-b: `cachetap serve` on 127.0.0.3 + its download worker   } and cache directory
+    analyze + schedule worker; two beats (on node-a's and node-b's settings)
+
+Every node stays in the root namespace because the machine's RabbitMQ, Redis, PostgreSQL and MariaDB
+listen on 127.0.0.1 only; the clients and the origin are in namespaces, so a client's GET crosses a
+switch port whose mirror a capture node sniffs, and the capture's injected 302 sends it to a cache
+node at 127.0.0.x, which the client reaches through socat over a Unix socket
+(`cachetap.testing.cluster_net` explains the wiring). The topology is built once per backend and
+the scenario's steps run on it in order.
+
+On RabbitMQ + PostgreSQL, the whole scenario: objects spread over both cache nodes by their keys'
+owners; each client redirected to the holder with identical bytes (curl and wget); the active beat
+killed, the other takes over; a cache node killed: its objects fail open at the clients, the other
+keeps serving; its keys re-homed (origin again); the node back: its share copied from the peer (no
+origin fetch); a purge issued on a capture node reaches both capture nodes and the holder;
+housekeeping ran once per interval across the beat's death (`task_runs`). On Redis + MariaDB, the
+spread, the redirects, the fail-open and the purge (re-homing and the beat are broker- and
+database-neutral: their rules are tested on every database elsewhere).
+
+Timed assertions are only the issue's behavioural bounds (fail-open and purge within 1 s at the
+client, beat takeover within 4/3 of the lease), each with slack for a loaded 2-core machine; the
+measured figures are printed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from cachetap.capture.health import HealthGate
-from cachetap.capture.hotindex import HotIndex
-from cachetap.capture.index_sync import IndexSync
-from cachetap.capture.redirector import RedirectScope, Redirector
-from cachetap.capture.targets import CacheTargets, NodeURL
 from cachetap.core.keys import cache_key
 from cachetap.core.placement import members_from, owner
-from cachetap.core.types import Sighting
 from cachetap.settings import load_settings
+from cachetap.store.blobs import BlobStore
+from cachetap.store.leases import Leases, TaskRuns
 from cachetap.store.nodes import CACHE_ROLE, liveness_window
 from cachetap.tasks.app import create_app
+from cachetap.tasks.beat import BEAT_LEASE
 from cachetap.testing import LOOPBACK_NETWORKS
-from cachetap.testing.cluster import Node
-from cachetap.testing.cluster import decide as cluster_decide
-from cachetap.testing.origin import Origin, Resource, generated_chunks
+from cachetap.testing.cluster import Capture, Node
+from cachetap.testing.cluster_net import ORIGIN_HOST, BridgedOrigin, ClusterNet
+from cachetap.testing.netns import Namespace, netns_problem
+from cachetap.testing.netstack import Answer, clean_env, missing_tools
+from cachetap.testing.origin import Resource, generated_chunks
 from cachetap.testing.waiting import free_port, wait_for
-from cachetap.testing.workers import CeleryWorker
-from cachetap.wire import ANALYZE_BATCH, encode_sighting
+from cachetap.testing.workers import CeleryBeat, CeleryWorker, settings_env
+from cachetap.wire import SCHEDULE_CLEANUP, SCHEDULE_RECLAIM
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.root]
 
 MiB = 1 << 20
 SIZE = MiB + 4097
 HEARTBEAT = 0.5
 ADDRESSES = {"node-a": "127.0.0.2", "node-b": "127.0.0.3"}
-LOCAL = "http://127.0.0.1:9"  # the capture's own configured cache server: none
+ORIGIN_DELAY = 0.1  # the origin answers late, as across a WAN: the injected 302 has to beat it
+SLACK = 1.5         # on top of the issue's 1 s bounds, for a loaded 2-core machine
+LEASE = 3.0         # beat lease: a standby takes over within 4/3 of it
+TAKEOVER_BOUND = LEASE * 4 / 3
+INTERVAL = 10       # housekeeping_interval, the smallest allowed
+RECLAIM_EVERY = 5   # the reclaim entry's interval
 
 
-@pytest.fixture(scope="module")
-def origin() -> Iterator[Origin]:
-    with Origin() as o:
-        yield o
+@dataclass
+class Cluster:
+    net: ClusterNet
+    origin: BridgedOrigin
+    app: object
+    nodes: dict[str, Node]
+    captures: list[Capture]
+    beats: list[CeleryBeat]
+    work: Path
+    full: bool
+    ranges: dict[str, int] = field(default_factory=dict)
 
+    def url(self, path: str) -> str:
+        return f"http://{ORIGIN_HOST}:{self.origin.port}{path}"
 
-@pytest.fixture(params=[("rabbitmq_broker_url", "postgresql_url"), ("redis_broker_url", "mariadb_url")],
-                ids=["rabbitmq-postgresql", "redis-mariadb"])
-def cluster(request, tmp_path, origin):
-    broker_url, database = (request.getfixturevalue(name) for name in request.param)
+    def key(self, path: str) -> str:
+        return cache_key(self.url(path), {})
 
-    def settings_for(name: str, **extra):
-        return load_settings(cache_dir=tmp_path / name / "cache", broker_url=broker_url,
-                             database_url=database, node_name=name, node_heartbeat_interval=HEARTBEAT,
-                             serve_host=ADDRESSES.get(name, "127.0.0.1"), serve_port=free_port(),
-                             run_as_user="", admission_threshold=0, min_size=MiB,
-                             resolve_overrides={"files.test": ["127.0.0.1"]}, fetch_allow_networks=LOOPBACK_NETWORKS,
-                             download_retries=1, download_timeout=10, log_level="INFO", **extra)
+    def curl(self, client: Namespace, path: str, *args: str) -> Answer:
+        """curl in a client namespace: headers of every answer, the body of the last."""
+        body = self.work / f"body-{time.monotonic_ns()}"
+        result = client.run(["curl", "-sS", "--max-time", "30", "-D", "-", "-o", str(body), *args, self.url(path)],
+                            check=False)
+        answer = Answer(result.stdout, body.read_bytes() if body.exists() else b"", result.returncode)
+        body.unlink(missing_ok=True)
+        assert result.returncode == 0, f"curl {path} {args}: {result.returncode} {result.stderr}"
+        return answer
 
-    nodes = {name: Node(name, settings_for(name)) for name in ADDRESSES}
-    analyzer = settings_for("analyzer")
-    app = create_app(analyzer)
-    started = []
-    try:
-        for node in nodes.values():
-            started.append(node.start())
-        analyze = CeleryWorker(analyzer, ["analyze"], name="analyzer").start()
-        yield app, nodes, settings_for
-        analyze.stop()
-    finally:
-        for node in started:
-            node.kill()  # process groups and all: a graceful stop only made the teardown wait
-        app.catalog.engine.dispose()
+    def status(self, client: Namespace, path: str) -> int:
+        """The first answer's status for a one-byte range, never the same range twice (the redirect
+        loop guard ends redirects for a client repeating the same request within a second)."""
+        i = self.ranges[path] = self.ranges.get(path, 0) + 1
+        result = client.run(["curl", "-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}",
+                             "-r", f"{i}-{i}", self.url(path)], check=False)
+        return int(result.stdout or 0)
 
+    def origin_again(self, path: str, act: Callable[[], float], timeout: float = 30) -> dict[str, tuple[float, int]]:
+        """Both clients request `path` in a tight loop, redirected (302) until the origin answers
+        (206); `act()` runs once both loops are under way and returns the moment to measure from.
+        Returns per client how long after that moment the first request the origin answered
+        started, and how many requests that took."""
+        started, acting, found, errors = threading.Barrier(3), threading.Event(), {}, []
 
-def registry_reader(app):
-    def read():
-        return [NodeURL(n.name, n.public_url) for n in app.catalog.nodes.nodes(time.time(), liveness_window(HEARTBEAT))
-                if CACHE_ROLE in n.roles]
-    return read
-
-
-def clients_get(app, origin: Origin, paths: list[str]) -> None:
-    """What a capture node sends analyze for clients' GETs of `paths`."""
-    now = time.time()
-    sightings = [encode_sighting(Sighting(now, "10.0.0.5", 40000 + i, "127.0.0.1", origin.port, "GET", "files.test",
-                                          f"http://files.test:{origin.port}{p}", cache_key(f"http://files.test:{origin.port}{p}", {}),
-                                          p)) for i, p in enumerate(paths)]
-    app.send_task(ANALYZE_BATCH, args=[sightings], queue="analyze")
-
-
-def decide(redirector: Redirector, origin: Origin, path: str):
-    return cluster_decide(redirector, "files.test", origin.port, path)
-
-
-def curl(url: str) -> bytes:
-    return subprocess.run(["curl", "-sS", "--fail", "--max-time", "60", url], capture_output=True, check=True,
-                          timeout=90).stdout
+        def loop(client: Namespace) -> None:
+            count, deadline = 0, time.time() + timeout
+            try:
+                while time.time() < deadline:
+                    start = time.time()
+                    status = self.status(client, path)
+                    count += 1
+                    if count == 1:
+                        started.wait(timeout)
+                    if status == 206 and acting.is_set():
+                        found[client.name] = (start, count)
+                        return
+                    assert status == 302, f"{client.name} {path}: status {status} (acting: {acting.is_set()})"
+                raise AssertionError(f"{client.name} still redirected for {path} after {timeout}s")
+            except BaseException as exc:
+                errors.append(exc)
+                started.abort()
+        threads = [threading.Thread(target=loop, args=(client,)) for client in self.net.clients]
+        for t in threads:
+            t.start()
+        moment = 0.0
+        try:
+            started.wait(timeout)
+            acting.set()
+            moment = act()
+        except threading.BrokenBarrierError:
+            pass  # a loop failed before the act: its error says why
+        finally:
+            acting.set()
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+        return {name: (start - moment, count) for name, (start, count) in found.items()}
 
 
 def content(path: str) -> bytes:
     return b"".join(bytes(c) for c in generated_chunks(path, 0, SIZE))
 
 
-def test_objects_spread_over_two_cache_nodes_fail_open_rehome_and_peer_fill(cluster, origin, request):
-    app, nodes, _settings_for = cluster
-    catalog = app.catalog
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(params=[("rabbitmq_broker_url", "postgresql_url"), ("redis_broker_url", "mariadb_url")],
+                ids=["rabbitmq-postgresql", "redis-mariadb"])
+def cluster(request, tmp_path):
+    problem = netns_problem() or missing_tools("curl", "wget", "socat", "tc", "ip")
+    if problem:
+        pytest.skip(problem)
+    broker_url, database = (request.getfixturevalue(name) for name in request.param)
+    full = request.node.callspec.id == "rabbitmq-postgresql"
+    common = dict(broker_url=broker_url, database_url=database, node_heartbeat_interval=HEARTBEAT, run_as_user="",
+                  admission_threshold=0, min_size=MiB, log_level="INFO", beat_lease=LEASE,
+                  housekeeping_interval=INTERVAL, download_lease=2 * RECLAIM_EVERY)
+    started: list = []
+    with ClusterNet() as net:
+        origin = BridgedOrigin(net.gateway).start()
+        try:
+            def node_settings(name: str):
+                return load_settings(cache_dir=tmp_path / name / "cache", node_name=name,
+                                     serve_host=ADDRESSES.get(name, "127.0.0.1"), serve_port=free_port(),
+                                     resolve_overrides={ORIGIN_HOST: ["127.0.0.1"]},
+                                     # Clients reach the origin at its address in the gateway namespace,
+                                     # the cache nodes at 127.0.0.1: both are the host's.
+                                     trusted_networks=[f"{net.origin_ip4}/32"],
+                                     fetch_allow_networks=LOOPBACK_NETWORKS, download_retries=1,
+                                     download_timeout=10, **common)
+
+            def capture_settings(k: int):
+                # serve_port: the capture's own configured cache server, which nothing answers: every
+                # redirect here goes to a holder the node registry names.
+                return load_settings(cache_dir=tmp_path / f"capture-{k}" / "cache", node_name=f"capture-{k}",
+                                     interface=net.mirror_ifs[k - 1], inject_interface=net.inject_ifs[k - 1],
+                                     mode="redirect", http_ports=[origin.port], serve_host="127.0.0.1",
+                                     serve_port=free_port(), redirect_client_subnets=[f"{net.client_ips[k - 1]}/32"],
+                                     fetch_allow_networks=[*LOOPBACK_NETWORKS, f"{net.origin_ip4}/32"], **common)
+
+            nodes = {name: Node(name, node_settings(name)) for name in ADDRESSES}
+            for node in nodes.values():
+                net.forward(node.settings.serve_host, node.settings.serve_port)
+                started.append(node.start())
+            analyzer = node_settings("analyzer")
+            app = create_app(analyzer)
+            started.append(CeleryWorker(analyzer, ["analyze", "schedule"], concurrency=2, name="analyzer").start())
+            beats = [CeleryBeat(nodes[name].settings, name) for name in ADDRESSES] if full else []
+            for beat in beats:
+                started.append(beat.start())
+            captures = [Capture(f"capture-{k}", capture_settings(k)) for k in (1, 2)]
+            for capture in captures:
+                started.append(capture.start())
+            yield Cluster(net, origin, app, nodes, captures, beats, tmp_path, full)
+        finally:
+            for thing in reversed(started):
+                thing.kill()  # process groups and all: a graceful stop only made the teardown wait
+            origin.stop()
+            if "app" in locals():
+                app.catalog.engine.dispose()
+
+
+def test_two_capture_and_two_cache_nodes_serve_real_clients_fail_open_rehome_peer_fill_purge_and_one_beat(cluster):
+    c, catalog = cluster, cluster.app.catalog
+    nodes, (client1, client2) = c.nodes, c.net.clients
     live = wait_for(lambda: (lambda found: found if len(found) == 2 else None)(
         catalog.nodes.live(time.time(), liveness_window(HEARTBEAT), role=CACHE_ROLE)), "both cache nodes registered",
         timeout=60)
     assert {n.name: n.public_url for n in live} == {name: node.url for name, node in nodes.items()}
+    wait_for(lambda: {"capture-1", "capture-2"} <= {n.name for n in catalog.nodes.live(
+        time.time(), liveness_window(HEARTBEAT), role="capture")}, "both capture nodes registered", timeout=30)
     members = members_from({n.name: n.capacity for n in live})
 
     # Paths whose keys each node owns: three each.
@@ -126,72 +232,155 @@ def test_objects_spread_over_two_cache_nodes_fail_open_rehome_and_peer_fill(clus
     i = 0
     while min(len(p) for p in paths.values()) < 3:
         path = f"/cluster/{i}.iso"
-        holder = owner(cache_key(f"http://files.test:{origin.port}{path}", {}), members)
+        holder = owner(c.key(path), members)
         if len(paths[holder]) < 3:
             paths[holder].append(path)
-            origin.add(path, Resource(size=SIZE))
+            c.origin.add(path, Resource(size=SIZE, delay=ORIGIN_DELAY))
         i += 1
     every = paths["node-a"] + paths["node-b"]
 
-    index = HotIndex()
-    targets = CacheTargets(LOCAL, HealthGate(LOCAL).start(), lambda url: HealthGate(url).start(),
-                           registry_reader(app)).start(HEARTBEAT)
-    sync = IndexSync(app, index, node="e2e", reconcile_every=2.0, node_index=targets.index_of).start()
-    redirector = Redirector(index, targets.slots[0].gate, LOCAL, RedirectScope(), targets.addresses,
-                            targets=targets, fetch_guard=lambda _address: None)
-    try:
-        # 1. Admitted objects land on their owners; clients are sent to the holder and get the bytes.
-        clients_get(app, origin, every)
-        key_of = {p: cache_key(f"http://files.test:{origin.port}{p}", {}) for p in every}
-        wait_for(lambda: all((e := catalog.get(key_of[p])) is not None and e.state == "ready" for p in every),
-                 "every object ready", timeout=180)
-        for name, node in nodes.items():
-            for path in paths[name]:
-                assert catalog.get(key_of[path]).node == name
-                decision = wait_for(lambda: decide(redirector, origin, path), f"a redirect for {path}", timeout=30)
-                assert decision.location.startswith(f"{node.url}/c/{key_of[path]}/")
-                assert curl(decision.location) == content(path)
-        fetched = {p: origin.stats(p).methods["GET"] for p in every}
+    def holder_of(path: str) -> str | None:
+        entry = catalog.get(c.key(path))
+        return entry.node if entry is not None and entry.state == "ready" else None
 
-        # 2. node-b dies: its keys fail open, node-a keeps serving its own.
-        nodes["node-b"].kill()
-        killed = time.monotonic()
-        wait_for(lambda: all(decide(redirector, origin, p) is None for p in paths["node-b"]),
-                 "node-b's keys failing open", timeout=30, step=0.02)
-        fail_open = time.monotonic() - killed
-        print(f"\nnode-b killed: its keys stopped being redirected after {fail_open:.3f}s")
-        for path in paths["node-a"]:
-            assert curl(decide(redirector, origin, path).location) == content(path)
+    def check_redirected(path: str, node: Node) -> None:
+        """Each client's capture node sends it to `node` and it gets the origin's bytes (curl, wget)."""
+        for client in (client1, client2):
+            wait_for(lambda: c.status(client, path) == 302, f"{client.name} redirected for {path}", timeout=30)
+        answer = c.curl(client1, path, "-L")
+        assert answer.statuses == [302, 200], answer.head
+        assert answer.headers[0]["Location"].startswith(f"{node.url}/c/{c.key(path)}/")
+        assert sha256(answer.body) == sha256(content(path))
+        out = c.work / "wget.out"
+        wget = client2.run(["wget", "-S", "-O", str(out), "--tries=1", "--timeout=30", c.url(path)], check=False)
+        assert wget.returncode == 0, wget.stderr
+        assert "HTTP/1.1 302 Found" in wget.stderr and f"Location: {node.url}/c/{c.key(path)}/" in wget.stderr
+        assert sha256(out.read_bytes()) == sha256(content(path))
 
-        if request.node.callspec.id == "redis-mariadb":
-            return  # re-homing and peer fill are broker- and database-neutral: shown once, on RabbitMQ + PostgreSQL
+    # 1. A client's first GETs go to the origin; the capture node tells analyze; each object lands on
+    #    its owner; then both clients are sent to the holder and get identical bytes.
+    for path in every:
+        assert c.curl(client1, path).statuses == [200]
+    wait_for(lambda: all(holder_of(p) for p in every), "every object ready", timeout=120,
+             detail=lambda: str([catalog.get(c.key(p)) for p in every]))
+    for name, node in nodes.items():
+        for path in paths[name]:
+            assert holder_of(path) == name
+            check_redirected(path, node)
+    fetched = {p: c.origin.stats(p).methods["GET"] for p in every}
 
-        # 3. Once node-b is out of the registry, requests re-home its keys to node-a (from the origin).
+    # 2. The active beat dies: the standby takes the lease.
+    if c.full:
+        leases, runs = Leases(catalog), TaskRuns(catalog)
+        by_tag = {beat.tag: beat for beat in c.beats}
+        active = wait_for(lambda: by_tag.get(leases.holder(BEAT_LEASE, time.time())), "a beat holding the lease",
+                          timeout=30)
+        wait_for(lambda: runs.runs(SCHEDULE_CLEANUP), "a first cleanup run", timeout=3 * INTERVAL,
+                 detail=lambda: active.log_text()[-3000:])
+        standby = next(beat for beat in c.beats if beat is not active)
+        active.kill()
+        beat_killed = time.time()
+        wait_for(lambda: leases.holder(BEAT_LEASE, time.time()) == standby.tag, "the standby taking the lease",
+                 timeout=30, step=0.05, detail=lambda: standby.log_text()[-3000:])
+        took_over = time.time() - beat_killed
+        print(f"\nbeat: standby holds the lease {took_over:.2f}s after kill -9 of the active one (lease {LEASE}s)")
+        assert took_over <= TAKEOVER_BOUND + 0.5
+
+    # 3. node-b dies: at both clients its objects come from the origin again within 1 s; node-a keeps
+    #    serving its own.
+    def kill_node_b() -> float:
+        killed = time.time()
+        nodes["node-b"].kill()  # SIGKILL to its process groups, as a machine losing power
+        return killed
+    seen = c.origin_again(paths["node-b"][0], kill_node_b)
+    print(f"node-b killed: clients got the origin {[f'{t:.3f}s' for t, _n in seen.values()]} after SIGKILL "
+          f"({[n for _t, n in seen.values()]} requests each, from before the kill)")
+    assert len(seen) == 2 and max(t for t, _n in seen.values()) <= 1.0 + SLACK
+    answer = c.curl(client2, paths["node-b"][1], "-L")
+    assert answer.statuses == [200] and sha256(answer.body) == sha256(content(paths["node-b"][1]))
+    for path in paths["node-a"][:1]:
+        answer = c.curl(client2, path, "-L")
+        assert answer.statuses == [302, 200] and answer.headers[0]["Location"].startswith(nodes["node-a"].url)
+        assert sha256(answer.body) == sha256(content(path))
+
+    if c.full:
+        # 4. Once node-b is out of the registry, clients' requests re-home its keys to node-a (from the origin).
         wait_for(lambda: len(catalog.nodes.live(time.time(), liveness_window(HEARTBEAT), role=CACHE_ROLE)) == 1,
                  "node-b out of the registry", timeout=30)
         time.sleep(1.1)  # the analyze worker's view of the live nodes is at most a second old
-        clients_get(app, origin, paths["node-b"])
-        wait_for(lambda: all(catalog.get(key_of[p]).node == "node-a" and catalog.get(key_of[p]).state == "ready"
-                             for p in paths["node-b"]), "node-b's objects re-homed on node-a", timeout=180)
         for path in paths["node-b"]:
-            decision = wait_for(lambda: decide(redirector, origin, path), f"a redirect for {path}", timeout=30)
-            assert decision.location.startswith(nodes["node-a"].url) and curl(decision.location) == content(path)
-            assert origin.stats(path).methods["GET"] > fetched[path]  # node-b's copy was out of reach
+            assert c.curl(client1, path).statuses == [200]
+        wait_for(lambda: all(holder_of(p) == "node-a" for p in paths["node-b"]), "node-b's objects re-homed on node-a",
+                 timeout=180)
+        for path in paths["node-b"]:
+            check_redirected(path, nodes["node-a"])
+            assert c.origin.stats(path).methods["GET"] > fetched[path]  # node-b's copy was out of reach
 
-        # 4. node-b comes back: requests move its share back from node-a's cache server (peer fill).
+        # 5. node-b comes back: requests move its share back from node-a's cache server (peer fill).
         nodes["node-b"].start()
         wait_for(lambda: len(catalog.nodes.live(time.time(), liveness_window(HEARTBEAT), role=CACHE_ROLE)) == 2,
                  "node-b registered again", timeout=60)
         time.sleep(1.1)
-        refetched = {p: origin.stats(p).methods["GET"] for p in paths["node-b"]}
-        clients_get(app, origin, paths["node-b"])
-        wait_for(lambda: all(catalog.get(key_of[p]).node == "node-b" for p in paths["node-b"]),
-                 "node-b's share copied back from node-a", timeout=180)
+        refetched = {p: c.origin.stats(p).methods["GET"] for p in paths["node-b"]}
+        for path in paths["node-b"]:  # still redirected to node-a, which has them
+            answer = c.curl(client1, path, "-L")
+            assert answer.statuses == [302, 200] and answer.headers[0]["Location"].startswith(nodes["node-a"].url)
+        wait_for(lambda: all(holder_of(p) == "node-b" for p in paths["node-b"]), "node-b's share copied back",
+                 timeout=180)
         for path in paths["node-b"]:
-            decision = wait_for(lambda: (d := decide(redirector, origin, path)) and d.location.startswith(
-                nodes["node-b"].url) and d, f"a redirect to node-b for {path}", timeout=30)
-            assert curl(decision.location) == content(path)
-            assert origin.stats(path).methods["GET"] == refetched[path]  # copied from the peer, not the origin
-    finally:
-        sync.stop()
-        targets.stop()
+            check_redirected(path, nodes["node-b"])
+        origin_gets = {p: c.origin.stats(p).methods["GET"] - refetched[p] for p in paths["node-b"]}
+        print(f"peer fill: cache nodes' GETs at the origin while node-b's objects moved back: {origin_gets}")
+        assert origin_gets == {p: 0 for p in paths["node-b"]}  # copied from the peer, not the origin
+
+    # 6. A purge issued on capture node 2 (neither holder nor serving) reaches both capture nodes and
+    #    the holder, node-a, whose worker deletes the file.
+    path = paths["node-a"][1]
+    key = c.key(path)
+    blob = BlobStore(nodes["node-a"].settings.cache_dir).path(catalog.get(key).blob)
+    assert blob.exists()
+    # From now on the origin says no-store: the clients' requests during the purge would otherwise
+    # admit the object again at once (admission_threshold 0), and that new entry would rightly keep
+    # the same file on node-a.
+    c.origin.add(path, Resource(size=SIZE, delay=ORIGIN_DELAY, cache_control="no-store"))
+    env = clean_env()
+    env.update(settings_env(c.captures[1].settings))
+    removed: list[float] = []
+    gone: list[float] = []
+
+    def watch() -> None:  # when the row went (the purge took effect) and when node-a's file went
+        deadline = time.time() + 60
+        while time.time() < deadline and not (removed and gone):
+            if not removed and ((entry := catalog.get(key)) is None or entry.state != "ready"):  # or asked again
+                removed.append(time.time())
+            if not gone and not blob.exists():
+                gone.append(time.time())
+            time.sleep(0.005)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+
+    def purge() -> float:
+        done = subprocess.run([sys.executable, "-m", "cachetap", "purge", c.url(path)], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        watcher.join()
+        assert removed and gone, f"purge: row removed {removed}, node-a's file {blob} deleted {gone}"
+        return removed[0]
+    seen = c.origin_again(path, purge)
+    print(f"purge on capture-2: clients got the origin {[f'{t:.3f}s' for t, _n in seen.values()]} after the row "
+          f"went; node-a deleted the file {gone[0] - removed[0]:.3f}s after it")
+    assert len(seen) == 2 and max(t for t, _n in seen.values()) <= 1.0 + SLACK
+    assert gone[0] - removed[0] <= 10  # a task on node-a's own queue: reached, not a latency bound
+
+    # 7. Housekeeping ran once per interval, across the beat's death (the runs the catalog records).
+    if c.full:
+        wait_for(lambda: len([r for r in runs.runs(SCHEDULE_CLEANUP, since=beat_killed) if r.outcome]) >= 2,
+                 "two cleanups after the kill", timeout=4 * INTERVAL, detail=lambda: standby.log_text()[-3000:])
+        for task, every in ((SCHEDULE_CLEANUP, INTERVAL), (SCHEDULE_RECLAIM, RECLAIM_EVERY)):
+            done_runs = runs.runs(task)
+            assert all(r.outcome == "ok" for r in done_runs[:-1]) and done_runs[-1].outcome in ("ok", None), done_runs
+            starts = [r.started_at for r in done_runs]
+            gaps = [b - a for a, b in zip(starts, starts[1:])]
+            print(f"beat: {task} started at gaps {[round(g, 2) for g in gaps]}s (interval {every}s)")
+            assert gaps and min(gaps) >= every - 1.0, f"{task} ran twice in one interval: gaps {gaps}"
+            assert max(gaps) <= every + TAKEOVER_BOUND + 2.0, f"{task} skipped intervals: gaps {gaps}"

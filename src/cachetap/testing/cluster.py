@@ -1,5 +1,6 @@
 """Pieces of a cluster on one machine, for tests and benches: a cache node as its own process groups,
-and the capture's redirect decision asked without a raw socket."""
+a capture node as a live `cachetap capture` process, and the capture's redirect decision asked
+without a raw socket."""
 
 from __future__ import annotations
 
@@ -61,6 +62,44 @@ class Node:
             self.serve.wait(30)
         if self.worker is not None:
             self.worker.stop()
+
+
+class Capture:
+    """One capture node: `cachetap capture` (live, in the mode its settings say) in a process group of
+    its own, ended with the test process even if that is killed."""
+
+    def __init__(self, name: str, settings) -> None:
+        self.name, self.settings = name, settings
+        self.process: subprocess.Popen | None = None
+        self.log = settings.cache_dir.parent / f"{name}-capture.log"
+
+    def start(self, timeout: float = 60) -> Capture:
+        from cachetap.testing.netstack import terminate_with_parent
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
+        env.update(settings_env(self.settings), PYTHONUNBUFFERED="1")
+        self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([str(CACHETAP), "capture"], env=env, stdout=log, stderr=log,
+                                            start_new_session=True, preexec_fn=terminate_with_parent)
+        deadline = time.monotonic() + timeout
+        while f"capturing on {self.settings.interface}" not in self.log_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"capture {self.name} did not start:\n{self.log_text()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self) -> None:
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # its relay child too
+            except ProcessLookupError:
+                pass
+            self.process.wait(30)
 
 
 def decide(redirector, host: str, port: int, path: str):
