@@ -260,7 +260,8 @@ def test_a_ready_key_whose_host_names_another_port_is_not_redirected(playbook):
     assert redirector.skipped == {"port_mismatch": 1}
 
 
-def test_remembered_urls_and_locations_decide_as_the_first_time_and_stay_bounded(playbook, monkeypatch):
+def test_remembered_urls_and_locations_decide_as_the_first_time_and_stay_bounded(settings, redirector, clock,
+                                                                               monkeypatch):
     """The pipeline remembers what a target names and the redirector the Location it built (both
     hot-path savings): a repeat decides exactly like the first time, bad targets included, and a
     flood of distinct or long targets never grows either table past its bound."""
@@ -269,14 +270,19 @@ def test_remembered_urls_and_locations_decide_as_the_first_time_and_stay_bounded
 
     monkeypatch.setattr(pipeline_module, "MAX_REMEMBERED", 8)
     monkeypatch.setattr(redirector_module, "MAX_REMEMBERED", 8)
+    playbook = Playbook(Pipeline(settings, redirector=redirector, clock=lambda: clock[0]), clock)
     for _ in range(2):
         assert (playbook >> get() << Redirect(READY, LOCATION)
                 >> get("/a/../../x.iso", host="bad host") << Ignore("bad_target_control_char"))
-    long_target = "/" + "x" * 600 + ".iso"
-    others = [f"/games/{n}.pak" for n in range(20)] + [long_target]
-    for target in others:
+    remembered = playbook.pipeline._remembered_resource
+    assert remembered.cache_info().hits == 2
+    for target in [f"/games/{n}.pak" for n in range(20)]:
         assert playbook >> get(target) << Count(cache_key(canonical_url(target, HOST, 80), {}))
-    assert len(playbook.pipeline._resources) <= 8
-    assert all(len(target) <= 512 for target, _, _ in playbook.pipeline._resources)
+    assert remembered.cache_info().currsize == 8
+    before = remembered.cache_info()
+    long_target = "/" + "x" * 600 + ".iso"  # long names are worked out each time, never kept
+    for _ in range(2):
+        assert playbook >> get(long_target) << Count(cache_key(canonical_url(long_target, HOST, 80), {}))
+    assert remembered.cache_info() == before
     assert playbook >> get() << Redirect(READY, LOCATION)  # forgotten and rebuilt: the same answer
     assert len(playbook.pipeline.redirector._locations) <= 8

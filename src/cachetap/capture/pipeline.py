@@ -12,6 +12,7 @@ parser and precompiled rules.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +29,7 @@ from cachetap.settings import Settings
 
 Clock = Callable[[], float]
 MAX_REMEMBERED = 4096       # request targets whose URL and key are kept...
-MAX_REMEMBERED_NAME = 512   # ...when target and Host are this short: at most a few MB in all
+MAX_REMEMBERED_NAME = 512   # ...when target and Host are this short: a few MB at most
 
 
 @dataclass(slots=True)
@@ -79,7 +80,9 @@ class Pipeline:
         self.packets = 0
         self.rejected: Counter[str] = Counter()   # malformed input, by reason
         self.decisions: Counter[str] = Counter()  # "count", "ignore:<reason>", ...
-        self._resources: dict[tuple[str, str, int], tuple[str, str, str] | str] = {}
+        # What a target names, remembered: the same objects are asked for again and again, and
+        # canonicalising costs a third of a request's time. lru_cache's C code keeps a miss cheap.
+        self._remembered_resource = functools.lru_cache(maxsize=MAX_REMEMBERED)(self._resource)
         self.latency = BucketTally()  # capture timestamp -> 302 sent, per redirect (capture/prometheus.py)
 
     def feed(self, ts: float, linktype: int, frame: bytes) -> list[Observation]:
@@ -99,10 +102,11 @@ class Pipeline:
 
     def _decide(self, seg: Segment, head: RequestHead, pipelined: bool) -> Observation:
         # No Host (HTTP/1.0): the destination address is the only name the request has.
-        named = (head.target, head.host or _ip_host(seg.dst), seg.dport)
-        resource = self._resources.get(named)
-        if resource is None:
-            resource = self._resource(*named)
+        target, name = head.target, head.host or _ip_host(seg.dst)
+        if len(target) + len(name) <= MAX_REMEMBERED_NAME:
+            resource = self._remembered_resource(target, name, seg.dport)
+        else:
+            resource = self._resource(target, name, seg.dport)
         if isinstance(resource, str):
             return self._record(Observation(seg, head, None, None, Ignore(resource)))
         url, key, host = resource
@@ -117,19 +121,12 @@ class Pipeline:
         return self._record(Observation(seg, head, url, key, decision, host))
 
     def _resource(self, target: str, host: str, port: int) -> tuple[str, str, str] | str:
-        """(URL, key, host) a request names, or why it names none; remembered, since the same
-        objects are asked for again and again and canonicalising costs a third of a request's time."""
+        """(URL, key, host) a request names, or why it names none."""
         try:
             url = canonical_url(target, host, port)
         except BadTarget as exc:
-            resource: tuple[str, str, str] | str = f"bad_target_{exc.reason}"
-        else:
-            resource = (url, cache_key(url, self.strip), host_of(url))
-        if len(target) + len(host) <= MAX_REMEMBERED_NAME:  # bounded in bytes too, against floods of long ones
-            if len(self._resources) >= MAX_REMEMBERED:  # a flood of distinct targets only resets it
-                self._resources.clear()
-            self._resources[(target, host, port)] = resource
-        return resource
+            return f"bad_target_{exc.reason}"
+        return url, cache_key(url, self.strip), host_of(url)
 
     def _record(self, obs: Observation) -> Observation:
         reason = getattr(obs.decision, "reason", None)
