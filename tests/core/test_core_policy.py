@@ -122,6 +122,45 @@ def test_memory_store_lowest_skips_stale_heap_items():
     assert store.value(USED) == 5.0 and store.value("unset") == 0.0
 
 
+def test_memory_store_lowest_is_the_order_of_its_live_records():
+    # Priorities put in order go to a sorted run, the others to a heap: the order must be one.
+    from cachetap.core.policy.base import Record
+    rng = random.Random(7)
+    store = MemoryStore()
+    for step in range(4000):
+        key = f"k{rng.randrange(300)}"
+        if rng.random() < 0.1:
+            store.remove(key)
+        else:
+            ahead = rng.random() < 0.7   # mostly ascending, as request times are
+            priority = float(step if ahead else rng.randrange(step + 1)) // 3   # // 3: ties
+            store.put(key, Record(size=1, queue=rng.choice("ab"), priority=priority))
+        if step % 97 == 0:
+            for queue in "ab":
+                want = sorted(r.priority for r in store.records.values() if r.queue == queue)
+                got = store.lowest(queue, 5)
+                assert [r.priority for _k, r in got] == want[:5]
+                assert all(store.get(k) is r and r.queue == queue for k, r in got)
+                assert [k for k, _ in store.lowest(queue, 1)] == [k for k, _ in got[:1]]
+
+
+def test_lrfu_replay_is_miss_admit_insert_in_one_call():
+    from cachetap.core.policy.lrfu import LRFU
+    rng = random.Random(11)
+    one, steps = LRFU(MemoryStore(), 500, 3600.0), LRFU(MemoryStore(), 500, 3600.0)
+    for t in range(3000):
+        key, size, now = f"k{int(rng.paretovariate(0.7)) % 200}", rng.randrange(1, 120), t * 60.0
+        if steps.resident(key):
+            steps.hit(key, now)
+            assert one.replay(key, size, now) is True
+            continue
+        steps.miss(key, size, now)
+        if steps.admit(key, size, now):
+            steps.insert(key, size, now)
+        assert one.replay(key, size, now) is False
+    assert one.store.records == steps.store.records and one.store.values == steps.store.values
+
+
 def test_memory_hits_count_within_the_window():
     hits = MemoryHits(window=10.0)
     assert [hits.record("a", t) for t in (0.0, 1.0, 5.0)] == [1, 2, 3]

@@ -101,7 +101,8 @@ class Policy:
     def make_room(self, size: int, now: float) -> list[str]:
         """Evict until `size` more bytes fit; returns the victims in eviction order."""
         victims: list[str] = []
-        while self.used + size > self.capacity:
+        value, capacity = self.store.value, self.capacity
+        while value(USED) + size > capacity:
             key = self._evict_one(now)
             if key is None:
                 break

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import math
 import zlib
+from math import log2
 
-from cachetap.core.policy.base import GHOST, Policy, PolicyStore, Record
+from cachetap.core.policy.base import GHOST, USED, Policy, PolicyStore, Record
 
 WINDOW, MAIN = "window", "main"
 GHOST_BYTES, WINDOW_BYTES, HALF_LIFE = "lrfu_ghost_bytes", "lrfu_window_bytes", "lrfu_half_life"
@@ -58,20 +59,48 @@ class LRFU(Policy):
     def hit(self, key: str, now: float) -> None:
         record = self.store.get(key)
         if record is not None:
-            if record.queue != WINDOW:   # the window is a FIFO: its position never changes
-                record.priority = self._bumped(record, now)
-            record.freq += 1
-            record.last = now
-            self.store.put(key, record)
+            self._requested(key, record, now)
+
+    def _requested(self, key: str, record: Record, now: float) -> None:
+        if record.queue != WINDOW:   # the window is a FIFO: its position never changes
+            h = self.store.value(HALF_LIFE) or self.default_half_life
+            record.priority = now + h * log2(2.0 ** min(64.0, (record.priority - now) / h) + 1.0)
+        record.freq += 1
+        record.last = now
+        self.store.put(key, record)
 
     def miss(self, key: str, size: int, now: float) -> None:
         record = self.store.get(key)
         if record is None:
-            self.store.put(key, Record(size=size, queue=GHOST, priority=now, freq=1, last=now))
-            self._add(GHOST_BYTES, size)
-            self._trim_history()
+            self._remember(key, size, now)
         elif record.queue == GHOST:
             self.hit(key, now)
+
+    def _remember(self, key: str, size: int, now: float) -> None:
+        """History for a key seen for the first time (or forgotten since)."""
+        store = self.store
+        store.put(key, Record(size, GHOST, now, 1, now))
+        store.set_value(GHOST_BYTES, max(0.0, store.value(GHOST_BYTES) + size))
+        self._trim_history()
+
+    def replay(self, key: str, size: int, now: float) -> bool:
+        """One request in libCacheSim's model (any missed object that fits comes in at once): what
+        the miniatures run. The same steps as `hit`, or `miss` + `admit` + `insert`, in one call
+        because the miniatures make millions of them. True on a hit."""
+        record = self.store.get(key)
+        if record is not None and record.queue != GHOST:
+            self._requested(key, record, now)
+            return True
+        if record is None:
+            self._remember(key, size, now)
+        else:
+            self._requested(key, record, now)
+        if 0 < size <= self.capacity:
+            self.make_room(size, now)
+            self._place(key, size, now)
+            store = self.store
+            store.set_value(USED, store.value(USED) + size)
+        return False
 
     def remove(self, key: str) -> bool:
         record = self.store.get(key)
@@ -80,45 +109,52 @@ class LRFU(Policy):
         return super().remove(key)
 
     def _place(self, key: str, size: int, now: float) -> None:
-        old = self.store.get(key)
+        store = self.store
+        old = store.get(key)
         if old is not None and old.queue == GHOST:
-            self._add(GHOST_BYTES, -old.size)
+            store.set_value(GHOST_BYTES, max(0.0, store.value(GHOST_BYTES) - old.size))
             if old.freq > 1:
                 # Requested before this admission (or evicted earlier): its history earns it the main queue.
-                self.store.put(key, Record(size=size, queue=MAIN, priority=old.priority, freq=old.freq, last=now))
+                store.put(key, Record(size, MAIN, old.priority, old.freq, now))
                 return
-        self._add(WINDOW_BYTES, size)
-        self.store.put(key, Record(size=size, queue=WINDOW, priority=now, freq=1, last=now))
+        store.set_value(WINDOW_BYTES, max(0.0, store.value(WINDOW_BYTES) + size))
+        store.put(key, Record(size, WINDOW, now, 1, now))
 
     def _evict_one(self, now: float) -> str | None:
+        store = self.store
+        lowest, value, set_value = store.lowest, store.value, store.set_value
+        window_share = WINDOW_SHARE * self.capacity
         while True:
-            main = self.store.lowest(MAIN, 1)
+            main = lowest(MAIN, 1)
             found = main
-            if self.store.value(WINDOW_BYTES) > WINDOW_SHARE * self.capacity or not main:
-                found = self.store.lowest(WINDOW, 1) or main
+            if value(WINDOW_BYTES) > window_share or not main:
+                found = lowest(WINDOW, 1) or main
             if not found:
                 return None
             key, record = found[0]
             if record.queue == WINDOW:
-                self._add(WINDOW_BYTES, -record.size)
+                set_value(WINDOW_BYTES, max(0.0, value(WINDOW_BYTES) - record.size))
                 if record.freq > 1:   # requested again while on probation
                     # Its requests all fell within the short stay in the window: hardly decayed.
                     record.queue = MAIN
                     record.priority = record.last + self.half_life * math.log2(record.freq)
-                    self.store.put(key, record)
+                    store.put(key, record)
                     continue
             self._drop(key, record)
             return key
 
     def _drop(self, key: str, record: Record) -> None:
-        super()._drop(key, record)
-        self.store.put(key, Record(size=record.size, queue=GHOST, priority=record.priority, freq=record.freq,
-                                   last=record.last))
-        self._add(GHOST_BYTES, record.size)
+        store = self.store
+        size = record.size
+        store.remove(key)
+        store.set_value(USED, max(0.0, store.value(USED) - size))
+        store.put(key, Record(size, GHOST, record.priority, record.freq, record.last))
+        store.set_value(GHOST_BYTES, max(0.0, store.value(GHOST_BYTES) + size))
         self._trim_history()
 
     def _trim_history(self) -> None:
-        self._trim_ghosts(GHOST_BYTES, self.history * self.capacity)
+        if self.store.value(GHOST_BYTES) > self.history * self.capacity:
+            self._trim_ghosts(GHOST_BYTES, self.history * self.capacity)
 
 
 class AdaptiveLRFU(LRFU):
@@ -171,13 +207,8 @@ class AdaptiveLRFU(LRFU):
         earned, decay = self.earned, self._decay
         for i, mini in enumerate(self.minis):
             earned[i] *= decay
-            if mini.resident(key):
-                mini.hit(key, now)
+            if mini.replay(key, size, now):
                 earned[i] += size
-            else:
-                mini.miss(key, size, now)
-                if mini.admit(key, size, now):
-                    mini.insert(key, size, now)
         best = max(range(len(earned)), key=earned.__getitem__)
         current = self.candidates.index(self.half_life) if self.half_life in self.candidates else best
         if best != current and earned[best] > self.margin * earned[current]:

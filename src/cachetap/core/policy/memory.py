@@ -1,88 +1,156 @@
-"""In-memory policy state and hit counting (the simulator's storage): dicts plus a heap per queue.
+"""In-memory policy state and hit counting (the simulator's storage): dicts plus, per queue, a
+sorted run and a heap.
 
 Hand-written because it is the simulator's hot path: a million requests go through it per policy.
-The heaps keep stale entries (a key re-prioritised or removed) and skip them lazily when popped.
+A queue's items are (priority, sequence, key). Most are put in ascending order (LRU's and the FIFO
+windows' priority is the request time), so those are appended to a run (a deque, already sorted:
+O(1) in and out); the others go to a heap. The lowest item is the smaller of the two heads, so the
+order is exactly that of one heap. Both keep stale items (a key re-prioritised or removed) and skip
+them lazily when they reach the head.
+
+A request raises a record's priority in place (LRFU, LRU, GDSF), and most records are requested
+several times before they come near the head, so a raise pushes nothing: the record's older item
+stays as a stand-in (it sorts no later than the record's true position) and the true item is pushed
+only if the stand-in reaches the head. The head is therefore always a true item, and the smallest.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from collections import defaultdict, deque
+from heapq import heappop, heappush
+from itertools import chain
 
 from cachetap.core.policy.base import Record
 
-NONE = (0.0, "", -1)   # no live heap item
+NONE = (0.0, "", -1)   # no live item
+
+Item = tuple[float, int, str]   # priority, sequence, key
 
 
 class MemoryStore:
     def __init__(self) -> None:
         self.records: dict[str, Record] = {}
-        self.values: dict[str, float] = {}
-        self._heaps: dict[str, list[tuple[float, int, str]]] = {}
-        self._live: dict[str, tuple[float, str, int]] = {}   # key -> (priority, queue, sequence) of its live heap item
+        self.values: defaultdict[str, float] = defaultdict(float)
+        self._runs: dict[str, deque[Item]] = {}
+        self._heaps: dict[str, list[Item]] = {}
+        self._live: dict[str, tuple[float, str, int]] = {}   # key -> (priority, queue, sequence) of its live item
         self._seq = 0
+        self._items = 0   # items in all runs and heaps, stale ones included
+        self._raised: set[str] = set()   # keys whose true item is not pushed (a stand-in is)
+        # The hot calls, bound once to the dicts' own (C) methods: a policy makes tens of them per
+        # request, and a Python frame each was a good part of the simulator's time.
+        self.get = self.records.get
+        self.value = self.values.__getitem__
+        self.set_value = self.values.__setitem__
 
-    def get(self, key: str) -> Record | None:
+    def get(self, key: str) -> Record | None:   # (bound to records.get in __init__)
         return self.records.get(key)
 
     def put(self, key: str, record: Record) -> None:
         self.records[key] = record
+        priority, queue = record.priority, record.queue
         live = self._live.get(key)
-        if live is not None and live[0] == record.priority and live[1] == record.queue:
-            return   # same position: the live heap item still stands
-        self._seq += 1
-        self._live[key] = (record.priority, record.queue, self._seq)
-        heap = self._heaps.get(record.queue)
-        if heap is None:
-            heap = self._heaps[record.queue] = []
-        heapq.heappush(heap, (record.priority, self._seq, key))
-        if len(heap) > 64 and len(heap) > 4 * len(self.records):
+        if live is not None and live[1] == queue and live[0] == priority:
+            return   # same position: the live item still stands
+        self._seq = seq = self._seq + 1
+        self._live[key] = (priority, queue, seq)
+        if live is not None and live[1] == queue and live[0] < priority:
+            self._raised.add(key)   # raised: the item already in stands in for it
+            return
+        self._raised.discard(key)
+        self._push(key, priority, queue, seq)
+
+    def _push(self, key: str, priority: float, queue: str, seq: int) -> None:
+        run = self._runs.get(queue)
+        if run is None:
+            run = self._runs[queue] = deque()
+            self._heaps[queue] = []
+        if not run or run[-1][0] <= priority:   # in order (a later sequence breaks the tie)
+            run.append((priority, seq, key))
+        else:
+            heappush(self._heaps[queue], (priority, seq, key))
+        self._items += 1
+        if self._items > 64 and self._items > 4 * len(self.records):
             self._compact()
 
     def remove(self, key: str) -> None:
         if self.records.pop(key, None) is not None:
             del self._live[key]
+            self._raised.discard(key)
 
     def lowest(self, queue: str, limit: int) -> list[tuple[str, Record]]:
-        heap = self._heaps.get(queue)
-        found: list[tuple[str, Record]] = []
-        if not heap:
-            return found
-        # Drop stale items from the top, then read the live ones without disturbing the heap.
-        live = self._live
-        while heap and (live.get(heap[0][2]) or NONE)[2] != heap[0][1]:
-            heapq.heappop(heap)
+        run = self._runs.get(queue)
+        if run is None:
+            return []
+        heap = self._heaps[queue]
+        head = self._settle(queue, run, heap)
+        if head is None:
+            return []
         if limit == 1:
-            return [(heap[0][2], self.records[heap[0][2]])] if heap else found
+            return [(head, self.records[head])]
+        if self._raised:   # records behind the head may be where their stand-ins are: put them in place
+            self._compact()
+            run, heap = self._runs[queue], self._heaps[queue]
+        live = self._live
         want = limit
         while True:
-            found = [(key, self.records[key]) for _p, seq, key in heapq.nsmallest(want, heap)
-                     if (live.get(key) or NONE)[2] == seq]
-            if len(found) >= limit or want >= len(heap):
+            found = [(key, self.records[key]) for _p, seq, key in heapq.nsmallest(want, chain(run, heap))
+                     if live.get(key, NONE)[2] == seq]
+            if len(found) >= limit or want >= len(run) + len(heap):
                 return found[:limit]
             want *= 4
 
-    def value(self, name: str) -> float:
-        return self.values.get(name, 0.0)
+    def _settle(self, queue: str, run: deque[Item], heap: list[Item]) -> str | None:
+        """Drop stale items until the smaller of the two heads is a true item; its key (None: empty).
+        A stand-in that reaches a head makes way for its record's true item."""
+        live, raised = self._live, self._raised
+        while True:
+            if run and (not heap or run[0] < heap[0]):
+                _p, seq, key = run[0]
+                if live.get(key, NONE)[2] == seq:
+                    return key
+                run.popleft()
+            elif heap:
+                _p, seq, key = heap[0]
+                if live.get(key, NONE)[2] == seq:
+                    return key
+                heappop(heap)
+            else:
+                return None
+            self._items -= 1
+            if key in raised and live[key][1] == queue:
+                raised.discard(key)
+                priority, _q, true_seq = live[key]
+                self._push(key, priority, queue, true_seq)
+                run, heap = self._runs[queue], self._heaps[queue]   # (a compaction makes new ones)
 
-    def set_value(self, name: str, value: float) -> None:
+    def value(self, name: str) -> float:   # (bound to values.__getitem__ in __init__: 0.0 when unset)
+        return self.values[name]
+
+    def set_value(self, name: str, value: float) -> None:   # (bound to values.__setitem__ in __init__)
         self.values[name] = value
 
     def rescale(self, factor: float) -> None:
-        self._heaps = {}
         for key, record in self.records.items():
             record.priority = record.last + (record.priority - record.last) * factor
             seq = self._live[key][2]
             self._live[key] = (record.priority, record.queue, seq)
-            self._heaps.setdefault(record.queue, []).append((record.priority, seq, key))
-        for heap in self._heaps.values():
-            heapq.heapify(heap)
+        self._compact()
 
     def _compact(self) -> None:
-        for queue, heap in self._heaps.items():
-            kept = [item for item in heap if (self._live.get(item[2]) or NONE)[2] == item[1]]
-            heapq.heapify(kept)
-            self._heaps[queue] = kept
+        """Rebuild every queue from the true items alone (no stale item, no stand-in)."""
+        heaps: dict[str, list[Item]] = {queue: [] for queue in self._heaps}
+        for key, (priority, queue, seq) in self._live.items():
+            if queue not in heaps:
+                heaps[queue] = []
+            heaps[queue].append((priority, seq, key))
+        for heap in heaps.values():
+            heapq.heapify(heap)
+        self._heaps = heaps
+        self._runs = {queue: deque() for queue in heaps}
+        self._raised.clear()
+        self._items = len(self._live)
 
 
 class MemoryHits:
