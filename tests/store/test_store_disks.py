@@ -133,19 +133,33 @@ def test_removed_disk_fails_open_and_reconcile_removes_only_its_rows(catalog, tm
     assert not b.exists()  # nothing was made where the disk was
 
 
-def test_quota_pass_keeps_each_disk_within_its_own_limits(catalog, tmp_path):
+def test_quota_pass_keeps_each_disk_within_its_own_limits_in_the_policy_order(catalog, tmp_path):
+    from cachetap.core.policy import make_policy
+    from cachetap.store.policy_store import CatalogPolicyStore
     from cachetap.tasks.housekeeping import run_quota
 
     a, b, c = dirs(tmp_path, "a", "b", "c")
     disks = Disks([Disk(str(a), a), Disk(str(b), b, quota=250), Disk(str(c), c, min_free=1050)])
     keys = {(d, n): _ready_on(catalog, disks, str(d), f"{d.name}{n}", d.name.encode() * (100 + n), last_hit=1000.0 + n)
             for d in (a, b, c) for n in range(3)}
-    settings = load_settings(cache_dir=tmp_path / "home", min_free_bytes=0, disk_quota=0)
+    # The policy (GDSF: priority frequency / size) tracks a's and b's objects; c's it never saw.
+    store = CatalogPolicyStore(catalog.engine)
+    policy = make_policy("gdsf", store, 1 << 40)
+    with store.transaction():
+        for d in (a, b):
+            for n in range(3):
+                policy.insert(keys[(d, n)], 100 + n + (d == a), 2000.0)   # a2 (1/103) lowest of all
+        for _ in range(3):
+            policy.hit(keys[(b, 0)], 2001.0)   # b0: least recently requested in the catalog, GDSF's keeper
+    settings = load_settings(cache_dir=tmp_path / "home", min_free_bytes=0, disk_quota=0, eviction_policy="gdsf")
     summary = run_quota(catalog, disks, settings, free_bytes=1000)  # every disk: 1000 bytes free
     gone = sorted(k for k, key in keys.items() if catalog.get(key) is None)
-    # b: 303 bytes over its 250 -> its least recently requested goes; c: 50 short of 1050 free -> its oldest.
-    assert gone == [(b, 0), (c, 0)] and summary["evicted"] == 2 and summary["freed"] == 200
+    # b: 303 bytes over its 250 -> the policy's lowest among b's objects goes (b2; not a's, lower
+    # still but on another disk; not b0, least recently requested); c: 50 short of 1050 free -> the
+    # policy tracks none of c's objects: its least recently requested goes.
+    assert gone == [(b, 2), (c, 0)] and summary["evicted"] == 2 and summary["freed"] == 202
     assert disks.store(str(b)).exists(catalog.get(keys[(b, 1)]).blob)
+    assert not policy.resident(keys[(b, 2)]) and policy.resident(keys[(a, 2)])
 
 
 # ---- real free space per disk: two small tmpfs mounts ---------------------------------------------

@@ -427,30 +427,18 @@ class Catalog:
         stmt = sa.select(sa.func.coalesce(sa.func.sum(ENTRIES.c.stored_size), 0)).where(
             ENTRIES.c.state == EntryState.READY.value)
         if disk is not None:
-            stmt = stmt.where(self._held_on(disk, default_disk, node))
+            stmt = stmt.where(self.held_on(disk, default_disk, node))
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar() or 0)
 
     @staticmethod
-    def _held_on(disk: str, default_disk: str | None, node: str | None) -> sa.ColumnElement[bool]:
+    def held_on(disk: str, default_disk: str | None, node: str | None) -> sa.ColumnElement[bool]:
         on_disk = ENTRIES.c.disk == disk
         if disk == default_disk:
             on_disk = sa.or_(on_disk, ENTRIES.c.disk.is_(None))
         if node is None:
             return on_disk
         return sa.and_(on_disk, sa.or_(ENTRIES.c.node.is_(None), ENTRIES.c.node == node))
-
-    def ready_on_disk(self, disk: str, default_disk: str | None, node: str | None, limit: int,
-                      after: tuple[float, str] | None = None) -> list[tuple[float, str, int]]:
-        """(last_hit, key, stored_size) of the ready entries on one disk of `node`, least recently
-        requested first, one keyset page after `after`."""
-        stmt = (sa.select(ENTRIES.c.last_hit, ENTRIES.c.key, ENTRIES.c.stored_size)
-                .where(ENTRIES.c.state == EntryState.READY.value, self._held_on(disk, default_disk, node))
-                .order_by(ENTRIES.c.last_hit, ENTRIES.c.key).limit(limit))
-        if after is not None:
-            stmt = stmt.where(sa.tuple_(ENTRIES.c.last_hit, ENTRIES.c.key) > sa.tuple_(*after))
-        with self.engine.connect() as conn:
-            return [(last_hit, key, size or 0) for last_hit, key, size in conn.execute(stmt)]
 
     def entry_stats(self, states: Iterable[str], fewer_hits_than: int | None = None,
                     last_hit_before: float | None = None, node: str | None = None) -> list[EntryStat]:

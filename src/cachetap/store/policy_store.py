@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from cachetap.core.policy.base import Record
+from cachetap.core.policy.base import GHOST, Record
 from cachetap.store.db import writer
 from cachetap.core.lifecycle import EntryState
 from cachetap.store.models import Entry, PolicyRecord, PolicyValue
@@ -27,8 +27,13 @@ LOCK = "lock"
 
 
 class CatalogPolicyStore:
-    def __init__(self, engine: Engine) -> None:
+    """`only`: a condition on the entries table that limits the residents `lowest` offers (the
+    ready objects of one disk, for that disk's quota), so the policy picks its victims there in its
+    own order. History (the ghost queue) and the shared values stay whole."""
+
+    def __init__(self, engine: Engine, only: sa.ColumnElement[bool] | None = None) -> None:
         self.engine = engine
+        self.only = only
         self._conn: Connection | None = None
 
     @contextmanager
@@ -79,9 +84,12 @@ class CatalogPolicyStore:
             conn.execute(sa.delete(RECORDS).where(RECORDS.c.key == key))
 
     def lowest(self, queue: str, limit: int) -> list[tuple[str, Record]]:
+        stmt = sa.select(RECORDS).where(RECORDS.c.queue == queue)
+        if self.only is not None and queue != GHOST:
+            entries = Entry.__table__
+            stmt = stmt.select_from(RECORDS.join(entries, entries.c.key == RECORDS.c.key)).where(self.only)
         with self._use() as conn:
-            rows = conn.execute(sa.select(RECORDS).where(RECORDS.c.queue == queue)
-                                .order_by(RECORDS.c.priority, RECORDS.c.key).limit(limit)).all()
+            rows = conn.execute(stmt.order_by(RECORDS.c.priority, RECORDS.c.key).limit(limit)).all()
         return [(row.key, _record(row)) for row in rows]
 
     def value(self, name: str) -> float:
@@ -94,8 +102,9 @@ class CatalogPolicyStore:
             self._upsert(conn, VALUES, {"name": name, "value": value}, ["name"], {"value": value})
 
     def untracked_ready(self, limit: int, after: tuple[float, str] | None = None) -> list[tuple[float, str, int]]:
-        """(last_hit, key, stored_size) of ready entries with no policy record, least recently hit
-        first, `limit` at a time after `after` (entries stored while their reservation was dropped)."""
+        """(last_hit, key, stored_size) of ready entries with no policy record (within `only`), least
+        recently hit first, `limit` at a time after `after` (entries stored while their reservation
+        was dropped, or before the policy tracked them)."""
         entries = Entry.__table__
         stmt = (sa.select(entries.c.last_hit, entries.c.key, entries.c.stored_size)
                 .select_from(entries.outerjoin(RECORDS, RECORDS.c.key == entries.c.key))
@@ -103,6 +112,8 @@ class CatalogPolicyStore:
                 .order_by(entries.c.last_hit, entries.c.key).limit(limit))
         if after is not None:
             stmt = stmt.where(sa.tuple_(entries.c.last_hit, entries.c.key) > sa.tuple_(*after))
+        if self.only is not None:
+            stmt = stmt.where(self.only)
         with self.engine.connect() as conn:
             return [(float(r.last_hit or 0.0), r.key, int(r.stored_size or 0)) for r in conn.execute(stmt)]
 

@@ -73,8 +73,8 @@ def run_cleanup(catalog: Catalog, blobs: Disks | BlobStore, settings: Settings, 
 def run_quota(catalog: Catalog, blobs: Disks | BlobStore, settings: Settings, free_bytes: int | None = None,
               index: IndexNotifier = NO_INDEX, now: float | None = None) -> dict[str, int]:
     """Evict ready entries in the eviction policy's order until the stored bytes fit disk_quota and,
-    on a node with one disk, its min_free_bytes are free; then, disk by disk, the least recently
-    requested objects of a disk over its own quota or under its min_free_bytes (`free_bytes`
+    on a node with one disk, its min_free_bytes are free; then, disk by disk, the policy's victims
+    among the objects of a disk over its own quota or under its min_free_bytes (`free_bytes`
     overrides the measurement of every disk)."""
     removed = forgetting(catalog, settings, index.removed)   # the policy releases the key's space too
     disks = as_disks(blobs, settings.min_free_bytes)
@@ -98,29 +98,32 @@ def run_quota(catalog: Catalog, blobs: Disks | BlobStore, settings: Settings, fr
     for disk, disk_free in rooms:
         if disk_free is None or (one is not None and not disk.quota):
             continue  # not usable now (its objects are out of service anyway), or done above
-        n, nbytes = _disk_quota(catalog, disks, disk, disk_free, settings.effective_node_name, removed)
+        n, nbytes = _disk_quota(catalog, disks, disk, disk_free, settings, removed, now)
         evicted, freed = evicted + n, freed + nbytes
     objects, stored = Stats(catalog).ready_totals()
     metrics.store().measured(objects, stored, settings.disk_quota, free + freed)
     return {"used": used, "budget": budget, "free": free, "evicted": evicted, "freed": freed}
 
 
-def _disk_quota(catalog: Catalog, disks: Disks, disk: Disk, free: int, node: str,
-                removed: Callable[[str], None]) -> tuple[int, int]:
-    """One disk over its quota or under its min_free: its least recently requested objects go."""
+def _disk_quota(catalog: Catalog, disks: Disks, disk: Disk, free: int, settings: Settings,
+                removed: Callable[[str], None], now: float | None = None) -> tuple[int, int]:
+    """One disk over its quota or under its min_free: the eviction policy's victims among that
+    disk's objects go, in the policy's order (as for disk_quota, restricted to the disk)."""
+    node = settings.effective_node_name
     used = catalog.stored_bytes(disk=disk.label, default_disk=disks.default, node=node)
     excess = used - bytes_budget(used, disk.quota, free, disk.min_free)
-    evicted, freed, after = 0, 0, None
-    while excess > freed:
-        page = catalog.ready_on_disk(disk.label, disks.default, node, 256, after)
-        if not page:
+    evicted, freed = 0, 0
+    if excess <= 0:
+        return 0, 0
+    for key in quota_order(catalog, settings, excess, time.time() if now is None else now,
+                           disk=(disk.label, disks.default, node)):
+        entry = catalog.get(key)
+        if entry is None or entry.state != EntryState.READY:
+            continue
+        if evict(catalog, disks, key, "quota", expect_state=EntryState.READY, on_removed=removed):
+            evicted, freed = evicted + 1, freed + (entry.stored_size or 0)
+        if freed >= excess:
             break
-        for last_hit, key, size in page:
-            after = (last_hit, key)
-            if evict(catalog, disks, key, "quota", expect_state=EntryState.READY, on_removed=removed):
-                evicted, freed = evicted + 1, freed + size
-            if freed >= excess:
-                break
     if evicted:
         log.warning("quota: disk %s holds %d bytes (its quota %d, %d free, keep %d free): %d entries evicted, "
                     "%d bytes", disk.label, used, disk.quota, free, disk.min_free, evicted, freed)
@@ -282,7 +285,7 @@ def node_housekeeping(app: CachetapCelery) -> dict[str, Any]:
     for disk in disks:
         free = disk.free() if disk.usable() else None
         if free is not None and (disk.quota or disk.min_free):
-            _disk_quota(app.catalog, disks, disk, free, settings.effective_node_name, removed)
+            _disk_quota(app.catalog, disks, disk, free, settings, removed)
     return summary
 
 

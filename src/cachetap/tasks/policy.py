@@ -14,10 +14,12 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+import sqlalchemy as sa
+
 from cachetap.core.lifecycle import EntryState
 from cachetap.core.policy import Policy, make_policy
 from cachetap.settings import Settings
-from cachetap.store.catalog import Catalog
+from cachetap.store.catalog import ENTRIES, Catalog
 from cachetap.store.evict import evict
 from cachetap.store.policy_store import CatalogPolicyStore
 
@@ -78,11 +80,17 @@ def forget(app: CachetapCelery, key: str) -> None:
         policy.remove(key)
 
 
-def quota_order(catalog: Catalog, settings: Settings, nbytes: float, now: float) -> Iterator[str]:
+def quota_order(catalog: Catalog, settings: Settings, nbytes: float, now: float,
+                disk: tuple[str, str | None, str | None] | None = None) -> Iterator[str]:
     """Keys to evict for `nbytes` of disk: the policy's victims in its order (an indexed ORDER BY,
     one locked transaction per batch), then ready entries it does not track (stored after their
-    reservation was given up), least recently requested first. Keyset pages: no pass loads every row."""
-    store = CatalogPolicyStore(catalog.engine)
+    reservation was given up), least recently requested first. Keyset pages: no pass loads every row.
+    With `disk` (label, default disk, node), only the ready objects on that disk of that node: the
+    same policy, the same order, restricted to what evicting can free there."""
+    only = None
+    if disk is not None:
+        only = sa.and_(ENTRIES.c.state == EntryState.READY.value, Catalog.held_on(*disk))
+    store = CatalogPolicyStore(catalog.engine, only)
     policy = make_policy(settings.eviction_policy, store, int(settings.disk_quota or NO_QUOTA))
     left = nbytes
     while left > 0:
