@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from cachetap import __version__ as _version
@@ -42,6 +43,22 @@ def simple(status: int, body: bytes, keep_alive: bool, extra: list[tuple[str, st
     fields = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
     fields.extend(extra or [])
     return head(status, fields, keep_alive) + (body if with_body else b"")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectFields:
+    """What every answer about one object shares, computed once per object (see CacheServer)."""
+
+    validators: list[tuple[str, str]]      # 304s: Accept-Ranges, ETag, Last-Modified
+    representation: list[tuple[str, str]]  # 200/206: type, disposition, nosniff, then the validators
+    etag: str | None
+    modified: float
+
+    @classmethod
+    def of(cls, obj: ServedObject) -> ObjectFields:
+        validators = object_fields(obj)
+        etag = next((v for n, v in validators if n == "ETag"), None)
+        return cls(validators, [*representation_fields(obj), *validators], etag, modified_time(obj))
 
 
 def object_fields(obj: ServedObject) -> list[tuple[str, str]]:

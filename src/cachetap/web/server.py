@@ -27,6 +27,28 @@ from cachetap.web.request import Request
 
 log = logging.getLogger(__name__)
 
+FIXED_FIELDS_KEPT = 1024  # objects whose constant answer fields are kept (about a kilobyte each)
+
+
+class OpenFile:
+    """A file descriptor with the two methods a body needs (an io.FileIO costs one more fstat and
+    more Python work per request)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    __del__ = close  # as a FileIO does: an answer dropped on an error path leaks no descriptor
+
 
 class CacheServer:
     """One event loop serving one listening socket.
@@ -64,6 +86,7 @@ class CacheServer:
         self._sweep_every = 1.0
         self._sweeper: asyncio.TimerHandle | None = None
         self._stopping = False
+        self._fixed: dict[int, tuple[ServedObject, resp.ObjectFields]] = {}
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -190,7 +213,7 @@ class CacheServer:
                     return self._fall_back(key, obj.url, "out_of_descriptors", keep_alive, is_head, request)
                 self.lookup.forget(key)
                 return self._fall_back(key, obj.url, "file_missing", keep_alive, is_head, request)
-            file = open(fd, "rb", buffering=0)
+            file = OpenFile(fd)
             st = os.fstat(fd)
             if st.st_size == obj.size and st.st_mtime == obj.mtime:
                 break
@@ -225,9 +248,8 @@ class CacheServer:
     def _object_answer(self, request: Request, key: str, obj: ServedObject, keep_alive: bool,
                        is_head: bool) -> Answer:
         headers = request.headers
-        validators = resp.object_fields(obj)
-        modified = resp.modified_time(obj)
-        etag = next((v for n, v in validators if n == "ETag"), None)
+        fixed = self._fixed_fields(obj)
+        validators, etag, modified = fixed.validators, fixed.etag, fixed.modified
         if not_modified(headers, etag, modified):
             if not is_head:
                 self.lookup.record_hit(key)
@@ -240,7 +262,7 @@ class CacheServer:
                 fields = [("Content-Range", f"bytes */{obj.size}"), *validators]
                 return Answer(resp.simple(416, b"", keep_alive, fields), 416, keep_alive)
             wanted = chosen if isinstance(chosen, ByteRange) else None
-        fields = [*resp.representation_fields(obj), *validators]
+        fields = list(fixed.representation)
         if wanted is not None:
             status, offset, length = 206, wanted.start, wanted.length
             fields.append(("Content-Range", f"bytes {wanted.start}-{wanted.end}/{obj.size}"))
@@ -252,6 +274,18 @@ class CacheServer:
             return Answer(head, status, keep_alive)
         self.lookup.record_hit(key, length)  # the body planned; a client may stop reading earlier
         return Answer(head, status, keep_alive, offset=offset, length=length)
+
+    def _fixed_fields(self, obj: ServedObject) -> resp.ObjectFields:
+        """The fields of `obj`'s answers that only change with the object (dates formatted, file name
+        encoded), made once per object the lookup hands out (lookups keep one for a second or more)."""
+        cached = self._fixed.get(id(obj))
+        if cached is not None and cached[0] is obj:
+            return cached[1]
+        if len(self._fixed) >= FIXED_FIELDS_KEPT:
+            self._fixed.clear()  # objects of lookups that moved on; the busy ones come back at once
+        fields = resp.ObjectFields.of(obj)
+        self._fixed[id(obj)] = (obj, fields)  # holding obj keeps its id from being reused meanwhile
+        return fields
 
     def _fall_back(self, key: str, url: str | None, reason: str, keep_alive: bool, is_head: bool,
                    request: Request) -> Answer:
