@@ -31,6 +31,7 @@ measured figures are printed.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import subprocess
 import sys
 import threading
@@ -38,11 +39,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from cachetap.core.keys import cache_key
 from cachetap.core.placement import members_from, owner
+from cachetap.core.urls import object_path
 from cachetap.settings import load_settings
 from cachetap.store.blobs import BlobStore
 from cachetap.store.leases import Leases, TaskRuns
@@ -347,14 +350,27 @@ def test_two_capture_and_two_cache_nodes_serve_real_clients_fail_open_rehome_pee
     env.update(settings_env(c.captures[1].settings))
     removed: list[float] = []
     gone: list[float] = []
+    unserved: list[float] = []
+    served_at = urlsplit(nodes["node-a"].url)
 
-    def watch() -> None:  # when the row went (the purge took effect) and when node-a's file went
+    def serving() -> bool:  # node-a's cache server, asked directly, still answers with the bytes
+        conn = http.client.HTTPConnection(served_at.hostname, served_at.port, timeout=5)
+        try:
+            conn.request("GET", object_path(key, "x.iso"), headers={"Range": "bytes=0-0"})
+            return conn.getresponse().status == 206
+        finally:
+            conn.close()
+    assert serving()  # its row cache holds the object now
+
+    def watch() -> None:  # when the row went (the purge took effect), node-a stopped serving, its file went
         deadline = time.time() + 60
-        while time.time() < deadline and not (removed and gone):
+        while time.time() < deadline and not (removed and gone and unserved):
             if not removed and ((entry := catalog.get(key)) is None or entry.state != "ready"):  # or asked again
                 removed.append(time.time())
             if not gone and not blob.exists():
                 gone.append(time.time())
+            if not unserved and not serving():
+                unserved.append(time.time())
             time.sleep(0.005)
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -364,11 +380,13 @@ def test_two_capture_and_two_cache_nodes_serve_real_clients_fail_open_rehome_pee
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         watcher.join()
-        assert removed and gone, f"purge: row removed {removed}, node-a's file {blob} deleted {gone}"
+        assert removed and gone and unserved, \
+            f"purge: row removed {removed}, node-a stopped serving {unserved}, its file {blob} deleted {gone}"
         return removed[0]
     seen = c.origin_again(path, purge)
     print(f"purge on capture-2: clients got the origin {[f'{t:.3f}s' for t, _n in seen.values()]} after the row "
-          f"went; node-a deleted the file {gone[0] - removed[0]:.3f}s after it")
+          f"went; node-a's cache server stopped serving it {unserved[0] - removed[0]:.3f}s and deleted the file "
+          f"{gone[0] - removed[0]:.3f}s after it")
     assert len(seen) == 2 and max(t for t, _n in seen.values()) <= 1.0 + SLACK
     assert gone[0] - removed[0] <= 10  # a task on node-a's own queue: reached, not a latency bound
 

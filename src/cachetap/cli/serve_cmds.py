@@ -27,6 +27,7 @@ def serve(ctx: Context, host: str | None, port: int | None, processes: int | Non
     settings = ctx.settings()
     setup_logging(settings.log_level)
     hint_secret = None  # a plain directory has no capture that signs origin hints
+    follow = None
     if directory is not None:
         lookup = DirectoryLookup(directory)
     else:
@@ -38,6 +39,8 @@ def serve(ctx: Context, host: str | None, port: int | None, processes: int | Non
 
         catalog = open_catalog(settings)
         lookup = CatalogLookup(catalog, Disks.from_settings(settings))
+        if not settings.embedded_broker:  # a cluster: purges are broadcast (one box: the row TTL, 1 s)
+            follow = _index_follower(settings, lookup)
         hint_secret = catalog.shared_secret(HINT_SECRET)
         admin_token(catalog, settings.cache_dir, settings.admin_token)  # a cache node alone: its file too
         use_box_directory(settings.cache_dir)  # /metrics: every cachetap process of this machine
@@ -62,7 +65,7 @@ def serve(ctx: Context, host: str | None, port: int | None, processes: int | Non
                    strip_query_params=settings.strip_query_params, hint_secret=hint_secret,
                    max_connections=settings.serve_max_connections,
                    max_connections_per_address=settings.serve_max_connections_per_address,
-                   access_log=access_log)
+                   access_log=access_log, in_each_process=follow)
     finally:
         for beat in heartbeats:
             beat.stop()
@@ -76,3 +79,17 @@ def _cache_heartbeat(settings, port: int):
     return start_heartbeat(settings.effective_database_url, settings.effective_node_name, "cache",
                            settings.node_heartbeat_interval,
                            lambda: {"public_url": url, "disks": disks_of([d.path for d in settings.disks])})
+
+
+def _index_follower(settings, lookup):
+    """What each serving process starts: its own broker connection following the index fanout, so a
+    purged or moved object leaves its row cache at once (tasks/index_events.IndexFollower)."""
+    import socket
+
+    def start(slot: int) -> None:
+        from cachetap.tasks.app import create_app
+        from cachetap.tasks.index_events import IndexFollower
+
+        name = f"cachetap.serve.{socket.gethostname()}.{settings.effective_node_name}.{slot}"
+        IndexFollower(create_app(settings), lookup.forget, name).start()
+    return start

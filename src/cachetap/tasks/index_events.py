@@ -4,19 +4,21 @@ A fanout exchange on the Celery broker (its names in `cachetap.wire`): the downl
 INDEX_READY when it publishes a file; eviction, purge and revalidation publish INDEX_REMOVED. Capture
 nodes each bind their own queue to it (capture/index_sync.py). Publishing is best effort: a lost message is corrected by the capture's
 periodic reconcile with the catalog, so a broker hiccup never fails the task that published.
+Cache servers listen too (`IndexFollower`): each event's keys leave their row cache at once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
+from kombu import Consumer, Queue
 
-from cachetap.wire import (INDEX_EXCHANGE, INDEX_READY, INDEX_REMOVED, INDEX_ROUTING_KEY, FileDrop, index_event,
-                           send_download)
+from cachetap.wire import (INDEX_EXCHANGE, INDEX_READY, INDEX_REMOVED, INDEX_ROUTING_KEY, FileDrop,
+                           decode_index_event, index_event, send_download)
 
 if TYPE_CHECKING:
     from cachetap.store.catalog import EntryView
@@ -74,3 +76,68 @@ class IndexNotifier:
 
 
 NO_INDEX = IndexNotifier()
+
+
+class IndexFollower:
+    """A cache server process's ear on the index fanout: every key an event names (purged, evicted,
+    re-homed, ready again) goes to `forget` as it arrives, so the server's row cache (web/lookup.py,
+    kept `ttl` = 1 s) stops serving a purged object at once instead of up to that TTL later, and
+    serves a newly ready one without waiting out a cached "not here". An event it misses (broker
+    down; Redis publish/subscribe while away) costs at most that TTL, so nothing is reconciled here.
+
+    `queue_name` must be stable for a process slot across restarts (the embedded broker would keep
+    a dead process's queue collecting events); it is purged on the first connection.
+    """
+
+    def __init__(self, app: Celery, forget: Callable[[str], None], queue_name: str) -> None:
+        self.app = app
+        self.forget = forget
+        self.queue = Queue(queue_name, exchange=INDEX_EXCHANGE, routing_key=INDEX_ROUTING_KEY, durable=False,
+                           auto_delete=True)
+        self.events = 0
+        self.listening = threading.Event()  # bound to the exchange (tests wait for it)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cachetap-index-follower", daemon=True)
+
+    def start(self) -> IndexFollower:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        backoff, first = 0.5, True
+        while not self._stop.is_set():
+            try:
+                with self.app.connection_for_read() as conn:
+                    channel = conn.channel()
+                    bound = self.queue(channel)
+                    bound.declare()
+                    if first:
+                        bound.purge()
+                        first = False
+                    with Consumer(channel, queues=[bound], callbacks=[self._on_message], accept=["json"]):
+                        self.listening.set()
+                        backoff = 0.5
+                        while not self._stop.is_set():
+                            try:
+                                conn.drain_events(timeout=0.5)
+                            except TimeoutError:
+                                continue
+            except Exception as exc:  # broker down: the row cache's TTL bounds what is missed
+                self.listening.clear()
+                log.warning("index events (cache server): %s; retrying in %.1fs", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        try:
+            event = decode_index_event(body) if isinstance(body, dict) else None
+            if event is not None:
+                for key in event[1]:
+                    self.forget(key)
+                self.events += 1
+        finally:
+            message.ack()

@@ -40,24 +40,29 @@ async def _serve_with_signals(server: CacheServer, on_ready: Callable[[int], Non
 
 
 def run_server(host: str, port: int, lookup: ObjectLookup, processes: int = 1, *,
-               on_ready: Callable[[int], None] | None = None, **options: Any) -> None:
+               on_ready: Callable[[int], None] | None = None,
+               in_each_process: Callable[[int], Any] | None = None, **options: Any) -> None:
     """Block serving until SIGTERM or SIGINT; `on_ready(port)` once every worker listens.
 
+    `in_each_process(slot)` runs at the start of each serving process (slot 0..processes-1; a
+    replaced worker gets its predecessor's slot), for threads a fork would not carry over.
     `options` go to CacheServer (head_timeout, send_timeout, grace).
     """
     if processes < 1:
         raise ValueError(f"processes must be at least 1, got {processes}")
     raise_open_files_limit()  # before the connection caps are sized from it (workers inherit it)
     if processes == 1:
+        if in_each_process is not None:
+            in_each_process(0)
         asyncio.run(_serve_with_signals(CacheServer(lookup, host, port, **options), on_ready))
         return
     if multiprocess_directory() is not None:  # the machine's folder (cachetap serve)
-        _run_workers(host, port, lookup, processes, on_ready, options)
+        _run_workers(host, port, lookup, processes, on_ready, options, in_each_process)
         return
     metrics_dir = tempfile.mkdtemp(prefix="cachetap-metrics-")
     enable_multiprocess(metrics_dir)
     try:
-        _run_workers(host, port, lookup, processes, on_ready, options)
+        _run_workers(host, port, lookup, processes, on_ready, options, in_each_process)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
@@ -74,14 +79,17 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
 
 
 def _worker(lookup: ObjectLookup, host: str, port: int, options: dict[str, Any], ready: Any,
-            master: int) -> None:
+            master: int, slot: int, in_each_process: Callable[[int], Any] | None) -> None:
     die_with_parent(master)  # a master killed with SIGKILL must not leave workers holding the port
+    if in_each_process is not None:
+        in_each_process(slot)
     server = CacheServer(lookup, host, port, reuse_port=True, **options)
     asyncio.run(_serve_with_signals(server, lambda _port: ready.put(os.getpid())))
 
 
 def _run_workers(host: str, port: int, lookup: ObjectLookup, processes: int,
-                 on_ready: Callable[[int], None] | None, options: dict[str, Any]) -> None:
+                 on_ready: Callable[[int], None] | None, options: dict[str, Any],
+                 in_each_process: Callable[[int], Any] | None = None) -> None:
     reservation, port = _reserve_port(host, port)
     context = multiprocessing.get_context("fork")  # workers inherit the lookup as it is
     ready = context.Queue()
@@ -101,13 +109,14 @@ def _run_workers(host: str, port: int, lookup: ObjectLookup, processes: int,
 
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, forward)
 
-    def spawn() -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=_worker, args=(lookup, host, port, options, ready, os.getpid()),
+    def spawn(slot: int) -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_worker, args=(lookup, host, port, options, ready, os.getpid(), slot,
+                                                        in_each_process),
                                   name="cachetap-serve", daemon=True)
         process.start()
         return process
 
-    workers.extend(spawn() for _ in range(processes))
+    workers.extend(spawn(slot) for slot in range(processes))
     try:
         started = 0
         while started < processes and not stopping:
@@ -127,7 +136,7 @@ def _run_workers(host: str, port: int, lookup: ObjectLookup, processes: int,
                     log.error("cache server worker %s exited with %s; starting another", worker.pid,
                               worker.exitcode)
                     time.sleep(0.5)  # no tight restart loop if it dies at once again
-                    workers[index] = spawn()
+                    workers[index] = spawn(index)
     finally:
         reservation.close()
         for worker in workers:
