@@ -60,6 +60,51 @@ def test_leave_takes_a_role_out_at_once_and_forget_removes_the_node(catalog):
     assert reg.nodes(100.5, WINDOW) == []
 
 
+def test_a_nodes_workers_share_the_worker_row_without_overwriting_each_other(catalog):
+    reg = catalog.nodes
+    reg.beat("a", "worker", 100.0, report={"queues": ["download", "download.a"]}, process="dl@a", keep_for=WINDOW)
+    reg.beat("a", "worker", 101.0, report={"queues": ["analyze"]}, process="an@a", keep_for=WINDOW)
+    reg.beat("a", "worker", 102.0, report={"queues": ["download", "download.a"]}, process="dl@a", keep_for=WINDOW)
+    [node] = reg.live(102.5, WINDOW)
+    assert node.reports["worker"]["queues"] == ["analyze", "download", "download.a"]
+    assert {p: r["seen"] for p, r in node.reports["worker"]["processes"].items()} == {"dl@a": 102.0, "an@a": 101.0}
+    # One stops cleanly: the other keeps the role live, the leaver's queues leave the report.
+    reg.leave("a", "worker", "dl@a", now=103.0, keep_for=WINDOW)
+    [node] = reg.live(103.5, WINDOW)
+    assert node.roles == ("worker",) and node.reports["worker"]["queues"] == ["analyze"]
+    # A process silent past the window drops out at another's beat; the last one leaving ends the role.
+    later = 101.0 + WINDOW + 1
+    reg.beat("a", "worker", later, report={"queues": ["schedule"]}, process="sc@a", keep_for=WINDOW)
+    [node] = reg.live(later, WINDOW)
+    assert list(node.reports["worker"]["processes"]) == ["sc@a"] and node.reports["worker"]["queues"] == ["schedule"]
+    reg.leave("a", "worker", "sc@a", now=later, keep_for=WINDOW)
+    assert reg.live(later, WINDOW) == []
+
+
+def test_concurrent_beats_of_a_shared_row_keep_every_process(catalog):
+    regs = [NodeRegistry(catalog.engine) for _ in range(4)]
+    start = threading.Barrier(len(regs))
+    errors = []
+
+    def beats(reg: NodeRegistry, i: int) -> None:
+        try:
+            start.wait(timeout=10)
+            for n in range(5):
+                reg.beat("a", "worker", 100.0 + n, report={"queues": [f"q{i}"]}, process=f"w{i}@a", keep_for=WINDOW)
+        except Exception as exc:  # collected: a lost race must not raise
+            errors.append(exc)
+
+    threads = [threading.Thread(target=beats, args=(r, i)) for i, r in enumerate(regs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    [row] = catalog.nodes.rows()
+    assert sorted(row.report["processes"]) == ["w0@a", "w1@a", "w2@a", "w3@a"]
+    assert row.report["queues"] == ["q0", "q1", "q2", "q3"]
+
+
 def test_bad_report_text_reads_as_empty_not_as_an_error(catalog):
     reg = catalog.nodes
     reg.beat("a", "capture", 100.0)

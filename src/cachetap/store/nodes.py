@@ -133,6 +133,36 @@ def _merge(name: str, rows: list[RoleRow], now: float, window: float) -> NodeVie
                     live=bool(live_rows), reports={r.role: r.report for r in shown})
 
 
+def _live_processes(conn: sa.Connection, where: Any, now: float, keep_for: float,
+                    leaving: str) -> dict[str, dict[str, Any]]:
+    """The reports of the processes sharing a row that were seen within `keep_for`, but `leaving`'s.
+    Read under the row's lock, so two beats never lose each other's report."""
+    row = conn.execute(sa.select(NODES.c.report).where(where).with_for_update()).first()
+    found = _report_from(row.report).get("processes") if row is not None else None
+    if not isinstance(found, dict):
+        return {}
+    return {p: r for p, r in found.items()
+            if p != leaving and isinstance(r, dict) and isinstance(r.get("seen"), (int, float))
+            and r["seen"] > now - keep_for}
+
+
+def _united(processes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A shared row's report: every process's own, and their list values (queues) united."""
+    united: dict[str, Any] = {}
+    for report in processes.values():
+        for key, value in report.items():
+            if isinstance(value, list):
+                united[key] = sorted({*united.get(key, []), *(v for v in value if isinstance(v, str))})
+    return {**united, "processes": dict(processes)}
+
+
+def _shared_report(conn: sa.Connection, where: Any, process: str, own: Mapping[str, Any], now: float,
+                   keep_for: float) -> str:
+    processes = _live_processes(conn, where, now, keep_for, leaving=process)
+    processes[process] = {**own, "seen": now}
+    return json.dumps(_united(processes), default=str)
+
+
 class NodeRegistry:
     """The `nodes` table. Each method is one short statement or transaction."""
 
@@ -142,16 +172,25 @@ class NodeRegistry:
 
     def beat(self, name: str, role: str, now: float, *, public_url: str | None = None,
              disks: Iterable[Disk] = (), report: Mapping[str, Any] | None = None,
-             started_at: float | None = None, pid: int | None = None, version: str = __version__) -> None:
-        """Write this process's row (insert on the first beat, update after)."""
+             started_at: float | None = None, pid: int | None = None, version: str = __version__,
+             process: str | None = None, keep_for: float = 0.0) -> None:
+        """Write this process's row (insert on the first beat, update after).
+
+        With `process`, several processes of the node share the role's row (its Celery workers, one
+        per queue or so): each one's report is kept under `processes` (its own, `seen` at its last
+        beat, dropped `keep_for` seconds later) and the row's report unites their list values (the
+        queues), so no worker's beat overwrites another's."""
         if role not in ROLES:
             raise ValueError(f"unknown node role {role!r}; one of {ROLES}")
+        own = dict(report or {})
         values = {"public_url": public_url, "disks": json.dumps([d.to_dict() for d in disks]),
                   "version": version[:32], "pid": os.getpid() if pid is None else pid,
                   "started_at": now if started_at is None else started_at, "last_seen": now,
-                  "report": json.dumps(dict(report or {}), default=str)}
+                  "report": json.dumps(own, default=str)}
         where = sa.and_(NODES.c.name == name, NODES.c.role == role)
         with self._writer.begin() as conn:
+            if process is not None:
+                values["report"] = _shared_report(conn, where, process, own, now, keep_for)
             if conn.execute(sa.update(NODES).where(where).values(values)).rowcount == 1:
                 return
         try:
@@ -159,13 +198,25 @@ class NodeRegistry:
                 conn.execute(NODES.insert().values(name=name, role=role, **values))
         except sa.exc.IntegrityError:  # another process of the node inserted it first
             with self._writer.begin() as conn:
+                if process is not None:
+                    values["report"] = _shared_report(conn, where, process, own, now, keep_for)
                 conn.execute(sa.update(NODES).where(where).values(values))
 
-    def leave(self, name: str, role: str) -> None:
-        """A process stopping cleanly: its role stops counting at once (the row stays for the record)."""
+    def leave(self, name: str, role: str, process: str | None = None, now: float | None = None,
+              keep_for: float = 0.0) -> None:
+        """A process stopping cleanly: its role stops counting at once (the row stays for the record),
+        unless other processes sharing the row (`process`, as in `beat`) were seen within `keep_for`."""
+        where = sa.and_(NODES.c.name == name, NODES.c.role == role)
         with self._writer.begin() as conn:
-            conn.execute(sa.update(NODES).where(NODES.c.name == name, NODES.c.role == role)
-                         .values(last_seen=0.0))
+            if process is None:
+                conn.execute(sa.update(NODES).where(where).values(last_seen=0.0))
+                return
+            now = time.time() if now is None else now
+            others = _live_processes(conn, where, now, keep_for, leaving=process)
+            values: dict[str, Any] = {"report": json.dumps(_united(others), default=str)}
+            if not others:
+                values["last_seen"] = 0.0
+            conn.execute(sa.update(NODES).where(where).values(values))
 
     def forget(self, name: str) -> int:
         """Remove every row of node `name` (an operator retiring it); returns how many."""
@@ -200,10 +251,12 @@ class Heartbeat:
     """
 
     def __init__(self, registry: NodeRegistry, name: str, role: str, interval: float,
-                 describe: Callable[[], Mapping[str, Any]] = dict, clock: Callable[[], float] = time.time) -> None:
+                 describe: Callable[[], Mapping[str, Any]] = dict, clock: Callable[[], float] = time.time,
+                 process: str | None = None) -> None:
         self.registry = registry
         self.name = name
         self.role = role
+        self.process = process  # set when several processes of the node share the role's row
         self.interval = interval
         self.describe = describe
         self.clock = clock
@@ -216,7 +269,7 @@ class Heartbeat:
     def beat_once(self) -> bool:
         try:
             self.registry.beat(self.name, self.role, self.clock(), started_at=self.started_at,
-                               **self.describe())
+                               process=self.process, keep_for=liveness_window(self.interval), **self.describe())
         except Exception as exc:  # catalog down or a bad report: keep the process running
             if not self._failing:
                 log.warning("node %s: heartbeat (%s) not written: %s", self.name, self.role, exc)
@@ -238,7 +291,8 @@ class Heartbeat:
             self._thread.join(timeout=5)
         if leave:
             try:
-                self.registry.leave(self.name, self.role)
+                self.registry.leave(self.name, self.role, self.process, now=self.clock(),
+                                    keep_for=liveness_window(self.interval))
             except Exception as exc:
                 log.warning("node %s: could not leave the registry (%s): %s", self.name, self.role, exc)
 
@@ -249,10 +303,11 @@ class Heartbeat:
 
 
 def start_heartbeat(database_url: str, name: str, role: str, interval: float,
-                    describe: Callable[[], Mapping[str, Any]] = dict) -> Heartbeat:
-    """A started heartbeat on an engine of its own (a process's other engine may be forked or busy)."""
+                    describe: Callable[[], Mapping[str, Any]] = dict, process: str | None = None) -> Heartbeat:
+    """A started heartbeat on an engine of its own (a process's other engine may be forked or busy);
+    `process` names it among the node's processes sharing the role's row (Heartbeat)."""
     from cachetap.store.db import make_engine, upgrade
 
     engine = make_engine(database_url)
     upgrade(engine)  # a capture may be the first process on a new catalog
-    return Heartbeat(NodeRegistry(engine), name, role, interval, describe).start()
+    return Heartbeat(NodeRegistry(engine), name, role, interval, describe, process=process).start()

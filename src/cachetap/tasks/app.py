@@ -306,14 +306,16 @@ def _beat_follows_reloads(sender: Any, **_: Any) -> None:
         _start_heartbeat(sender.app, "beat", {})
 
 
-def _start_heartbeat(app: CachetapCelery, role: str, report: dict[str, Any]) -> None:
-    """Register this process in the node registry (store/nodes.py) for as long as it runs."""
+def _start_heartbeat(app: CachetapCelery, role: str, report: dict[str, Any], process: str | None = None) -> None:
+    """Register this process in the node registry (store/nodes.py) for as long as it runs; `process`
+    names it when the node's other processes of `role` share the row (its workers)."""
     from cachetap.store.nodes import start_heartbeat
 
     settings = app.settings
     try:
         _HEARTBEATS.append(start_heartbeat(settings.effective_database_url, settings.effective_node_name,
-                                           role, settings.node_heartbeat_interval, lambda: {"report": report}))
+                                           role, settings.node_heartbeat_interval, lambda: {"report": report},
+                                           process=process))
     except Exception as exc:  # the registry is for placement and display; the worker works without it
         log.warning("node registry: heartbeat (%s) not started: %s", role, exc)
 
@@ -323,7 +325,8 @@ def _worker_heartbeat(sender: Any, **_: Any) -> None:
     app = getattr(sender, "app", None)
     if isinstance(app, CachetapCelery):
         queues = sorted(q.name for q in getattr(sender.task_consumer, "queues", ()) or ())
-        _start_heartbeat(app, "worker", {"queues": queues})
+        # A node runs several workers (download, analyze, schedule): each one's queues in the one row.
+        _start_heartbeat(app, "worker", {"queues": queues}, process=str(getattr(sender, "hostname", os.getpid())))
 
 
 @worker_shutdown.connect
