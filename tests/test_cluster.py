@@ -229,6 +229,13 @@ def test_two_capture_and_two_cache_nodes_serve_real_clients_fail_open_rehome_pee
     wait_for(lambda: {"capture-1", "capture-2"} <= {n.name for n in catalog.nodes.live(
         time.time(), liveness_window(HEARTBEAT), role="capture")}, "both capture nodes registered", timeout=30)
     members = members_from({n.name: n.capacity for n in live})
+    # Each node's download worker in its worker row, under its own name (a node's workers share the row).
+    workers = wait_for(lambda: (lambda found: found if len(found) == 2 else None)(
+        {n.name: n.reports.get("worker", {}) for n in catalog.nodes.live(time.time(), liveness_window(HEARTBEAT),
+                                                                          role="worker") if n.name in nodes}),
+        "both download workers registered", timeout=30)
+    for name, report in workers.items():
+        assert f"download.{name}" in report["queues"] and [p.split("@")[0] for p in report["processes"]] == [name]
 
     # Paths whose keys each node owns: three each.
     paths: dict[str, list[str]] = {"node-a": [], "node-b": []}
