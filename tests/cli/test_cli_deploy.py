@@ -64,3 +64,25 @@ def test_dry_run_prints_every_file_and_writes_nothing(tmp_path):
                  "logrotate.d/cachetap"):
         assert f"# --- /etc/" in done.stdout and name in done.stdout
     assert "User=cachetap" in done.stdout
+
+
+def test_a_role_gets_only_its_units_and_workers_and_the_target_wants_just_those(tmp_path):
+    done = deploy(tmp_path, "--prefix", str(tmp_path / "cache-node"), "--role", "cache")
+    assert done.returncode == 0, done.stderr
+    system = tmp_path / "cache-node" / "etc" / "systemd" / "system"
+    assert sorted(u.name for u in system.iterdir()) == ["cachetap-serve.service", "cachetap-workers.service",
+                                                        "cachetap.target"]
+    assert "Wants=cachetap-workers.service cachetap-serve.service\n" in (system / "cachetap.target").read_text()
+    env = (tmp_path / "cache-node" / "etc" / "cachetap" / "cachetap.env").read_text()
+    assert 'CELERYD_NODES="ct-download"' in env and "-P:ct-download threads" in env and "ct-analyze" not in env
+
+    done = deploy(tmp_path, "--prefix", str(tmp_path / "edge"), "--role", "capture", "--role", "control")
+    assert done.returncode == 0, done.stderr
+    system = tmp_path / "edge" / "etc" / "systemd" / "system"
+    assert sorted(u.name for u in system.iterdir()) == ["cachetap-beat.service", "cachetap-capture.service",
+                                                        "cachetap-workers.service", "cachetap.target"]
+    env = (tmp_path / "edge" / "etc" / "cachetap" / "cachetap.env").read_text()
+    assert 'CELERYD_NODES="ct-analyze ct-schedule"' in env and "ct-download" not in env
+
+    refused = deploy(tmp_path, "--dry-run", "--role", "gateway")
+    assert refused.returncode == 2 and "'gateway' is not one of" in refused.stderr and "Traceback" not in refused.stderr

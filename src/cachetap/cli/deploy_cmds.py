@@ -72,7 +72,7 @@ RestartPreventExitStatus=78
 TARGET = """\
 [Unit]
 Description=cachetap passive HTTP cache accelerator
-Wants=cachetap-workers.service cachetap-beat.service cachetap-serve.service cachetap-capture.service
+Wants={wanted}
 
 [Install]
 WantedBy=multi-user.target
@@ -83,8 +83,8 @@ ENV = """\
 CACHETAP_CONFIG={etc}/cachetap.toml
 CACHETAP_CACHE_DIR={cache_dir}
 # celery multi: node names that do not clash with `cachetap run`, the threads pool for downloads.
-CELERYD_NODES="ct-analyze ct-download ct-schedule"
-CELERYD_OPTS="-Q:ct-analyze analyze -c:ct-analyze 2 -Q:ct-download download -P:ct-download threads -c:ct-download 4 -Q:ct-schedule schedule,capture -c:ct-schedule 1"
+CELERYD_NODES="{nodes}"
+CELERYD_OPTS="{options}"
 CELERYD_LOG_LEVEL=WARNING
 """
 
@@ -105,17 +105,34 @@ LOGROTATE = """\
 """
 
 
-def render(user: str, etc: str, cache_dir: str, bindir: str) -> dict[str, str]:
-    """Relative path under the prefix -> file content."""
+# What each node role runs: its own units, and its Celery workers (name, options for celery multi).
+ROLES = {
+    "capture": (("cachetap-capture.service",), (("ct-analyze", "-Q:ct-analyze analyze -c:ct-analyze 2"),)),
+    "cache": (("cachetap-serve.service",),
+              (("ct-download", "-Q:ct-download download -P:ct-download threads -c:ct-download 4"),)),
+    "control": (("cachetap-beat.service",), (("ct-schedule", "-Q:ct-schedule schedule,capture -c:ct-schedule 1"),)),
+}
+ALL_ROLES = tuple(ROLES)
+
+
+def render(user: str, etc: str, cache_dir: str, bindir: str, roles: tuple[str, ...] = ALL_ROLES) -> dict[str, str]:
+    """Relative path under the prefix -> file content, for a machine holding `roles`."""
+    chosen = [ROLES[role] for role in ALL_ROLES if role in roles]
+    workers = [worker for _, role_workers in chosen for worker in role_workers]
+    units = [unit for role_units, _ in chosen for unit in role_units]
+    if workers:
+        units.insert(0, "cachetap-workers.service")
     values = {"user": user, "etc": etc, "cache_dir": cache_dir, "celery": f"{bindir}/celery",
-              "cachetap": f"{bindir}/cachetap"}
+              "cachetap": f"{bindir}/cachetap", "wanted": " ".join(units),
+              "nodes": " ".join(name for name, _ in workers), "options": " ".join(opts for _, opts in workers)}
     files = {}
-    for name, (description, after, service) in UNITS.items():
+    for name in units:
+        description, after, service = UNITS[name]
         privileged = name == "cachetap-capture.service"
         head = COMMON.format(description=description, after=after,
                              no_new_privileges="no" if privileged else "yes", **values)
         files[f"etc/systemd/system/{name}"] = head + service.format(**values) + "\n[Install]\nWantedBy=cachetap.target\n"
-    files["etc/systemd/system/cachetap.target"] = TARGET
+    files["etc/systemd/system/cachetap.target"] = TARGET.format(**values)
     files[f"{etc.lstrip('/')}/cachetap.env"] = ENV.format(**values)
     files["etc/logrotate.d/cachetap"] = LOGROTATE.format(**values)
     return files
@@ -130,14 +147,19 @@ def deploy() -> None:
 @click.option("--user", default="cachetap", show_default=True, help="Unprivileged user the services run as.")
 @click.option("--prefix", default="/", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Write under this directory instead of / (packaging, review).")
+@click.option("--role", "roles", multiple=True, type=click.Choice(["all", *ALL_ROLES]), default=["all"],
+              show_default=True, help="What this machine runs in a cluster (repeat for several): capture "
+              "(capture + analyze worker), cache (cache server + download worker), control (beat + schedule "
+              "worker).")
 @click.option("--dry-run", is_flag=True, help="Print the files instead of writing them.")
 @pass_ctx
-def deploy_systemd(ctx: Context, user: str, prefix: Path, dry_run: bool) -> None:
-    """systemd units (workers via celery multi, beat, cache server, capture), a target, the shared
-    EnvironmentFile and a logrotate snippet."""
+def deploy_systemd(ctx: Context, user: str, prefix: Path, roles: tuple[str, ...], dry_run: bool) -> None:
+    """systemd units (workers via celery multi, beat, cache server, capture) for this machine's roles,
+    a target wanting them, the shared EnvironmentFile and a logrotate snippet."""
     settings = ctx.settings(need_cache_dir=False)
     bindir = str(Path(sys.executable).parent)
-    files = render(user, "/etc/cachetap", str(settings.cache_dir), bindir)
+    files = render(user, "/etc/cachetap", str(settings.cache_dir), bindir,
+                   ALL_ROLES if "all" in roles else tuple(roles))
     for relative, content in files.items():
         if dry_run:
             click.echo(f"# --- {Path('/') / relative}\n{content}")
