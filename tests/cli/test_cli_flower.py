@@ -47,7 +47,7 @@ def test_flower_asks_for_the_admin_token_and_sees_the_workers_tasks(tmp_path):
 
             def workers() -> dict:
                 return httpx.get(base + "/api/workers", auth=("admin", token), timeout=30).json()
-            assert any(name.startswith("watched@") for name in wait_for(workers, "Flower to see the worker", timeout=60))
+            assert any(name.startswith("watched@") for name in wait_for(workers, "Flower to see the worker", timeout=120))
 
             from cachetap.tasks.app import create_app
 
