@@ -8,11 +8,13 @@ fill, so each decoder validates before anything acts on a value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kombu import Exchange, Queue
+from kombu import Consumer, Exchange, Queue
 
 from cachetap.core.keys import KEY_PATTERN
 from cachetap.core.admission import ProbeResult
@@ -21,6 +23,8 @@ from cachetap.settings import NODE_NAME
 
 if TYPE_CHECKING:  # the capture process loads no database code
     from cachetap.store.catalog import EntryView
+
+log = logging.getLogger(__name__)
 
 # ---- task names and routing ---------------------------------------------------------------------
 ANALYZE_BATCH = "cachetap.analyze.batch"
@@ -128,6 +132,52 @@ def index_event(op: str, keys: list[str], expires: list[float | None] | None = N
             raise ValueError("one expiry per key")
         body["expires"] = expires
     return body
+
+
+def index_queue(name: str) -> Queue:
+    """A listener's own queue on the index fanout; `name` must be stable for that listener across
+    restarts (the embedded broker would keep a dead process's queue collecting events)."""
+    return Queue(name, exchange=INDEX_EXCHANGE, routing_key=INDEX_ROUTING_KEY, durable=False, auto_delete=True)
+
+
+def follow_index_events(app: Any, queue: Queue, on_body: Callable[[dict], None], stop: threading.Event, *,
+                        on_connected: Callable[[], None] = lambda: None,
+                        on_lost: Callable[[], None] = lambda: None, who: str = "index events") -> None:
+    """Consume `queue` until `stop` is set, handing each dict body to `on_body` (then acked whatever
+    happens), and reconnecting with back-off (0.5 s doubling to 30 s) when the broker goes away.
+    The queue is purged on the first connection only: the listener reconciles after a start.
+    `on_connected` runs each time the consumer is bound again, `on_lost` each time it drops."""
+    backoff, first = 0.5, True
+
+    def on_message(body: Any, message: Any) -> None:
+        try:
+            if isinstance(body, dict):
+                on_body(body)
+        finally:
+            message.ack()
+
+    while not stop.is_set():
+        try:
+            with app.connection_for_read() as conn:
+                channel = conn.channel()
+                bound = queue(channel)
+                bound.declare()
+                if first:
+                    bound.purge()
+                    first = False
+                with Consumer(channel, queues=[bound], callbacks=[on_message], accept=["json"]):
+                    on_connected()
+                    backoff = 0.5
+                    while not stop.is_set():
+                        try:
+                            conn.drain_events(timeout=0.5)
+                        except TimeoutError:
+                            continue
+        except Exception as exc:  # broker down: keep trying; each listener says what bounds the loss
+            on_lost()
+            log.warning("%s: %s; retrying in %.1fs", who, exc, backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
 
 
 def decode_index_event(body: Any) -> tuple[str, list[Any], list[float | None], str | None] | None:

@@ -17,13 +17,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 from celery import Celery
-from kombu import Consumer, Queue
 
 from cachetap.capture.hotindex import BadKey, HotIndex
-from cachetap.wire import INDEX_EXCHANGE, INDEX_READY, INDEX_ROUTING_KEY, decode_index_event
+from cachetap.wire import INDEX_READY, decode_index_event, follow_index_events, index_queue
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +40,7 @@ class IndexSync:
         self.reconcile_every = reconcile_every
         # One queue per capture node, stable across restarts: with the embedded broker a queue of a
         # dead process would otherwise collect every event for ever. Purged at start (a reconcile follows).
-        self.queue = Queue(f"cachetap.index.{socket.gethostname()}.{node}", exchange=INDEX_EXCHANGE,
-                           routing_key=INDEX_ROUTING_KEY, durable=False, auto_delete=True)
+        self.queue = index_queue(f"cachetap.index.{socket.gethostname()}.{node}")
         self.events = 0
         self.reconciles = 0
         self.ready = threading.Event()  # set after the first full load
@@ -87,39 +84,20 @@ class IndexSync:
         self.events += 1
 
     def _consume(self) -> None:
-        backoff = 0.5
-        first, lost = True, False
-        while not self._stop.is_set():
-            try:
-                with self.app.connection_for_read() as conn:
-                    channel = conn.channel()
-                    bound = self.queue(channel)
-                    bound.declare()
-                    if first:
-                        bound.purge()
-                        first = False
-                    with Consumer(channel, queues=[bound], callbacks=[self._on_message], accept=["json"]):
-                        if lost:  # back after a loss: what was sent meanwhile is gone
-                            log.warning("index events: connected again; reconciling with the catalog now")
-                            self._wake.set()
-                        backoff, lost = 0.5, False
-                        while not self._stop.is_set():
-                            try:
-                                conn.drain_events(timeout=0.5)
-                            except TimeoutError:
-                                continue
-            except Exception as exc:  # broker down: keep trying; reconcile keeps the index right
-                lost = True
-                log.warning("index events: %s; retrying in %.1fs", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+        lost = False
 
-    def _on_message(self, body: Any, message: Any) -> None:
-        try:
-            if isinstance(body, dict):
-                self.apply(body)
-        finally:
-            message.ack()
+        def connected() -> None:
+            nonlocal lost
+            if lost:  # back after a loss: what was sent meanwhile is gone
+                log.warning("index events: connected again; reconciling with the catalog now")
+                self._wake.set()
+            lost = False
+
+        def dropped() -> None:  # the reconcile keeps the index right meanwhile
+            nonlocal lost
+            lost = True
+
+        follow_index_events(self.app, self.queue, self.apply, self._stop, on_connected=connected, on_lost=dropped)
 
     # --- reconcile ------------------------------------------------------------------------------
     def reconcile(self) -> int:

@@ -12,13 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from celery import Celery
-from kombu import Consumer, Queue
-
 from cachetap.wire import (INDEX_EXCHANGE, INDEX_READY, INDEX_REMOVED, INDEX_ROUTING_KEY, FileDrop,
-                           decode_index_event, index_event, send_download)
+                           decode_index_event, follow_index_events, index_event, index_queue, send_download)
 
 if TYPE_CHECKING:
     from cachetap.store.catalog import EntryView
@@ -92,8 +90,7 @@ class IndexFollower:
     def __init__(self, app: Celery, forget: Callable[[str], None], queue_name: str) -> None:
         self.app = app
         self.forget = forget
-        self.queue = Queue(queue_name, exchange=INDEX_EXCHANGE, routing_key=INDEX_ROUTING_KEY, durable=False,
-                           auto_delete=True)
+        self.queue = index_queue(queue_name)
         self.events = 0
         self.listening = threading.Event()  # bound to the exchange (tests wait for it)
         self._stop = threading.Event()
@@ -108,36 +105,13 @@ class IndexFollower:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        backoff, first = 0.5, True
-        while not self._stop.is_set():
-            try:
-                with self.app.connection_for_read() as conn:
-                    channel = conn.channel()
-                    bound = self.queue(channel)
-                    bound.declare()
-                    if first:
-                        bound.purge()
-                        first = False
-                    with Consumer(channel, queues=[bound], callbacks=[self._on_message], accept=["json"]):
-                        self.listening.set()
-                        backoff = 0.5
-                        while not self._stop.is_set():
-                            try:
-                                conn.drain_events(timeout=0.5)
-                            except TimeoutError:
-                                continue
-            except Exception as exc:  # broker down: the row cache's TTL bounds what is missed
-                self.listening.clear()
-                log.warning("index events (cache server): %s; retrying in %.1fs", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+        # The row cache's TTL bounds what a dropped connection misses: nothing to reconcile.
+        follow_index_events(self.app, self.queue, self._on_event, self._stop, on_connected=self.listening.set,
+                            on_lost=self.listening.clear, who="index events (cache server)")
 
-    def _on_message(self, body: Any, message: Any) -> None:
-        try:
-            event = decode_index_event(body) if isinstance(body, dict) else None
-            if event is not None:
-                for key in event[1]:
-                    self.forget(key)
-                self.events += 1
-        finally:
-            message.ack()
+    def _on_event(self, body: dict) -> None:
+        event = decode_index_event(body)
+        if event is not None:
+            for key in event[1]:
+                self.forget(key)
+            self.events += 1
