@@ -27,6 +27,7 @@ from cachetap.web.request import Request
 
 log = logging.getLogger(__name__)
 
+RECEIVE_BUFFER_BYTES = 64 * 1024
 FIXED_FIELDS_KEPT = 1024  # objects whose constant answer fields are kept (about a kilobyte each)
 
 
@@ -87,6 +88,10 @@ class CacheServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self._stopping = False
         self._fixed: dict[int, tuple[ServedObject, resp.ObjectFields]] = {}
+        # What one read from a client socket lands in (Connection.get_buffer): one per server, since the
+        # loop hands it to the connection that read it before it reads again; input is bounded per
+        # connection by its own buffer's limit (connection.INPUT_LIMIT).
+        self.receive_buffer = memoryview(bytearray(RECEIVE_BUFFER_BYTES))
 
     # ---- lifecycle --------------------------------------------------------------------------
 
