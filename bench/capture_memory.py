@@ -49,7 +49,7 @@ def capture_rss(cache_dir: Path, keys: int) -> tuple[int, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CACHETAP_")}
     env.update(CACHETAP_CACHE_DIR=str(cache_dir), CACHETAP_MODE="redirect", CACHETAP_INTERFACE="lo",
                CACHETAP_HTTP_PORTS="[18080]", CACHETAP_SERVE_HOST="127.0.0.1", CACHETAP_SERVE_PORT="18642",
-               CACHETAP_CAPTURE_REALTIME="false")
+               CACHETAP_CAPTURE_REALTIME="false", CACHETAP_LOG_LEVEL="INFO")  # the index line is INFO
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "cachetap", "capture"], env=env, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
