@@ -80,7 +80,8 @@ class Aria2Events:
                 ws.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader if aria2c did not answer
             except OSError:
                 pass
-        self._thread.join(timeout=5) if self._thread.is_alive() else None
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         ws.close()
 
     def _run(self) -> None:

@@ -112,9 +112,9 @@ def _disk_quota(catalog: Catalog, disks: Disks, disk: Disk, free: int, settings:
     node = settings.effective_node_name
     used = catalog.stored_bytes(disk=disk.label, default_disk=disks.default, node=node)
     excess = used - bytes_budget(used, disk.quota, free, disk.min_free)
-    evicted, freed = 0, 0
     if excess <= 0:
         return 0, 0
+    evicted, freed = 0, 0
     for key in quota_order(catalog, settings, excess, time.time() if now is None else now,
                            disk=(disk.label, disks.default, node)):
         entry = catalog.get(key)
