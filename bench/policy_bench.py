@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from belady import belady_bhr  # noqa: E402
-from traces import EXTRA_MODELS, MODELS, SEEDS, unique_bytes  # noqa: E402
+from traces import MODELS, SEEDS, unique_bytes  # noqa: E402
 
 from cachetap.core.policy import DEFAULT_POLICY, POLICIES, make_policy  # noqa: E402
 from cachetap.core.policy.memory import MemoryStore  # noqa: E402
@@ -96,6 +96,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--traces", default=",".join(MODELS), help="comma-separated models from bench/traces.py")
     ap.add_argument("--requests", type=int, default=150_000)
+    ap.add_argument("--seed", type=int, help="draw every trace with this seed instead of its own (a robustness check)")
     ap.add_argument("--sizes", default="1,5,10,25", help="cache sizes, percent of unique bytes")
     ap.add_argument("--lcs", default=",".join(LCS_ONLINE), help="libCacheSim policies ('' for none)")
     ap.add_argument("--ours", default=",".join(POLICIES), help="cachetap policies")
@@ -116,7 +117,7 @@ def main() -> None:
     our_names = [p for p in args.ours.split(",") if p]
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.traces.split(","):
-            trace = {**MODELS, **EXTRA_MODELS}[model](SEEDS[model], args.requests)
+            trace = MODELS[model](args.seed if args.seed is not None else SEEDS[model], args.requests)
             ub = unique_bytes(trace)
             csv_path = os.path.join(tmp, f"{model}.csv")
             with open(csv_path, "w") as f:

@@ -168,9 +168,8 @@ def lanparty(seed: int, requests: int) -> Trace:
     return sorted(trace)
 
 
-MODELS: dict[str, Callable[[int, int], Trace]] = {"lan30d": lan30d, "patchday": patchday, "scan": scan, "shift": shift}
-# Run by name only (`--traces lanparty`): at 5% the default loses to libCacheSim's ARC there.
-EXTRA_MODELS: dict[str, Callable[[int, int], Trace]] = {"lanparty": lanparty}
+MODELS: dict[str, Callable[[int, int], Trace]] = {"lan30d": lan30d, "patchday": patchday, "scan": scan, "shift": shift,
+                                                  "lanparty": lanparty}
 SEEDS = {"lan30d": 30, "patchday": 7, "scan": 14, "shift": 20, "lanparty": 41}
 
 

@@ -109,6 +109,79 @@ def test_lrfu_keeps_the_frequent_object_through_a_scan_and_forgets_with_time():
     assert not policy.resident("hot")
 
 
+def _burst_and_steady(policy, steady_gap: float) -> None:
+    """An 'image' pulled 40 times in an hour, then steady objects requested every `steady_gap`
+    seconds for two days, then one more object that needs room."""
+    policy.miss("image", 40, 0.0)
+    policy.insert("image", 40, 0.0)
+    for i in range(1, 40):
+        policy.hit("image", i * 90.0)
+    steady = [f"steady{i}" for i in range(5)]
+    for key in steady:
+        policy.miss(key, 10, 3600.0)
+        policy.hit(key, 3600.0)   # history: straight to the main queue
+        policy.insert(key, 10, 3600.0)
+    now = 3600.0
+    while now < 2 * 86_400.0:
+        now += steady_gap
+        for key in steady:
+            policy.hit(key, now)
+    policy.miss("new", 10, now)
+    policy.hit("new", now)
+    policy.insert("new", 10, now)
+
+
+def test_lrfu_evicts_a_burst_that_has_ended_before_steady_objects():
+    from cachetap.core.policy.lrfu import LRFU
+    # Its 40 requests outscore the steady objects' decayed ones, but the burst is two days over.
+    policy = LRFU(MemoryStore(), 95, half_life=48 * 3600.0)
+    _burst_and_steady(policy, steady_gap=6 * 3600.0)
+    assert not policy.resident("image")
+    assert all(policy.resident(f"steady{i}") for i in range(5))
+
+
+def test_lrfu_keeps_an_object_idle_for_less_than_its_gaps():
+    from cachetap.core.policy.lrfu import LRFU
+    # The same requests with the 'image' requested just before: no burst has ended, the score rules
+    # and the least requested steady object goes.
+    policy = LRFU(MemoryStore(), 95, half_life=48 * 3600.0)
+    _burst_and_steady(policy, steady_gap=6 * 3600.0)
+    fresh = LRFU(MemoryStore(), 95, half_life=48 * 3600.0)
+    fresh.miss("image", 40, 0.0)
+    fresh.insert("image", 40, 0.0)
+    for i in range(1, 40):
+        fresh.hit("image", 2 * 86_400.0 - 3600.0 + i * 60.0)
+    for i in range(5):
+        fresh.miss(f"s{i}", 10, 100.0 + i)
+        fresh.hit(f"s{i}", 100.0 + i)
+        fresh.insert(f"s{i}", 10, 100.0 + i)
+    fresh.miss("new", 10, 2 * 86_400.0)
+    fresh.insert("new", 10, 2 * 86_400.0)
+    assert fresh.resident("image")
+
+
+def test_memory_store_oldest_is_the_least_recently_requested_live_record():
+    from cachetap.core.policy.base import Record
+    rng = random.Random(5)
+    store = MemoryStore()
+    assert store.oldest("main") is None
+    for step in range(3000):
+        key = f"k{rng.randrange(200)}"
+        if rng.random() < 0.1:
+            store.remove(key)
+        else:
+            last = float(step if rng.random() < 0.8 else rng.randrange(step + 1))
+            store.put(key, Record(size=1, queue=rng.choice("ab"), priority=rng.random(), last=last))
+        if step % 89 == 0:
+            for queue in "ab":
+                live = [(r.last, k) for k, r in store.records.items() if r.queue == queue]
+                found = store.oldest(queue)
+                assert (found is None) == (not live)
+                if found:
+                    assert (found[1].last, found[0]) == min(live) and store.get(found[0]) is found[1]
+    assert len(store._by_last["a"]) <= 2 * len(store.records) + 64   # stale items do not pile up
+
+
 def test_memory_store_lowest_skips_stale_heap_items():
     store = MemoryStore()
     from cachetap.core.policy.base import Record

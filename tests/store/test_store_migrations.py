@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from cachetap.store import db
 from cachetap.store.models import Base
 
-HEAD = "0009_entry_disk"
+HEAD = "0010_policy_last_index"
 
 
 def test_upgrade_creates_tables_matching_models(catalog_url):

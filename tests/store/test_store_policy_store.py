@@ -59,16 +59,17 @@ def test_same_decisions_as_memory(store, name):
 def test_records_values_and_order(store):
     with store.transaction():
         for i, priority in enumerate([5.0, 1.0, 3.0]):
-            store.put(f"{i:032x}", Record(size=10 + i, priority=priority, last=0.0))
-        store.put(f"{1:032x}", Record(size=11, priority=9.0, last=0.0))   # moved
+            store.put(f"{i:032x}", Record(size=10 + i, priority=priority, last=10.0 - i))
+        store.put(f"{1:032x}", Record(size=11, priority=9.0, last=20.0))   # moved, requested since
         store.remove(f"{2:032x}")
         store.set_value("used", 21.0)
     assert [k[-1] for k, _ in store.lowest("main", 5)] == ["0", "1"]
-    assert store.get(f"{0:032x}") == Record(size=10, priority=5.0, last=0.0)
+    assert store.oldest("main")[0][-1] == "0" and store.oldest("ghost") is None
+    assert store.get(f"{0:032x}") == Record(size=10, priority=5.0, last=10.0)
     assert store.get("f" * 32) is None
     assert store.value("used") == 21.0 and store.value("missing") == 0.0
     store.rescale(2.0)
-    assert store.get(f"{1:032x}").priority == 18.0
+    assert store.get(f"{1:032x}").priority == -2.0   # last + (priority - last) x 2
 
 
 def test_upgrade_gives_objects_stored_before_it_a_place_in_the_policy(catalog_url):

@@ -116,7 +116,8 @@ class PolicyRecord(Base):
     """Cache policy state per key (core.policy.base.Record): its queue and its place in it."""
 
     __tablename__ = "policy_records"
-    __table_args__ = (sa.Index("ix_policy_records_queue_priority", "queue", "priority"), MYSQL_TABLE_OPTIONS)
+    __table_args__ = (sa.Index("ix_policy_records_queue_priority", "queue", "priority"),
+                      sa.Index("ix_policy_records_queue_last", "queue", "last"), MYSQL_TABLE_OPTIONS)
 
     key: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
     queue: Mapped[str] = mapped_column(sa.String(16))

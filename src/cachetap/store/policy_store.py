@@ -1,7 +1,8 @@
 """The catalog as a `core.policy.PolicyStore`: the policy state every worker shares.
 
-Victims are read with `ORDER BY priority LIMIT n` on the (queue, priority) index, so choosing them
-costs the same among a million records as among ten. A policy decision reads and writes several
+Victims are read with `ORDER BY priority LIMIT n` on the (queue, priority) index (and the record
+requested longest ago on the (queue, last) index), so choosing them costs the same among a million
+records as among ten. A policy decision reads and writes several
 rows and values, so `CatalogPolicyStore.transaction()` runs it in one transaction that first locks a
 row of `policy_values` (SELECT ... FOR UPDATE; SQLite's write lock does the same), which makes the
 decisions of concurrent workers happen one after the other.
@@ -84,12 +85,20 @@ class CatalogPolicyStore:
             conn.execute(sa.delete(RECORDS).where(RECORDS.c.key == key))
 
     def lowest(self, queue: str, limit: int) -> list[tuple[str, Record]]:
+        return self._first(queue, RECORDS.c.priority, limit)
+
+    def oldest(self, queue: str) -> tuple[str, Record] | None:
+        found = self._first(queue, RECORDS.c.last, 1)
+        return found[0] if found else None
+
+    def _first(self, queue: str, order: sa.Column, limit: int) -> list[tuple[str, Record]]:
+        """The first `limit` records of `queue` by `order` (each has a (queue, column) index)."""
         stmt = sa.select(RECORDS).where(RECORDS.c.queue == queue)
         if self.only is not None and queue != GHOST:
             entries = Entry.__table__
             stmt = stmt.select_from(RECORDS.join(entries, entries.c.key == RECORDS.c.key)).where(self.only)
         with self._use() as conn:
-            rows = conn.execute(stmt.order_by(RECORDS.c.priority, RECORDS.c.key).limit(limit)).all()
+            rows = conn.execute(stmt.order_by(order, RECORDS.c.key).limit(limit)).all()
         return [(row.key, _record(row)) for row in rows]
 
     def value(self, name: str) -> float:

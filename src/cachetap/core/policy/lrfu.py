@@ -1,4 +1,5 @@
-"""LRFU behind a probation window, its half-life tuned online by miniature simulations.
+"""LRFU behind a probation window, its half-life tuned online by miniature simulations, evicting
+bursts that have ended.
 
 Main queue: LRFU (Lee et al., IEEE ToC 2001). Every request adds 1 to an object's score and scores
 halve every `half_life` seconds, so the order runs from LRU (short half-life) to LFU (long). Scores
@@ -6,7 +7,7 @@ of all objects decay alike, so the order only changes when an object is requeste
 per record is time-invariant, now + half_life x log2(score), in seconds, which a database can index.
 
 Window (after W-TinyLFU, Einziger et al. 2017, and S3-FIFO's quick demotion): new objects enter a
-probation queue of 10% of the bytes; one not requested again while there leaves as history, so scans
+probation queue of 5% of the bytes; one not requested again while there leaves as history, so scans
 and one-hit wonders never push out objects that earn hits. Evicted objects keep their score as
 history (up to `history` x capacity bytes), and one that comes back goes straight to the main queue.
 Byte hit ratio is the goal, and a byte of an object requested r times per second earns r whatever
@@ -19,6 +20,17 @@ the keys at that share of the capacity (all of them while few keys are known), a
 candidate whose miniature earned clearly more hit bytes lately. On a switch the kept scores are re-expressed in the
 new half-life (one pass over the records; switches are rare). The chosen half-life is shared state;
 the miniatures live in the memory of the process that runs the policy.
+
+Ended bursts. Keeping an object pays one miss per byte (in this model a missed object comes back at
+once), earned at its next request, so the best victim is the object whose next request is furthest
+away (Belady). A steady request rate r puts it 1/r away, which the score tells; but requests often
+come in bursts (a LAN-party session, a release day) and a burst's high score says nothing about
+the wait once it is over: an object idle for several of the gaps its score predicts is no longer on
+that rate, and its next request is guessed in proportion to how long it has been idle (Lindy's
+rule). So each main eviction also looks at the resident requested longest ago (a (queue, last)
+index) and evicts it instead of the lowest score when its burst has ended and its expected wait is
+the longer one. The space of an idle image then serves steady objects until its next burst, which
+costs one miss.
 """
 
 from __future__ import annotations
@@ -32,7 +44,10 @@ from cachetap.core.policy.base import GHOST, USED, Policy, PolicyStore, Record
 WINDOW, MAIN = "window", "main"
 GHOST_BYTES, WINDOW_BYTES, HALF_LIFE = "lrfu_ghost_bytes", "lrfu_window_bytes", "lrfu_half_life"
 WINDOW_SHARE = 0.05
+BURST_OVER = 3.0   # idle for this many expected gaps: the burst is over
+LINDY = 2.0        # an ended burst's next request is expected this many times its idle time away
 HASH_SPACE = 1 << 32   # crc32 values
+LN2 = math.log(2.0)
 
 
 class LRFU(Policy):
@@ -140,8 +155,23 @@ class LRFU(Policy):
                     record.priority = record.last + self.half_life * math.log2(record.freq)
                     store.put(key, record)
                     continue
+            else:
+                key, record = self._burst_ended(key, record, now) or (key, record)
             self._drop(key, record)
             return key
+
+    def _burst_ended(self, head_key: str, head: Record, now: float) -> tuple[str, Record] | None:
+        """The main resident requested longest ago, if its requests came in a burst that has ended
+        and its next one is further away than the head's (see the module doc); else None."""
+        found = self.store.oldest(MAIN)
+        if found is None or found[0] == head_key:
+            return None
+        _key, record = found
+        h, idle = self.half_life, now - record.last
+        if idle <= BURST_OVER * _expected_gap(record.priority - record.last, h):
+            return None
+        wait = max(_expected_gap(record.priority - now, h), LINDY * idle)
+        return found if wait > _expected_gap(head.priority - now, h) else None
 
     def _drop(self, key: str, record: Record) -> None:
         store = self.store
@@ -235,6 +265,13 @@ class AdaptiveLRFU(LRFU):
         # `earned` counts sampled bytes: one sampled request now stands for more real ones.
         self.earned = [e * share for e in self.earned]
         self._decay = self.decay ** (HASH_SPACE / self.threshold)
+
+
+def _expected_gap(offset: float, half_life: float) -> float:
+    """Seconds to the next request of an object requested at the rate its score says: a steady
+    rate r keeps the score at r x half_life / ln 2. `offset` is priority - t, which is
+    half_life x log2(score at t)."""
+    return half_life / (LN2 * 2.0 ** max(-64.0, min(64.0, offset / half_life)))
 
 
 def _forget(policy: LRFU, key: str) -> None:

@@ -38,6 +38,8 @@ class MemoryStore:
         self._seq = 0
         self._items = 0   # items in all runs and heaps, stale ones included
         self._raised: set[str] = set()   # keys whose true item is not pushed (a stand-in is)
+        # Per queue asked for by `oldest`: a heap of (last, key), stale items skipped lazily.
+        self._by_last: dict[str, list[tuple[float, str]]] = {}
         # The hot calls, bound once to the dicts' own (C) methods: a policy makes tens of them per
         # request, and a Python frame each was a good part of the simulator's time.
         self.get = self.records.get
@@ -50,6 +52,13 @@ class MemoryStore:
     def put(self, key: str, record: Record) -> None:
         self.records[key] = record
         priority, queue = record.priority, record.queue
+        if self._by_last:
+            order = self._by_last.get(queue)
+            if order is not None:
+                # Mostly pushed in time order, so a push rarely moves an item.
+                heappush(order, (record.last, key))
+                if len(order) > 2 * len(self.records) + 64:
+                    self._by_last[queue] = self._last_order(queue)
         live = self._live.get(key)
         if live is not None and live[1] == queue and live[0] == priority:
             return   # same position: the live item still stands
@@ -100,6 +109,25 @@ class MemoryStore:
             if len(found) >= limit or want >= len(run) + len(heap):
                 return found[:limit]
             want *= 4
+
+    def oldest(self, queue: str) -> tuple[str, Record] | None:
+        order = self._by_last.get(queue)
+        if order is None:
+            # Kept from the first call on, so policies that never ask pay nothing for it.
+            order = self._by_last[queue] = self._last_order(queue)
+        records = self.records
+        while order:
+            last, key = order[0]
+            record = records.get(key)
+            if record is not None and record.queue == queue and record.last == last:
+                return key, record
+            heappop(order)
+        return None
+
+    def _last_order(self, queue: str) -> list[tuple[float, str]]:
+        order = [(record.last, key) for key, record in self.records.items() if record.queue == queue]
+        heapq.heapify(order)
+        return order
 
     def _settle(self, queue: str, run: deque[Item], heap: list[Item]) -> str | None:
         """Drop stale items until the smaller of the two heads is a true item; its key (None: empty).
