@@ -56,6 +56,36 @@ def test_same_decisions_as_memory(store, name):
     assert 0 < policy.used <= 400
 
 
+def play_bursts(policy) -> list[str]:
+    """Images pulled in bursts, then steady traffic: the LRFU evicts the images whose burst is over
+    (through `oldest`) before the steady objects."""
+    events = []
+
+    def request(key: str, size: int, now: float) -> None:
+        with getattr(policy.store, "transaction", _nothing)():
+            if policy.resident(key):
+                policy.hit(key, now)
+                return
+            policy.miss(key, size, now)
+            if policy.admit(key, size, now):
+                events.extend([f"+{key[-2:]}"] + [f"-{v[-2:]}" for v in policy.insert(key, size, now)])
+
+    for i in range(60):
+        request(f"{i % 3:032x}", 60, i * 60.0)             # three images, twenty requests each
+    for step in range(200):
+        now = 86_400.0 + step * 900.0
+        request(f"{10 + step % 12:032x}", 20, now)         # twelve steady objects for two days
+    return events
+
+
+def test_ended_bursts_leave_first_as_in_memory(store):
+    expected = play_bursts(make_policy("lrfu", MemoryStore(), 400))
+    assert play_bursts(make_policy("lrfu", store, 400)) == expected
+    # An image went before any steady object was pushed out twice (without the rule: after).
+    first_image_out = min(expected.index(e) for e in ("-00", "-01", "-02") if e in expected)
+    assert all(expected[:first_image_out].count(f"-{10 + i:02x}") <= 1 for i in range(12))
+
+
 def test_records_values_and_order(store):
     with store.transaction():
         for i, priority in enumerate([5.0, 1.0, 3.0]):
