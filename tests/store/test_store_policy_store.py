@@ -23,19 +23,23 @@ def store(catalog_url):
     engine.dispose()
 
 
+def request(policy, events: list[str], key: str, size: int, now: float) -> None:
+    """One request as the workers make it (one transaction); admissions and evictions go to `events`."""
+    with getattr(policy.store, "transaction", _nothing)():
+        if policy.resident(key):
+            policy.hit(key, now)
+            return
+        policy.miss(key, size, now)
+        if policy.admit(key, size, now):
+            events += [f"+{key[-2:]}"] + [f"-{v[-2:]}" for v in policy.insert(key, size, now)]
+
+
 def play(policy, steps: int = 400) -> list[str]:
     rng = random.Random(11)
-    events = []
+    events: list[str] = []
     for step in range(steps):
         n = int(rng.paretovariate(0.9)) % 60
-        key, size, now = f"{n:032x}", 5 + n * 3, 1_000.0 + step * 97.0
-        with getattr(policy.store, "transaction", _nothing)():
-            if policy.resident(key):
-                policy.hit(key, now)
-                continue
-            policy.miss(key, size, now)
-            if policy.admit(key, size, now):
-                events += [f"+{key[-2:]}"] + [f"-{v[-2:]}" for v in policy.insert(key, size, now)]
+        request(policy, events, f"{n:032x}", 5 + n * 3, 1_000.0 + step * 97.0)
     return events
 
 
@@ -59,22 +63,11 @@ def test_same_decisions_as_memory(store, name):
 def play_bursts(policy) -> list[str]:
     """Images pulled in bursts, then steady traffic: the LRFU evicts the images whose burst is over
     (through `oldest`) before the steady objects."""
-    events = []
-
-    def request(key: str, size: int, now: float) -> None:
-        with getattr(policy.store, "transaction", _nothing)():
-            if policy.resident(key):
-                policy.hit(key, now)
-                return
-            policy.miss(key, size, now)
-            if policy.admit(key, size, now):
-                events.extend([f"+{key[-2:]}"] + [f"-{v[-2:]}" for v in policy.insert(key, size, now)])
-
+    events: list[str] = []
     for i in range(60):
-        request(f"{i % 3:032x}", 60, i * 60.0)             # three images, twenty requests each
-    for step in range(200):
-        now = 86_400.0 + step * 900.0
-        request(f"{10 + step % 12:032x}", 20, now)         # twelve steady objects for two days
+        request(policy, events, f"{i % 3:032x}", 60, i * 60.0)   # three images, twenty requests each
+    for step in range(200):   # twelve steady objects for two days
+        request(policy, events, f"{10 + step % 12:032x}", 20, 86_400.0 + step * 900.0)
     return events
 
 
