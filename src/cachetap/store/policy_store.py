@@ -3,8 +3,9 @@
 Victims are read with `ORDER BY priority LIMIT n` on the (queue, priority) index (and the record
 requested longest ago on the (queue, last) index), so choosing them costs the same among a million
 records as among ten. A policy decision reads and writes several rows and values, so
-`CatalogPolicyStore.transaction()` runs it in one transaction that first locks a row of `policy_values` (SELECT ... FOR UPDATE; SQLite's write lock does the same), which makes the
-decisions of concurrent workers happen one after the other.
+`CatalogPolicyStore.transaction()` runs it in one transaction that first locks a row of
+`policy_values` (SELECT ... FOR UPDATE; SQLite's write lock does the same), which makes the decisions
+of concurrent workers happen one after the other.
 """
 
 from __future__ import annotations
