@@ -38,8 +38,9 @@ class MemoryStore:
         self._seq = 0
         self._items = 0   # items in all runs and heaps, stale ones included
         self._raised: set[str] = set()   # keys whose true item is not pushed (a stand-in is)
-        # Per queue asked for by `oldest`: a heap of (last, key), stale items skipped lazily.
-        self._by_last: dict[str, list[tuple[float, str]]] = {}
+        # Per queue asked for by `oldest`: (last, key) items in a sorted run (most are put in time
+        # order) and a heap for the others, stale items skipped lazily, as for the priorities.
+        self._by_last: dict[str, tuple[deque[tuple[float, str]], list[tuple[float, str]]]] = {}
         # The hot calls, bound once to the dicts' own (C) methods: a policy makes tens of them per
         # request, and a Python frame each was a good part of the simulator's time.
         self.get = self.records.get
@@ -55,9 +56,12 @@ class MemoryStore:
         if self._by_last:
             order = self._by_last.get(queue)
             if order is not None:
-                # Mostly pushed in time order, so a push rarely moves an item.
-                heappush(order, (record.last, key))
-                if len(order) > 2 * len(self.records) + 64:
+                run, heap = order
+                if not run or run[-1][0] <= record.last:
+                    run.append((record.last, key))
+                else:
+                    heappush(heap, (record.last, key))
+                if len(run) + len(heap) > 2 * len(self.records) + 64:
                     self._by_last[queue] = self._last_order(queue)
         live = self._live.get(key)
         if live is not None and live[1] == queue and live[0] == priority:
@@ -115,19 +119,22 @@ class MemoryStore:
         if order is None:
             # Kept from the first call on, so policies that never ask pay nothing for it.
             order = self._by_last[queue] = self._last_order(queue)
+        run, heap = order
         records = self.records
-        while order:
-            last, key = order[0]
+        while run or heap:
+            from_run = bool(run) and (not heap or run[0] < heap[0])
+            last, key = run[0] if from_run else heap[0]
             record = records.get(key)
             if record is not None and record.queue == queue and record.last == last:
                 return key, record
-            heappop(order)
+            if from_run:
+                run.popleft()
+            else:
+                heappop(heap)
         return None
 
-    def _last_order(self, queue: str) -> list[tuple[float, str]]:
-        order = [(record.last, key) for key, record in self.records.items() if record.queue == queue]
-        heapq.heapify(order)
-        return order
+    def _last_order(self, queue: str) -> tuple[deque[tuple[float, str]], list[tuple[float, str]]]:
+        return deque(sorted((r.last, key) for key, r in self.records.items() if r.queue == queue)), []
 
     def _settle(self, queue: str, run: deque[Item], heap: list[Item]) -> str | None:
         """Drop stale items until the smaller of the two heads is a true item; its key (None: empty).
