@@ -217,6 +217,52 @@ def test_memory_store_lowest_is_the_order_of_its_live_records():
                 assert [k for k, _ in store.lowest(queue, 1)] == [k for k, _ in got[:1]]
 
 
+def test_lrfu_window_grows_when_newcomers_come_back_and_shrinks_when_main_victims_do():
+    from cachetap.core.policy.lrfu import LRFU, WINDOW_SHARE, WINDOW_TARGET
+    policy, t = LRFU(MemoryStore(), 1000, half_life=3600.0), 0.0
+
+    def request(key: str) -> None:
+        nonlocal t
+        t += 1.0
+        if policy.resident(key):
+            policy.hit(key, t)
+        else:
+            policy.miss(key, 10, t)
+            policy.insert(key, 10, t)
+
+    def target() -> float:
+        return policy.store.value(WINDOW_TARGET)
+
+    for i in range(100):   # a full main queue, each admitted on its second request
+        policy.miss(f"m{i}", 10, t)
+        request(f"m{i}")
+    # Each second request was a newcomer's history wanted again: the window grew, to 5% at most.
+    assert target() == WINDOW_SHARE
+    request("c")
+    for newcomer in ("d", "e", "f"):
+        request(newcomer)
+    assert policy.resident("c")   # the window keeps newcomers a while
+    gone = [f"m{i}" for i in range(100) if not policy.resident(f"m{i}")]
+    assert len(gone) >= 4 and all(policy.store.get(k).freq >= 2 for k in gone)
+    # Evicted from the main queue and wanted again: a larger main queue would have kept them.
+    request(gone[0])
+    assert target() == pytest.approx(WINDOW_SHARE - 10 / 1000)
+    for key in gone[1:]:
+        request(key)
+    for round_ in range(2):   # two more, once the newcomers have pushed another out of the main queue
+        newcomer = 0
+        while all(policy.resident(f"m{i}") for i in range(100)):
+            request(f"p{round_}.{newcomer}")
+            newcomer += 1
+        request(next(f"m{i}" for i in range(100) if not policy.resident(f"m{i}")))
+    assert target() == 0.0   # never less
+    request("g")
+    request("h")
+    assert not policy.resident("g")   # no window: the newcomer before leaves at once
+    request("g")
+    assert target() == pytest.approx(10 / 1000)
+
+
 def test_lrfu_replay_is_miss_admit_insert_in_one_call():
     from cachetap.core.policy.lrfu import LRFU
     rng = random.Random(11)

@@ -7,8 +7,12 @@ of all objects decay alike, so the order only changes when an object is requeste
 per record is time-invariant, now + half_life x log2(score), in seconds, which a database can index.
 
 Window (after W-TinyLFU, Einziger et al. 2017, and S3-FIFO's quick demotion): new objects enter a
-probation queue of 5% of the bytes; one not requested again while there leaves as history, so scans
-and one-hit wonders never push out objects that earn hits. Evicted objects keep their score as
+probation queue; one not requested again while there leaves as history, so scans and one-hit
+wonders never push out objects that earn hits. Its size follows ARC's rule (Megiddo and Modha,
+FAST 2003), between 0 and 5% of the bytes: a request for history seen once (a newcomer that left
+too soon) grows it by that object's size, a request for history seen more often (evicted from the
+main queue) shrinks it alike. Releases that fade within hours and LAN-party images want no window,
+a month of downloads with one-hit wonders wants the full 5% (bench/policy_bench.py's traces). Evicted objects keep their score as
 history (up to `history` x capacity bytes), and one that comes back goes straight to the main queue.
 Byte hit ratio is the goal, and a byte of an object requested r times per second earns r whatever
 the object's size, so scores are not divided by size; size enters as the bytes a resident occupies.
@@ -43,7 +47,8 @@ from cachetap.core.policy.base import GHOST, USED, Policy, PolicyStore, Record
 
 WINDOW, MAIN = "window", "main"
 GHOST_BYTES, WINDOW_BYTES, HALF_LIFE = "lrfu_ghost_bytes", "lrfu_window_bytes", "lrfu_half_life"
-WINDOW_SHARE = 0.05
+WINDOW_TARGET = "lrfu_window_target"   # the window's size now, a share of the capacity
+WINDOW_SHARE = 0.05                    # the most it may grow to
 BURST_OVER = 3.0   # idle for this many expected gaps: the burst is over
 LINDY = 2.0        # an ended burst's next request is expected this many times its idle time away
 HASH_SPACE = 1 << 32   # crc32 values
@@ -77,12 +82,21 @@ class LRFU(Policy):
             self._requested(key, record, now)
 
     def _requested(self, key: str, record: Record, now: float) -> None:
+        if record.queue == GHOST:
+            self._size_window(record)
         if record.queue != WINDOW:   # the window is a FIFO: its position never changes
             h = self.store.value(HALF_LIFE) or self.default_half_life
             record.priority = now + h * log2(2.0 ** min(64.0, (record.priority - now) / h) + 1.0)
         record.freq += 1
         record.last = now
         self.store.put(key, record)
+
+    def _size_window(self, ghost: Record) -> None:
+        """ARC's rule on a request for history: seen once, a longer window would have kept it; seen
+        more often, a larger main queue would have."""
+        store = self.store
+        step = ghost.size / self.capacity if ghost.freq <= 1 else -ghost.size / self.capacity
+        store.set_value(WINDOW_TARGET, min(WINDOW_SHARE, max(0.0, store.value(WINDOW_TARGET) + step)))
 
     def miss(self, key: str, size: int, now: float) -> None:
         record = self.store.get(key)
@@ -138,7 +152,7 @@ class LRFU(Policy):
     def _evict_one(self, now: float) -> str | None:
         store = self.store
         lowest, value, set_value = store.lowest, store.value, store.set_value
-        window_share = WINDOW_SHARE * self.capacity
+        window_share = value(WINDOW_TARGET) * self.capacity
         while True:
             main = lowest(MAIN, 1)
             found = main
