@@ -12,8 +12,9 @@ wonders never push out objects that earn hits. Its size follows ARC's rule (Megi
 FAST 2003), between 0 and 5% of the bytes: a request for history seen once (a newcomer that left
 too soon) grows it by that object's size, a request for history seen more often (evicted from the
 main queue) shrinks it alike. Releases that fade within hours and LAN-party images want no window,
-a month of downloads with one-hit wonders wants the full 5% (bench/policy_bench.py's traces). Evicted objects keep their score as
-history (up to `history` x capacity bytes), and one that comes back goes straight to the main queue.
+a month of downloads with one-hit wonders wants the full 5% (bench/policy_bench.py's traces).
+Evicted objects keep their score as history (up to `history` x capacity bytes), and one that comes
+back goes straight to the main queue.
 Byte hit ratio is the goal, and a byte of an object requested r times per second earns r whatever
 the object's size, so scores are not divided by size; size enters as the bytes a resident occupies.
 
@@ -96,7 +97,8 @@ class LRFU(Policy):
         more often, a larger main queue would have."""
         store = self.store
         step = ghost.size / self.capacity if ghost.freq <= 1 else -ghost.size / self.capacity
-        store.set_value(WINDOW_TARGET, min(WINDOW_SHARE, max(0.0, store.value(WINDOW_TARGET) + step)))
+        target = store.value(WINDOW_TARGET) + step
+        store.set_value(WINDOW_TARGET, min(WINDOW_SHARE, max(0.0, target)))
 
     def miss(self, key: str, size: int, now: float) -> None:
         record = self.store.get(key)
