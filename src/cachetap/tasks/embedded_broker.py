@@ -26,6 +26,7 @@ import ctypes.util
 import os
 import select
 import socket
+import sys
 import uuid
 from time import monotonic
 
@@ -94,6 +95,16 @@ class FolderWatch:
         os.close(self.fd)
 
 
+def _worker_stopping() -> bool:
+    """Whether this process is a Celery worker told to stop. Its loop (celery's synloop) checks that
+    only between two drains of 2 s each: ending the drain early lets a warm shutdown begin at once
+    instead of up to 2 s later. celery.worker.state is only looked at, never imported, here."""
+    state = sys.modules.get("celery.worker.state")
+    # As celery's maybe_shutdown reads them: an exit code (0 too) means stop, None or False not.
+    return state is not None and any(flag is not None and flag is not False
+                                     for flag in (state.should_stop, state.should_terminate))
+
+
 class Transport(filesystem.Transport):
     Channel = Channel
     _states: dict[str, virtual.BrokerState] = {}
@@ -126,7 +137,7 @@ class Transport(filesystem.Transport):
                 return
             except virtual.Empty:
                 elapsed = monotonic() - started
-                if timeout is not None and elapsed >= timeout:
+                if (timeout is not None and elapsed >= timeout) or _worker_stopping():
                     raise socket.timeout()
                 wait = self.polling_interval or 1.0
                 watch.wait(wait if timeout is None else min(wait, timeout - elapsed))
