@@ -97,3 +97,71 @@ def test_without_inotify_the_consumer_still_polls(tmp_path, monkeypatch):
     monkeypatch.setattr(embedded_broker.FolderWatch, "__init__", no_inotify)
     app = create_app(load_settings(cache_dir=tmp_path, broker_polling_interval=0.05))
     assert _deliver_one(app, _send(app)) == [{"n": 1}]
+
+
+BINDERS, ROUNDS = 4, 50
+
+
+def _at_once(calls) -> None:
+    """Run the calls in threads released together; re-raise the first error any of them raised."""
+    import threading
+
+    barrier, errors = threading.Barrier(len(calls)), []
+
+    def run(call):
+        barrier.wait()
+        try:
+            call()
+        except Exception as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _fanout_receivers(channel, exchange: Exchange, queues: list[Queue], round_: int) -> list[str]:
+    Producer(channel).publish({"round": round_}, exchange=exchange, serializer="json")
+    return [q.name for q in queues if channel.basic_get(q.name, no_ack=True) is not None]
+
+
+def test_queues_bound_to_one_exchange_at_once_all_receive_its_fanout(tmp_path):
+    # kombu rewrote the exchange's bindings table in place: binders racing on a new table lost
+    # bindings or left it invalid JSON (Flower's concurrent inspects each bind a reply queue).
+    app = create_app(load_settings(cache_dir=tmp_path))
+    connections = [app.connection_for_write() for _ in range(BINDERS)]
+    try:
+        channels = [conn.channel() for conn in connections]
+        for round_ in range(ROUNDS):
+            exchange = Exchange(f"race{round_}", type="fanout")
+            queues = [Queue(f"race{round_}-{i}", exchange) for i in range(BINDERS)]
+            _at_once([queue(channel).declare for queue, channel in zip(queues, channels)])
+            assert _fanout_receivers(channels[0], exchange, queues, round_) == [q.name for q in queues]
+    finally:
+        for conn in connections:
+            conn.release()
+
+
+def test_queues_deleted_while_others_bind_leave_exactly_the_others_bound(tmp_path):
+    app = create_app(load_settings(cache_dir=tmp_path))
+    connections = [app.connection_for_write() for _ in range(BINDERS)]
+    try:
+        channels = [conn.channel() for conn in connections]
+        for round_ in range(ROUNDS):
+            exchange = Exchange(f"swap{round_}", type="fanout")
+            leaving = [Queue(f"swap{round_}-old{i}", exchange) for i in range(BINDERS)]
+            coming = [Queue(f"swap{round_}-new{i}", exchange) for i in range(BINDERS)]
+            for queue, channel in zip(leaving, channels):
+                queue(channel).declare()
+
+            def swap(i):
+                return lambda: (leaving[i](channels[i]).delete(), coming[i](channels[i]).declare())
+            _at_once([swap(i) for i in range(BINDERS)])
+            everyone = leaving + coming
+            assert _fanout_receivers(channels[0], exchange, everyone, round_) == [q.name for q in coming]
+    finally:
+        for conn in connections:
+            conn.release()

@@ -12,6 +12,14 @@ folder's exchange table when that state has seen it before, even for another bro
 broker folder in the same process (tests, a capture node re-pointed) then silently receives no
 fanout messages. The state is kept per control folder here.
 
+kombu writes an exchange's bindings table (control/<exchange>.exchange, JSON) in place: a binder that
+found no table truncates whatever another binder wrote in the meantime, and one that found a table
+writes over it without truncating. Threads or processes binding to one exchange at once (Flower's
+concurrent inspects each bind a reply queue) so lose bindings (a reply or fanout that never arrives)
+or leave the table as invalid JSON, after which every publish to that exchange fails until the file
+is deleted. Here each change to a table is made under one lock file per exchange and the new table is
+renamed into place, so a reader sees the old table or the new one, whole.
+
 kombu's consumer finds new messages by listing the folder every `polling_interval`, so a task
 waits half an interval on average before it starts. Here a consumer with nothing to do waits on an
 inotify watch of the queue folder instead, and wakes as soon as a message is renamed into it; the
@@ -23,12 +31,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import os
 import select
 import socket
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from time import monotonic
 
 from kombu.transport import filesystem, virtual
@@ -54,6 +65,45 @@ class Channel(filesystem.Channel):
             except OSError:
                 pass
             raise filesystem.ChannelError(f"Cannot add message {name!r} to {self.data_folder_out}") from exc
+
+    def _queue_bind(self, exchange, routing_key, pattern, queue):
+        binding = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        with self._table_lock(exchange):
+            table = self.get_table(exchange)
+            if binding not in table:
+                self._replace_table(exchange, [binding, *table])
+
+    def _delete(self, queue, exchange, routing_key, pattern, *args, **kwargs):
+        # Past kombu's filesystem Channel (it rewrites the table in place) to the virtual one's purge.
+        super(filesystem.Channel, self)._delete(queue, exchange, routing_key, pattern, *args, **kwargs)
+        binding = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        with self._table_lock(exchange):
+            table = self.get_table(exchange)
+            if binding in table:
+                self._replace_table(exchange, [entry for entry in table if entry != binding])
+
+    @contextmanager
+    def _table_lock(self, exchange) -> Iterator[None]:
+        """Held while a bindings table is read and replaced: a separate file, as the table's own
+        inode changes with every replacement."""
+        table = self._exchange_file(exchange)
+        table.parent.mkdir(exist_ok=True)
+        fd = os.open(table.with_name(f".{table.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _replace_table(self, exchange, table) -> None:
+        final = self._exchange_file(exchange)
+        partial = final.with_name(f".{final.name}.{uuid.uuid4()}.part")
+        try:
+            partial.write_bytes(str_to_bytes(dumps(table)))
+            os.replace(partial, final)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise filesystem.ChannelError(f"Cannot write the bindings table {final}") from exc
 
 
 class FolderWatch:
