@@ -46,7 +46,9 @@ def test_flower_asks_for_the_admin_token_and_sees_the_workers_tasks(tmp_path):
             assert token not in " ".join(_cmdline(flower.pid))  # not on the command line for `ps` to show
 
             def workers() -> dict:
-                return httpx.get(base + "/api/workers", auth=("admin", token), timeout=30).json()
+                # refresh: Flower asks the workers now. Without it the list holds only the answers to its one
+                # inspect at startup (1 s timeout): a worker slower than that (a loaded machine) never shows.
+                return httpx.get(base + "/api/workers?refresh=1", auth=("admin", token), timeout=30).json()
             assert any(name.startswith("watched@") for name in wait_for(workers, "Flower to see the worker", timeout=120))
 
             from cachetap.tasks.app import create_app
