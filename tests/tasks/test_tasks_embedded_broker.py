@@ -3,6 +3,8 @@
 import multiprocessing
 import time
 
+import pytest
+
 from kombu import Consumer, Exchange, Producer, Queue
 
 from cachetap.settings import load_settings
@@ -128,40 +130,40 @@ def _fanout_receivers(channel, exchange: Exchange, queues: list[Queue], round_: 
     return [q.name for q in queues if channel.basic_get(q.name, no_ack=True) is not None]
 
 
-def test_queues_bound_to_one_exchange_at_once_all_receive_its_fanout(tmp_path):
+@pytest.fixture
+def binder_channels(tmp_path):
+    """One channel per binder, each on its own connection (as each of Flower's inspect threads has)."""
+    app = create_app(load_settings(cache_dir=tmp_path))
+    connections = [app.connection_for_write() for _ in range(BINDERS)]
+    try:
+        yield [conn.channel() for conn in connections]
+    finally:
+        for conn in connections:
+            conn.release()
+
+
+def test_queues_bound_to_one_exchange_at_once_all_receive_its_fanout(binder_channels):
     # kombu rewrote the exchange's bindings table in place: binders racing on a new table lost
     # bindings or left it invalid JSON (Flower's concurrent inspects each bind a reply queue).
-    app = create_app(load_settings(cache_dir=tmp_path))
-    connections = [app.connection_for_write() for _ in range(BINDERS)]
-    try:
-        channels = [conn.channel() for conn in connections]
-        for round_ in range(ROUNDS):
-            exchange = Exchange(f"race{round_}", type="fanout")
-            queues = [Queue(f"race{round_}-{i}", exchange) for i in range(BINDERS)]
-            _at_once([queue(channel).declare for queue, channel in zip(queues, channels)])
-            assert _fanout_receivers(channels[0], exchange, queues, round_) == [q.name for q in queues]
-    finally:
-        for conn in connections:
-            conn.release()
+    channels = binder_channels
+    for round_ in range(ROUNDS):
+        exchange = Exchange(f"race{round_}", type="fanout")
+        queues = [Queue(f"race{round_}-{i}", exchange) for i in range(BINDERS)]
+        _at_once([queue(channel).declare for queue, channel in zip(queues, channels)])
+        assert _fanout_receivers(channels[0], exchange, queues, round_) == [q.name for q in queues]
 
 
-def test_queues_deleted_while_others_bind_leave_exactly_the_others_bound(tmp_path):
-    app = create_app(load_settings(cache_dir=tmp_path))
-    connections = [app.connection_for_write() for _ in range(BINDERS)]
-    try:
-        channels = [conn.channel() for conn in connections]
-        for round_ in range(ROUNDS):
-            exchange = Exchange(f"swap{round_}", type="fanout")
-            leaving = [Queue(f"swap{round_}-old{i}", exchange) for i in range(BINDERS)]
-            coming = [Queue(f"swap{round_}-new{i}", exchange) for i in range(BINDERS)]
-            for queue, channel in zip(leaving, channels):
-                queue(channel).declare()
+def test_queues_deleted_while_others_bind_leave_exactly_the_others_bound(binder_channels):
+    channels = binder_channels
+    for round_ in range(ROUNDS):
+        exchange = Exchange(f"swap{round_}", type="fanout")
+        leaving = [Queue(f"swap{round_}-old{i}", exchange) for i in range(BINDERS)]
+        coming = [Queue(f"swap{round_}-new{i}", exchange) for i in range(BINDERS)]
+        for queue, channel in zip(leaving, channels):
+            queue(channel).declare()
 
-            def swap(i):
-                return lambda: (leaving[i](channels[i]).delete(), coming[i](channels[i]).declare())
-            _at_once([swap(i) for i in range(BINDERS)])
-            everyone = leaving + coming
-            assert _fanout_receivers(channels[0], exchange, everyone, round_) == [q.name for q in coming]
-    finally:
-        for conn in connections:
-            conn.release()
+        def swap(i):
+            return lambda: (leaving[i](channels[i]).delete(), coming[i](channels[i]).declare())
+        _at_once([swap(i) for i in range(BINDERS)])
+        everyone = leaving + coming
+        assert _fanout_receivers(channels[0], exchange, everyone, round_) == [q.name for q in coming]
