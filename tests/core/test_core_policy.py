@@ -317,6 +317,19 @@ def test_adaptive_lrfu_shortens_its_half_life_when_popularity_fades_fast():
     assert _play(LRFU(MemoryStore(), 60, 192 * 3600.0), requests) < _play(make_policy("lrfu", MemoryStore(), 60), requests)
 
 
+def test_adaptive_lrfu_weighs_the_miniatures_earnings_by_time_not_by_request_count():
+    from cachetap.core.policy.lrfu import AdaptiveLRFU
+    policy = AdaptiveLRFU(MemoryStore(), 100)
+    _play(policy, [(0.0, "a", 10), (1.0, "a", 10)])   # every miniature earns the hit on "a"
+    assert policy.earned == [10.0] * len(policy.candidates)
+    # a thousand requests within a minute: a busy hour does not erase what the quiet ones earned
+    _play(policy, [(2.0 + i / 20, f"new{i}", 1) for i in range(1000)])
+    assert all(e > 9.99 for e in policy.earned)
+    # one memory later the earnings count half
+    _play(policy, [(1.0 + policy.memory, "b", 1)])
+    assert all(abs(e - 5.0) < 0.01 for e in policy.earned)
+
+
 def test_rescale_keeps_order_relative_to_last_request():
     from cachetap.core.policy.base import Record
     store = MemoryStore()

@@ -22,9 +22,14 @@ The right half-life depends on the workload (patch-day releases fade within hour
 rewards weeks of memory), so `AdaptiveLRFU` (the policy called "lrfu") runs miniature simulations
 (Waldspurger et al., ATC 2017): one fixed-half-life LRFU per candidate, fed a hash-sampled share of
 the keys at that share of the capacity (all of them while few keys are known), and follows the
-candidate whose miniature earned clearly more hit bytes lately. On a switch the kept scores are re-expressed in the
-new half-life (one pass over the records; switches are rare). The chosen half-life is shared state;
-the miniatures live in the memory of the process that runs the policy.
+candidate whose miniature earned more hit bytes lately. "Lately" is a time memory (earnings halve
+every two days), not a count of requests: a LAN's load comes in daily phases (a LAN-party session,
+a release evening, then quiet hours). A memory of a few thousand requests forgets the quiet hours
+during a busy session and then switches to the half-life that won the phase just ended, whose
+gains came from content the real cache does not hold (bench/policy_bench.py's `lanparty` spent
+half its time on a half-life that did worse than every fixed one). On a switch the kept scores are
+re-expressed in the new half-life (one pass over the records; switches are rare). The chosen
+half-life is shared state; the miniatures live in the memory of the process that runs the policy.
 
 Ended bursts. Keeping an object pays one miss per byte (in this model a missed object comes back at
 once), earned at its next request, so the best victim is the object whose next request is furthest
@@ -216,8 +221,8 @@ class AdaptiveLRFU(LRFU):
     # worse half-lives on heavy-tailed sizes (bench/policy_bench.py's `shift` trace).
     max_sampled = 65536
     candidates = tuple(h * 3600.0 for h in (3, 12, 48, 192, 768))   # half-lives tried, seconds
-    decay = 0.99995                                             # per request (sampled or not)
-    margin = 1.02                                               # switch only for a clear gain
+    memory = 2 * 86400.0                                        # earnings halve every `memory` s
+    margin = 1.005                                              # switch only for a gain, not a tie
 
     def __init__(self, store: PolicyStore, capacity: int, history: float = 4.0) -> None:
         super().__init__(store, capacity, self.candidates[2], history)
@@ -227,7 +232,7 @@ class AdaptiveLRFU(LRFU):
         self.earned = [0.0] * len(self.candidates)
         self.threshold = HASH_SPACE            # keys whose hash is below it are sampled
         self.sampled: dict[str, int] = {}      # key -> hash, for the keys the miniatures may remember
-        self._decay = self.decay
+        self.earned_at = -math.inf             # when `earned` was last decayed
 
     def hit(self, key: str, now: float) -> None:
         h = zlib.crc32(key.encode())
@@ -250,9 +255,12 @@ class AdaptiveLRFU(LRFU):
                 self._shrink_sample(now)
                 if h >= self.threshold:
                     return
-        earned, decay = self.earned, self._decay
+        earned = self.earned
+        if now > self.earned_at:
+            decay = 0.5 ** ((now - self.earned_at) / self.memory)
+            self.earned = earned = [e * decay for e in earned]
+            self.earned_at = now
         for i, mini in enumerate(self.minis):
-            earned[i] *= decay
             if mini.replay(key, size, now):
                 earned[i] += size
         best = max(range(len(earned)), key=earned.__getitem__)
@@ -280,7 +288,6 @@ class AdaptiveLRFU(LRFU):
             mini._trim_history()
         # `earned` counts sampled bytes: one sampled request now stands for more real ones.
         self.earned = [e * share for e in self.earned]
-        self._decay = self.decay ** (HASH_SPACE / self.threshold)
 
 
 def _expected_gap(offset: float, half_life: float) -> float:
