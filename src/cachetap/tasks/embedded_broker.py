@@ -40,6 +40,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from time import monotonic
 
 from kombu.transport import filesystem, virtual
@@ -52,19 +53,9 @@ TRANSPORT = "cachetap.tasks.embedded_broker:Transport"
 class Channel(filesystem.Channel):
     def _put(self, queue, payload, **kwargs):
         name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
-        final = os.path.join(self.data_folder_out, name)
         # The leading dot keeps consumers off it: they only take "<stamp>.<queue>.msg" names.
-        partial = os.path.join(self.data_folder_out, f".{name}.part")
-        try:
-            with open(partial, "wb") as f:
-                f.write(str_to_bytes(dumps(payload)))
-            os.rename(partial, final)
-        except OSError as exc:
-            try:
-                os.unlink(partial)
-            except OSError:
-                pass
-            raise filesystem.ChannelError(f"Cannot add message {name!r} to {self.data_folder_out}") from exc
+        _write_whole(Path(self.data_folder_out) / name, payload,
+                     f"Cannot add message {name!r} to {self.data_folder_out}")
 
     def _queue_bind(self, exchange, routing_key, pattern, queue):
         binding = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
@@ -97,13 +88,20 @@ class Channel(filesystem.Channel):
 
     def _replace_table(self, exchange, table) -> None:
         final = self._exchange_file(exchange)
-        partial = final.with_name(f".{final.name}.{uuid.uuid4()}.part")
-        try:
-            partial.write_bytes(str_to_bytes(dumps(table)))
-            os.replace(partial, final)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise filesystem.ChannelError(f"Cannot write the bindings table {final}") from exc
+        _write_whole(final, table, f"Cannot write the bindings table {final}")
+
+
+def _write_whole(final: Path, payload, error: str) -> None:
+    """Write `payload` as JSON to a dot-named file beside `final`, then rename it there: readers see
+    no file or a whole one, never a partial write. One writer per `final` at a time (a message's name
+    is unique, a table is written under its lock), so the partial's name needs nothing more."""
+    partial = final.with_name(f".{final.name}.part")
+    try:
+        partial.write_bytes(str_to_bytes(dumps(payload)))
+        os.replace(partial, final)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise filesystem.ChannelError(error) from exc
 
 
 class FolderWatch:

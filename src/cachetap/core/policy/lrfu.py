@@ -75,13 +75,6 @@ class LRFU(Policy):
     def half_life(self) -> float:
         return self.store.value(HALF_LIFE) or self.default_half_life
 
-    def _bumped(self, record: Record | None, now: float) -> float:
-        """The priority after one more request at `now`."""
-        if record is None:
-            return now
-        h = self.half_life
-        return now + h * math.log2(2.0 ** min(64.0, (record.priority - now) / h) + 1.0)
-
     def hit(self, key: str, now: float) -> None:
         record = self.store.get(key)
         if record is not None:
